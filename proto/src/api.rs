@@ -1,0 +1,151 @@
+//! Request and response bodies of the `/v1` HTTP API.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Event, EventType, RecipientStatus};
+
+/// `POST /v1/messages`. Unknown fields are refused so typos never pass silently.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// `"Name <addr@example.com>"` or a bare address.
+    pub from: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// Envelope-only recipients: never written into a header.
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// Extra headers. Names must be RFC 5322 field names; CR, LF and NUL are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Echoed in every event about this message.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub track_opens: bool,
+    #[serde(default)]
+    pub track_clicks: bool,
+}
+
+/// A file attached to a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    /// Base64 (standard alphabet) of the file's bytes.
+    pub content: String,
+}
+
+/// `202` answer to a send: the message is durably queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SendResponse {
+    pub id: String,
+    pub status: RecipientStatus,
+    pub recipients: Vec<RecipientSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipientSummary {
+    pub email: String,
+    pub status: RecipientStatus,
+}
+
+/// `GET /v1/messages/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    pub id: String,
+    /// The least advanced recipient status: `queued` until every recipient is final.
+    pub status: RecipientStatus,
+    pub created_at: DateTime<Utc>,
+    pub from: String,
+    pub subject: String,
+    pub tags: Vec<String>,
+    pub recipients: Vec<RecipientView>,
+    /// Oldest first.
+    pub events: Vec<Event>,
+}
+
+/// Delivery state of one recipient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipientView {
+    pub email: String,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    /// The last SMTP reply (or our reason) for this recipient.
+    pub last_response: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/webhooks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    pub url: String,
+    /// Event types to receive; empty or absent means all of them.
+    #[serde(default)]
+    pub events: Vec<EventType>,
+}
+
+/// A webhook endpoint as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<EventType>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `201` answer to creating a webhook: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// `whsec_…`: verify deliveries with any Standard Webhooks library.
+    pub secret: String,
+}
+
+/// `GET /v1/webhooks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    pub data: Vec<Webhook>,
+}
+
+/// RFC 9457 problem details, with one entry per bad field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub errors: Vec<FieldError>,
+}
+
+/// One invalid field: a JSON pointer-like path (`to[1]`, `headers.X-Foo`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}

@@ -1,0 +1,90 @@
+//! Events recorded for every status change, and the body POSTed to webhook endpoints.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The kinds of event a webhook endpoint can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum EventType {
+    #[serde(rename = "message.delivered")]
+    Delivered,
+    #[serde(rename = "message.deferred")]
+    Deferred,
+    #[serde(rename = "message.bounced")]
+    Bounced,
+    #[serde(rename = "message.suppressed")]
+    Suppressed,
+    #[serde(rename = "message.opened")]
+    Opened,
+    #[serde(rename = "message.clicked")]
+    Clicked,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        Self::Delivered,
+        Self::Deferred,
+        Self::Bounced,
+        Self::Suppressed,
+        Self::Opened,
+        Self::Clicked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "message.delivered",
+            Self::Deferred => "message.deferred",
+            Self::Bounced => "message.bounced",
+            Self::Suppressed => "message.suppressed",
+            Self::Opened => "message.opened",
+            Self::Clicked => "message.clicked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// One event, exactly as delivered in a webhook body and listed in a message's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Unique event id (`evt_…`); also the `webhook-id` of every delivery of this event.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub timestamp: DateTime<Utc>,
+    pub data: EventData,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventData {
+    pub message_id: String,
+    pub recipient: String,
+    /// The remote MX host's reply (or our own reason, e.g. `expired`) for delivery events.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub smtp_response: Option<String>,
+    /// The host that answered, for delivery events.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mx_host: Option<String>,
+    /// Delivery attempts made so far, for delivery events.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attempt: Option<u32>,
+    /// When the next attempt is due, for `message.deferred`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The link followed, for `message.clicked`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+    /// The client's User-Agent, for opens and clicks.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_agent: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}

@@ -1,0 +1,45 @@
+//! Bearer API key authentication. Keys are looked up by their public id and the secret's
+//! SHA-256 compared in constant time; a revoked key fails at once.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use postwire_store::ids;
+
+use crate::{error::ApiError, Gateway};
+
+/// The caller's key, once authenticated.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub scopes: Vec<String>,
+}
+
+impl ApiKey {
+    pub fn require(&self, scope: &'static str) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|s| s == scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
+    }
+}
+
+impl FromRequestParts<Gateway> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        let (id, secret) = ids::split_api_key(presented).ok_or(ApiError::Unauthorized)?;
+        let record = gw.state.api_key(id).await?.ok_or(ApiError::Unauthorized)?;
+        if record.revoked_at.is_some() || !ids::secret_matches(secret, &record.hash) {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(ApiKey { id: record.id, scopes: record.scopes })
+    }
+}

@@ -1,0 +1,81 @@
+//! The HTTP API gateway: validates JSON send requests and queues them durably, serves message
+//! status, webhook endpoint management, tracking links, health, metrics and the OpenAPI spec.
+//!
+//! Built on axum. [`Gateway`] is the shared state of every handler; [`router`] assembles the
+//! routes and [`serve`] runs them on a listener the caller owns until the shutdown token fires.
+//!
+//! - [`error`]: `ApiError`, the one place HTTP statuses are chosen (RFC 9457 problem+json).
+//! - [`auth`]: bearer API keys.
+//! - [`validate`]: send request → `NewMessage`, or every bad field.
+//! - [`routes`]: one module per resource, each exposing `router()`.
+//! - [`openapi`]: the utoipa document.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State as AxState};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use postwire_config::Limits;
+use postwire_store::{Queue, State};
+use postwire_telemetry::Metrics;
+use postwire_tracking::TrackingKeys;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler may use.
+#[derive(Clone)]
+pub struct Gateway {
+    pub queue: Arc<dyn Queue>,
+    pub state: Arc<dyn State>,
+    pub metrics: Metrics,
+    pub tracking: TrackingKeys,
+    pub limits: Limits,
+    /// Accept webhook endpoints on loopback/private addresses (`webhooks.allow_private_targets`).
+    pub allow_private_targets: bool,
+}
+
+/// Every route, with request metrics and the body size limit applied.
+pub fn router(gw: Gateway) -> Router {
+    let limit = usize::try_from(gw.limits.max_request_size.0).unwrap_or(usize::MAX);
+    Router::new()
+        .merge(routes::messages::router())
+        .merge(routes::webhooks::router())
+        .merge(routes::tracking::router())
+        .merge(routes::ops::router())
+        .route_layer(middleware::from_fn_with_state(gw.clone(), record_metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(gw)
+        .merge(openapi::docs_router())
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
+pub async fn serve(listener: TcpListener, gw: Gateway, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(gw)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn record_metrics(AxState(gw): AxState<Gateway>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    gw.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    gw.metrics
+        .http_request_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,64 @@
+//! The OpenAPI document, generated from the handlers and wire types, and the docs UI.
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_scalar::{Scalar, Servable};
+
+use crate::routes::{messages, ops, webhooks};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Postwire",
+        description = "Transactional email delivery: send JSON, get signed delivery webhooks.",
+        version = "1.0.0"
+    ),
+    paths(
+        messages::send_message,
+        messages::get_message,
+        webhooks::create_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::delete_webhook,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+    ),
+    components(schemas(postwire_proto::Event, postwire_proto::EventType)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "messages", description = "Send mail and follow its delivery"),
+        (name = "webhooks", description = "Endpoints that receive signed events"),
+        (name = "ops", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("API key from `postwire keys create`")).build()),
+        );
+    }
+}
+
+/// The spec as pretty JSON, exactly as checked in under `openapi/`.
+pub fn spec_json() -> String {
+    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises") + "\n"
+}
+
+/// `GET /openapi.json` and the docs UI at `/docs`.
+pub fn docs_router() -> Router {
+    let spec = spec_json();
+    Router::new()
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], spec) }),
+        )
+        .merge(Scalar::with_url("/docs", ApiDoc::openapi()))
+}

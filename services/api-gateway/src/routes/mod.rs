@@ -1,0 +1,37 @@
+//! Route modules, one per resource.
+
+pub mod messages;
+pub mod ops;
+pub mod tracking;
+pub mod webhooks;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Reads a JSON body: 413 over the size limit, 400 for broken JSON, 422 naming the field
+/// for JSON of the wrong shape (unknown field, wrong type, missing field).
+pub(crate) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("the request body is over the size limit (limits.max_request_size)".into())
+        } else {
+            ApiError::BadRequest(r.body_text())
+        }
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
+        } else {
+            ApiError::field(if field == "." { "(body)".to_string() } else { field }, inner.to_string())
+        }
+    })?;
+    de.end().map_err(|e| ApiError::BadRequest(format!("trailing data after the JSON body: {e}")))?;
+    Ok(value)
+}

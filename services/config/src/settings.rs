@@ -1,0 +1,269 @@
+//! The settings tree. Field docs here are the config reference; README repeats them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::units::{ByteSize, Duration, Secret};
+
+/// Everything Postwire reads at start-up.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub http: Http,
+    pub storage: Storage,
+    pub amqp: Amqp,
+    pub redis: Redis,
+    pub dns: Dns,
+    pub smtp: Smtp,
+    pub retry: Retry,
+    pub worker: Worker,
+    pub dkim: Vec<DkimKey>,
+    pub tracking: Tracking,
+    pub webhooks: Webhooks,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address the API gateway listens on.
+    pub listen: SocketAddr,
+    /// Public base URL of the gateway; tracking links and the open pixel point here.
+    pub public_url: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite in `storage.path`: one process, nothing else to install.
+    Embedded,
+    /// RabbitMQ (`amqp.url`) for queues and Redis (`redis.url`) for state.
+    Distributed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub backend: Backend,
+    /// Directory for the embedded database and generated keys.
+    pub path: PathBuf,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self { backend: Backend::Embedded, path: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Amqp {
+    pub url: Secret,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Self { url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Redis {
+    pub url: Secret,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self { url: Secret::new("redis://127.0.0.1:6379") }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Nameservers as `"ip:port"`; empty uses the system resolver (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when the MX offers it (any certificate); plain text otherwise or if the handshake fails.
+    Opportunistic,
+    /// Defer unless STARTTLS succeeds.
+    Required,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Name sent in EHLO; should resolve back to this host.
+    pub helo_name: String,
+    /// Port on the MX hosts (25 in production).
+    pub port: u16,
+    pub tls: TlsMode,
+    /// TCP connect plus greeting.
+    pub connect_timeout: Duration,
+    /// Each command reply (RFC 5321 §4.5.3.2 suggests 5 minutes).
+    pub command_timeout: Duration,
+    /// Reply to the final `.` of DATA (RFC 5321 §4.5.3.2: 10 minutes).
+    pub data_timeout: Duration,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Self {
+            helo_name: "localhost".into(),
+            port: 25,
+            tls: TlsMode::Opportunistic,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    /// Delay before attempt n+1 is `schedule[min(n, len-1)]`: the last delay repeats.
+    pub schedule: Vec<Duration>,
+    /// A recipient still deferred this long after acceptance bounces with reason `expired`.
+    pub max_age: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        let s = |t: &str| t.parse::<Duration>().expect("valid default");
+        Self {
+            schedule: ["1m", "5m", "15m", "30m", "1h", "2h", "4h"].map(s).to_vec(),
+            max_age: s("48h"),
+        }
+    }
+}
+
+impl Retry {
+    /// Delay after the `attempt`-th failed attempt (1-based).
+    pub fn delay_after(&self, attempt: u32) -> std::time::Duration {
+        let i = (attempt.saturating_sub(1) as usize).min(self.schedule.len().saturating_sub(1));
+        self.schedule.get(i).map(|d| d.std()).unwrap_or(std::time::Duration::from_secs(60))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Worker {
+    /// Delivery jobs in flight at once per worker process.
+    pub concurrency: usize,
+    /// How long a claimed job stays invisible; a worker that dies releases it after this.
+    pub lease: Duration,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self { concurrency: 32, lease: Duration::from_secs(15 * 60) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+impl DkimAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RsaSha256 => "rsa-sha256",
+            Self::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
+}
+
+/// One DKIM signing key; several may be configured (e.g. RSA and Ed25519 for one domain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// Messages whose From domain equals this are signed with `d=domain`.
+    pub domain: String,
+    pub selector: String,
+    #[serde(default = "default_dkim_algorithm")]
+    pub algorithm: DkimAlgorithm,
+    /// PEM file: PKCS#8 (or PKCS#1 for RSA).
+    pub private_key: PathBuf,
+}
+
+fn default_dkim_algorithm() -> DkimAlgorithm {
+    DkimAlgorithm::RsaSha256
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracking {
+    /// HMAC key for open/click tokens. Empty: generated once and kept in `storage.path`.
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// Allow endpoints on loopback and private ranges (development and tests only).
+    pub allow_private_targets: bool,
+    /// Delay before retry n is `retry_schedule[n-1]`; after the last one the delivery is given up.
+    pub retry_schedule: Vec<Duration>,
+    /// Time allowed for an endpoint to answer.
+    pub timeout: Duration,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        let s = |t: &str| t.parse::<Duration>().expect("valid default");
+        Self {
+            allow_private_targets: false,
+            retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h"].map(s).to_vec(),
+            timeout: s("15s"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub per_key_per_second: u32,
+    pub per_key_per_day: u32,
+    pub max_recipients: usize,
+    /// Largest rendered message accepted.
+    pub max_message_size: ByteSize,
+    /// Largest HTTP request body accepted (413 above it).
+    pub max_request_size: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_key_per_second: 100,
+            per_key_per_day: 100_000,
+            max_recipients: 50,
+            max_message_size: ByteSize(10_000_000),
+            max_request_size: ByteSize(25_000_000),
+        }
+    }
+}

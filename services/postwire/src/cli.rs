@@ -1,0 +1,214 @@
+//! The `postwire` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use clap::{Parser, Subcommand, ValueEnum};
+use postwire_config::{DkimAlgorithm, Settings};
+use postwire_store::embedded::SqliteStore;
+use postwire_store::{ids, NewApiKey, State, SCOPES};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, Roles};
+use crate::keygen;
+
+#[derive(Debug, Parser)]
+#[command(name = "postwire", version, about = "Transactional email delivery: JSON in, signed mail out")]
+pub struct Cli {
+    /// Config file. Without this flag `./postwire.toml` is read if it exists.
+    #[arg(long, global = true, env = "POSTWIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API gateway, MTA worker and webhook dispatcher in one process (the default).
+    Serve,
+    /// Run only the API gateway.
+    ApiGateway,
+    /// Run only an MTA worker.
+    MtaWorker,
+    /// Run only the webhook dispatcher.
+    WebhookDispatcher,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage DKIM keys.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once, alone on the last line, and only its hash is stored.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes out of send, read, admin.
+        #[arg(long, value_delimiter = ',', default_values_t = SCOPES.map(String::from))]
+        scopes: Vec<String>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id; it stops working at once.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Algorithm {
+    #[value(name = "rsa-sha256")]
+    RsaSha256,
+    #[value(name = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Generate a key pair, write the private key and print the DNS TXT record to publish.
+    Generate {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        #[arg(long, value_enum, default_value = "rsa-sha256")]
+        algorithm: Algorithm,
+        /// Where to write the private key (default: `<storage.path>/dkim/<domain>.<selector>.pem`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+impl Cli {
+    pub fn load_settings(&self) -> anyhow::Result<Settings> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("postwire.toml"), false),
+        };
+        Ok(postwire_config::load(&path, required)?)
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.load_settings()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings, Roles::ALL).await,
+        Command::ApiGateway => serve(settings, Roles { api_gateway: true, mta_worker: false, webhook_dispatcher: false }).await,
+        Command::MtaWorker => serve(settings, Roles { api_gateway: false, mta_worker: true, webhook_dispatcher: false }).await,
+        Command::WebhookDispatcher => {
+            serve(settings, Roles { api_gateway: false, mta_worker: false, webhook_dispatcher: true }).await
+        }
+        Command::Keys(cmd) => keys(settings, cmd).await,
+        Command::Dkim(DkimCommand::Generate { domain, selector, algorithm, out }) => {
+            dkim_generate(&settings, &domain, &selector, algorithm, out)
+        }
+    }
+}
+
+async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
+    let listener = if roles.api_gateway {
+        let addr = settings.http.listen;
+        Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (http.listen)"))?)
+    } else {
+        None
+    };
+    let app = App::build(settings)?;
+    if let Some(l) = &listener {
+        tracing::info!(addr = %l.local_addr()?, "postwire listening");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app.run(roles, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight work");
+    shutdown.cancel();
+}
+
+async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&settings.storage.path)?;
+    match cmd {
+        KeysCommand::Create { name, scopes } => {
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+                bail!("unknown scope `{bad}`: choose from {}", SCOPES.join(", "));
+            }
+            let minted = ids::mint_api_key();
+            store
+                .create_api_key(NewApiKey {
+                    id: minted.id.clone(),
+                    name: name.clone(),
+                    hash: minted.hash,
+                    scopes: scopes.clone(),
+                    created_at: Utc::now(),
+                })
+                .await?;
+            println!("created API key {} ({name}; scopes: {}). It is shown once:", minted.id, scopes.join(","));
+            println!("{}", minted.key);
+        }
+        KeysCommand::List => {
+            for k in store.list_api_keys().await? {
+                let state = k.revoked_at.map(|t| format!("revoked {}", t.to_rfc3339())).unwrap_or_else(|| "active".into());
+                println!("{}\t{}\t{}\t{}\t{}", k.id, k.name, k.scopes.join(","), k.created_at.to_rfc3339(), state);
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_api_key(&id).await? {
+                bail!("no API key with id `{id}`");
+            }
+            println!("revoked {id}");
+        }
+    }
+    store.close();
+    Ok(())
+}
+
+fn dkim_generate(
+    settings: &Settings,
+    domain: &str,
+    selector: &str,
+    algorithm: Algorithm,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let label_ok = |s: &str| !s.is_empty() && s.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !label_ok(domain) || !domain.contains('.') {
+        bail!("--domain `{domain}` is not a domain name");
+    }
+    if !label_ok(selector) {
+        bail!("--selector `{selector}` must be letters, digits, `-` and `.`");
+    }
+    let algorithm = match algorithm {
+        Algorithm::RsaSha256 => DkimAlgorithm::RsaSha256,
+        Algorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
+    };
+    let path = out.unwrap_or_else(|| settings.storage.path.join("dkim").join(format!("{domain}.{selector}.pem")));
+    let pair = keygen::generate(algorithm).map_err(|e| anyhow::anyhow!("key generation failed: {e}"))?;
+    crate::app::write_private(&path, &pair.private_pem)
+        .with_context(|| format!("cannot write {} (it must not exist yet)", path.display()))?;
+    println!("wrote the private key to {}", path.display());
+    println!("add to postwire.toml:");
+    println!(
+        "[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nalgorithm = \"{}\"\nprivate_key = \"{}\"",
+        algorithm.as_str(),
+        path.display()
+    );
+    println!("publish this DNS TXT record:");
+    println!("{}", keygen::zone_record(domain, selector, &pair.txt_value));
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The Postwire application: wires the store, the API gateway, the MTA worker and the
+//! webhook dispatcher into one [`App`], and the command-line interface around it.
+//!
+//! - [`app`]: [`App`], built from settings and run on a listener the caller owns.
+//! - [`cli`]: the `postwire` command line (serve, keys, dkim).
+//! - [`keygen`]: DKIM key pair generation and the TXT record to publish.
+
+pub mod app;
+pub mod cli;
+pub mod keygen;
+
+pub use app::{App, AppError};

@@ -1,0 +1,196 @@
+//! The embedded backend: SQLite in WAL mode, one file under `storage.path`.
+//!
+//! Writes go through one writer thread that batches whatever is waiting into a single
+//! transaction (group commit): many concurrent 202s share one fsync. Each operation runs in
+//! its own savepoint, so one failing write never spoils its batch-mates, and no caller hears
+//! "ok" before the commit that holds its write is on disk (`synchronous = FULL`).
+//! Reads use a small pool of read-only connections on the blocking thread pool.
+//!
+//! - [`schema`]: tables and indexes.
+//! - `queue`: the [`crate::Queue`] implementation (delivery jobs).
+//! - `state`: the [`crate::State`] implementation (keys, status, events, webhooks).
+
+mod queue;
+pub mod schema;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{oneshot, Notify};
+
+use crate::StoreError;
+
+/// Most operations folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+type WriteOp = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// Queue and state in one SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Woken after a commit that may have made a job claimable.
+    work: Notify,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/postwire.db` and migrates the schema.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::Open { path: dir.display().to_string(), source })?;
+        let path = dir.join("postwire.db");
+        let conn = Connection::open(&path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 10000;",
+        )?;
+        schema::migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<WriteOp>();
+        std::thread::Builder::new()
+            .name("postwire-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                work: Notify::new(),
+            }),
+        })
+    }
+
+    /// Stops accepting writes; the writer thread exits once queued writes are committed.
+    pub fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+    }
+
+    /// Runs `f` inside the next group-commit transaction; resolves once it is durable.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done, wait) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |committed| {
+                let _ = done.send(match result {
+                    Ok(v) if committed => Ok(v),
+                    Ok(_) => Err(StoreError::Corrupt("commit failed".into())),
+                    Err(e) => Err(e),
+                });
+            })
+        });
+        let sender = self.inner.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        sender.send(op).map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().expect("reader pool").pop() {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    c.busy_timeout(std::time::Duration::from_secs(10))?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            let mut pool = inner.readers.lock().expect("reader pool");
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) fn notify_work(&self) {
+        self.inner.work.notify_waiters();
+    }
+
+    pub(crate) fn work(&self) -> &Notify {
+        &self.inner.work
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+            batch.into_iter().for_each(|op| drop(op));
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|op| op(&conn)).collect();
+        let committed = match conn.execute_batch("COMMIT") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite: commit failed; every write in the batch is reported failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                false
+            }
+        };
+        completions.into_iter().for_each(|c| c(committed));
+    }
+}
+
+/// Unix milliseconds, the storage form of every timestamp.
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    to_ms(Utc::now())
+}

@@ -1,0 +1,209 @@
+//! Delivery jobs in SQLite.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use postwire_proto::{Event, EventData, EventType, RecipientStatus, SendRequest};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{from_ms, now_ms, state::insert_event, to_ms, SqliteStore};
+use crate::{ids, ClaimedJob, DeliveryResult, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn accept(&self, message: NewMessage) -> Result<(), StoreError> {
+        let request = serde_json::to_string(&message.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |conn| {
+            let created = to_ms(message.created_at);
+            conn.prepare_cached(
+                "INSERT INTO messages (id, created_at, request, message_id_header, key_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![message.id, created, request, message.message_id_header, message.key_id])?;
+            let mut rcpt = conn.prepare_cached(
+                "INSERT INTO recipients (message_id, position, email, domain, status, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+            )?;
+            let mut job = conn.prepare_cached(
+                "INSERT OR IGNORE INTO jobs (message_id, domain, not_before) VALUES (?1, ?2, ?3)",
+            )?;
+            for (i, r) in message.recipients.iter().enumerate() {
+                rcpt.execute(params![message.id, i as i64, r.email, r.domain, created])?;
+                job.execute(params![message.id, r.domain, created])?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify_work();
+        Ok(())
+    }
+
+    async fn claim(&self, _worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+        let lease_ms = lease.as_millis() as i64;
+        self.write(move |conn| {
+            // A job whose every recipient is already final (e.g. completed by a worker whose
+            // lease had expired) is deleted here and the next one tried.
+            loop {
+                let now = now_ms();
+                let token = ids::new_id("claim");
+                let row = conn
+                    .prepare_cached(
+                        "UPDATE jobs SET lease_until = ?1, claim_token = ?2
+                         WHERE id = (SELECT id FROM jobs WHERE not_before <= ?3 AND lease_until <= ?3
+                                     ORDER BY not_before LIMIT 1)
+                         RETURNING id, message_id, domain",
+                    )?
+                    .query_row(params![now + lease_ms, token, now], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                    })
+                    .optional()?;
+                let Some((job_id, message_id, domain)) = row else { return Ok(None) };
+                let recipients = pending_recipients(conn, &message_id, &domain)?;
+                if recipients.is_empty() {
+                    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([job_id])?;
+                    continue;
+                }
+                let (created_at, request, message_id_header) = conn
+                    .prepare_cached("SELECT created_at, request, message_id_header FROM messages WHERE id = ?1")?
+                    .query_row([&message_id], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                    })?;
+                let request: SendRequest =
+                    serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                return Ok(Some(ClaimedJob {
+                    job_id: job_id.to_string(),
+                    claim_token: token,
+                    message_id,
+                    created_at: from_ms(created_at),
+                    request,
+                    message_id_header,
+                    domain,
+                    recipients,
+                }));
+            }
+        })
+        .await
+    }
+
+    async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.write(move |conn| {
+            let now = now_ms();
+            for outcome in &outcomes {
+                record_outcome(conn, &job, outcome, now)?;
+            }
+            let (remaining, next): (i64, Option<i64>) = conn
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(COALESCE(next_attempt_at, 0)) FROM recipients
+                     WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'deferred')",
+                )?
+                .query_row(params![job.message_id, job.domain], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if remaining == 0 {
+                conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([&job.job_id])?;
+            } else {
+                // Only the current holder of the lease reschedules; a stale completion leaves
+                // the job to the worker that re-claimed it.
+                conn.prepare_cached(
+                    "UPDATE jobs SET not_before = ?1, lease_until = 0, claim_token = NULL
+                     WHERE id = ?2 AND claim_token = ?3",
+                )?
+                .execute(params![next.unwrap_or(now).max(0), job.job_id, job.claim_token])?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify_work();
+        Ok(())
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        let notified = self.work().notified();
+        let due = self
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT MIN(MAX(not_before, lease_until)) FROM jobs")?
+                    .query_row([], |r| r.get::<_, Option<i64>>(0))?)
+            })
+            .await
+            .ok()
+            .flatten();
+        let wait = match due {
+            Some(at) => Duration::from_millis((at - now_ms()).clamp(0, max.as_millis() as i64) as u64),
+            None => max,
+        };
+        if wait.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))? as u64))
+            .await
+    }
+}
+
+fn pending_recipients(conn: &Connection, message_id: &str, domain: &str) -> Result<Vec<PendingRecipient>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT email, attempts FROM recipients
+         WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'deferred') ORDER BY position",
+    )?;
+    let rows = stmt.query_map(params![message_id, domain], |r| {
+        Ok(PendingRecipient { email: r.get(0)?, attempts: r.get::<_, i64>(1)? as u32 })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Applies one outcome unless the recipient is already final, and writes its event.
+fn record_outcome(conn: &Connection, job: &ClaimedJob, outcome: &RecipientOutcome, now: i64) -> Result<(), StoreError> {
+    let current = conn
+        .prepare_cached(
+            "SELECT position, status, attempts FROM recipients
+             WHERE message_id = ?1 AND domain = ?2 AND email = ?3",
+        )?
+        .query_row(params![job.message_id, job.domain, outcome.email], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })
+        .optional()?;
+    let Some((position, status, attempts)) = current else {
+        tracing::warn!(message_id = %job.message_id, recipient = %outcome.email, "outcome for an unknown recipient ignored");
+        return Ok(());
+    };
+    if RecipientStatus::parse(&status).is_some_and(RecipientStatus::is_final) {
+        return Ok(());
+    }
+    let attempts = attempts + 1;
+    let (status, kind, next) = match outcome.result {
+        DeliveryResult::Delivered => (RecipientStatus::Delivered, EventType::Delivered, None),
+        DeliveryResult::Bounced => (RecipientStatus::Bounced, EventType::Bounced, None),
+        DeliveryResult::Deferred { next_attempt_at } => {
+            (RecipientStatus::Deferred, EventType::Deferred, Some(next_attempt_at))
+        }
+    };
+    conn.prepare_cached(
+        "UPDATE recipients SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_response = ?4, updated_at = ?5
+         WHERE message_id = ?6 AND position = ?7",
+    )?
+    .execute(params![status.as_str(), attempts, next.map(to_ms), outcome.response, now, job.message_id, position])?;
+    let event = Event {
+        id: ids::new_id("evt"),
+        kind,
+        timestamp: Utc::now(),
+        data: EventData {
+            message_id: job.message_id.clone(),
+            recipient: outcome.email.clone(),
+            smtp_response: Some(outcome.response.clone()),
+            mx_host: outcome.mx_host.clone(),
+            attempt: Some(attempts as u32),
+            next_attempt_at: next,
+            url: None,
+            user_agent: None,
+            tags: job.request.tags.clone(),
+            metadata: job.request.metadata.clone(),
+        },
+    };
+    insert_event(conn, &event)
+}

@@ -1,0 +1,115 @@
+//! The queue/state seam every Postwire service is built on, and its backends.
+//!
+//! Two traits split the work: [`Queue`] holds delivery jobs (accept, claim under a lease,
+//! complete) and [`State`] holds everything else that must be shared (API keys, message and
+//! recipient status, event history, webhook endpoints and the webhook outbox). A backend
+//! implements both; the embedded one ([`embedded::SqliteStore`]) keeps them in one SQLite file so
+//! a status change, its event and the webhook deliveries it causes commit together.
+//!
+//! - [`model`]: the values passed across the seam.
+//! - [`embedded`]: SQLite in WAL mode with a group-committing writer thread.
+//! - [`ids`]: identifiers and API key material.
+
+pub mod embedded;
+pub mod ids;
+pub mod model;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use postwire_proto::{Event, EventType, MessageView, Webhook};
+
+pub use model::*;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("cannot open store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("not found")]
+    NotFound,
+}
+
+/// Delivery jobs: one per (message, recipient domain) that still has recipients pending.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Stores the message, its recipients and one job per recipient domain. Durable on return:
+    /// the caller may answer 202 as soon as this resolves.
+    async fn accept(&self, message: NewMessage) -> Result<(), StoreError>;
+
+    /// Hands out the next due job under a lease of `lease`, or `None` when nothing is due.
+    /// Only recipients not yet in a final state are included.
+    async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError>;
+
+    /// Records each recipient's outcome with its event (and the webhook deliveries it causes),
+    /// then deletes the job, or reschedules it at the earliest `next_attempt_at` of the
+    /// deferred recipients. Outcomes for recipients already final are ignored, so a job run
+    /// twice after a lease expiry cannot report a recipient delivered twice.
+    async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError>;
+
+    /// Waits until new work may be claimable, or at most `max`.
+    async fn wait_for_work(&self, max: Duration);
+
+    /// Jobs not yet finished (queued, deferred or in flight).
+    async fn depth(&self) -> Result<u64, StoreError>;
+}
+
+/// Shared state other than the delivery queue.
+#[async_trait]
+pub trait State: Send + Sync + 'static {
+    /// Confirms the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_api_key(&self, key: NewApiKey) -> Result<(), StoreError>;
+    /// Looks a key up by its public id; the caller compares the secret's hash in constant time.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Returns false when no such key exists.
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// A message with every recipient's status and its event history, oldest event first.
+    async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
+
+    /// Records an engagement event (open, click) for a recipient of a stored message, and
+    /// queues it for every subscribed webhook. `None` when the message or recipient is unknown.
+    async fn record_event(
+        &self,
+        message_id: &str,
+        recipient: &str,
+        kind: EventType,
+        detail: EventDetail,
+    ) -> Result<Option<Event>, StoreError>;
+
+    async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError>;
+    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError>;
+    /// Removes the endpoint and drops its pending deliveries. False when unknown.
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` webhook deliveries that are due, each under a lease of `lease`.
+    async fn claim_webhook_deliveries(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// Records the result of one delivery attempt.
+    async fn finish_webhook_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: WebhookAttempt,
+    ) -> Result<(), StoreError>;
+
+    /// When the next webhook delivery falls due, if any is pending.
+    async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+}

@@ -1,0 +1,139 @@
+//! Values passed across the storage seam.
+
+use chrono::{DateTime, Utc};
+use postwire_proto::{EventType, SendRequest};
+
+/// A validated message ready to be queued.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    /// The send request after validation (addresses trimmed, duplicates removed).
+    pub request: SendRequest,
+    /// `Message-ID` header value without angle brackets, fixed at acceptance so retries
+    /// carry the same one.
+    pub message_id_header: String,
+    /// Every envelope recipient (to, cc, bcc) with its lower-cased domain, in order.
+    pub recipients: Vec<NewRecipient>,
+    /// The API key that sent it.
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub email: String,
+    pub domain: String,
+}
+
+/// A delivery job handed to a worker: one message, one recipient domain.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Opaque job id.
+    pub job_id: String,
+    /// Identifies this claim; a completion under an expired claim still records outcomes
+    /// but does not release a job another worker now holds.
+    pub claim_token: String,
+    pub message_id: String,
+    pub created_at: DateTime<Utc>,
+    pub request: SendRequest,
+    pub message_id_header: String,
+    pub domain: String,
+    /// Recipients at `domain` not yet delivered, bounced or otherwise final.
+    pub recipients: Vec<PendingRecipient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecipient {
+    pub email: String,
+    /// Attempts made before this claim.
+    pub attempts: u32,
+}
+
+/// What happened to one recipient in one delivery attempt, as decided by the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientOutcome {
+    pub email: String,
+    pub result: DeliveryResult,
+    /// The reply (or our own reason) to show in `last_response` and the event.
+    pub response: String,
+    /// The MX host that answered, when one did.
+    pub mx_host: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeliveryResult {
+    Delivered,
+    /// Try again at the given time.
+    Deferred { next_attempt_at: DateTime<Utc> },
+    Bounced,
+}
+
+/// Extra detail for engagement events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventDetail {
+    pub url: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Scopes an API key may hold.
+pub const SCOPES: [&str; 3] = ["send", "read", "admin"];
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub name: String,
+    /// SHA-256 of the secret part of the key; the key itself is never stored.
+    pub hash: [u8; 32],
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub hash: [u8; 32],
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub id: String,
+    pub url: String,
+    /// Empty: all event types.
+    pub events: Vec<EventType>,
+    /// `whsec_…` as shown to the user.
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One event to POST to one endpoint.
+#[derive(Debug, Clone)]
+pub struct WebhookDelivery {
+    /// Opaque delivery id.
+    pub id: String,
+    pub webhook_id: String,
+    pub url: String,
+    /// `whsec_…`.
+    pub secret: String,
+    /// The event id: sent as `webhook-id`, the same on every retry.
+    pub event_id: String,
+    /// The exact JSON body to send (and sign).
+    pub body: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// The result of one webhook delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookAttempt {
+    /// HTTP status, when the endpoint answered.
+    pub status: Option<u16>,
+    /// Transport error or non-2xx summary, when it failed.
+    pub error: Option<String>,
+    /// `Some`: retry at that time; `None` after a failure: give up. Ignored on success.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub succeeded: bool,
+}

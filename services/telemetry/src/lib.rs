@@ -1,0 +1,142 @@
+//! Metrics and logging shared by every Postwire service.
+//!
+//! [`Metrics`] owns its own Prometheus registry (no process-wide statics), so tests can run
+//! several apps in one process and each `/metrics` shows only its own counters. The metric
+//! names are a published contract (DESIGN.md): dashboards and alerts depend on them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric Postwire exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `postwire_messages_accepted_total`: messages answered with 202.
+    pub messages_accepted: IntCounter,
+    /// `postwire_deliveries_total{result}`: per-recipient outcomes of delivery attempts.
+    pub deliveries: IntCounterVec,
+    /// `postwire_smtp_transaction_seconds`: connect to QUIT (or failure) per SMTP transaction.
+    pub smtp_transaction_seconds: Histogram,
+    /// `postwire_queue_depth`: delivery jobs not yet finished, read from the store at scrape time.
+    pub queue_depth: IntGauge,
+    /// `postwire_webhook_deliveries_total{result}`: `delivered`, `failed` (will retry), `gave_up`.
+    pub webhook_deliveries: IntCounterVec,
+    /// `postwire_http_requests_total{route,status}`.
+    pub http_requests: IntCounterVec,
+    /// `postwire_http_request_duration_seconds{route}`.
+    pub http_request_duration: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let messages_accepted =
+            IntCounter::new("postwire_messages_accepted_total", "Messages accepted (202) by the API").expect("valid metric");
+        let deliveries = IntCounterVec::new(
+            Opts::new("postwire_deliveries_total", "Per-recipient delivery attempt outcomes"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let smtp_transaction_seconds = Histogram::with_opts(
+            HistogramOpts::new("postwire_smtp_transaction_seconds", "Duration of outbound SMTP transactions")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid metric");
+        let queue_depth = IntGauge::new("postwire_queue_depth", "Delivery jobs queued, deferred or in flight")
+            .expect("valid metric");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new("postwire_webhook_deliveries_total", "Webhook delivery attempts by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new("postwire_http_requests_total", "HTTP requests by route and status"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new("postwire_http_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            &["route"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(messages_accepted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deliveries.clone()),
+            Box::new(smtp_transaction_seconds.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(http_requests.clone()),
+            Box::new(http_request_duration.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Pre-create the label sets dashboards chart so they read 0 rather than "no data".
+        for r in ["delivered", "deferred", "bounced"] {
+            deliveries.with_label_values(&[r]);
+        }
+        for r in ["delivered", "failed", "gave_up"] {
+            webhook_deliveries.with_label_values(&[r]);
+        }
+        Self {
+            registry,
+            messages_accepted,
+            deliveries,
+            smtp_transaction_seconds,
+            queue_depth,
+            webhook_deliveries,
+            http_requests,
+            http_request_duration,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Installs the `tracing` subscriber for a binary: `RUST_LOG` filters, default `info`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_metric_names_are_exported() {
+        let m = Metrics::new();
+        m.messages_accepted.inc();
+        m.http_requests.with_label_values(&["/v1/messages", "202"]).inc();
+        m.http_request_duration.with_label_values(&["/v1/messages"]).observe(0.01);
+        m.smtp_transaction_seconds.observe(0.2);
+        let text = m.render();
+        for name in [
+            "postwire_messages_accepted_total 1",
+            "postwire_deliveries_total{result=\"bounced\"} 0",
+            "postwire_smtp_transaction_seconds_bucket",
+            "postwire_queue_depth 0",
+            "postwire_webhook_deliveries_total{result=\"delivered\"} 0",
+            "postwire_http_requests_total{route=\"/v1/messages\",status=\"202\"} 1",
+            "postwire_http_request_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

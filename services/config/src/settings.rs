@@ -171,13 +171,14 @@ impl Retry {
 pub struct Worker {
     /// Delivery jobs in flight at once per worker process.
     pub concurrency: usize,
-    /// How long a claimed job stays invisible; a worker that dies releases it after this.
+    /// How long a claimed job stays invisible to other workers. A live worker renews it every
+    /// third of this while the delivery runs; a worker that dies releases it after this.
     pub lease: Duration,
 }
 
 impl Default for Worker {
     fn default() -> Self {
-        Self { concurrency: 32, lease: Duration::from_secs(15 * 60) }
+        Self { concurrency: 32, lease: Duration::from_secs(30) }
     }
 }
 

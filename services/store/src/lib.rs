@@ -58,6 +58,11 @@ pub trait Queue: Send + Sync + 'static {
     /// twice after a lease expiry cannot report a recipient delivered twice.
     async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError>;
 
+    /// Extends a claim's lease to `lease` from now while its delivery is still running, so a
+    /// short lease (quick recovery after a crash) never expires under a slow transaction.
+    /// False when the claim was lost (the lease had already expired and the job moved on).
+    async fn renew(&self, job: &ClaimedJob, lease: Duration) -> Result<bool, StoreError>;
+
     /// Waits until new work may be claimable, or at most `max`.
     async fn wait_for_work(&self, max: Duration);
 

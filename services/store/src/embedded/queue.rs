@@ -116,6 +116,18 @@ impl Queue for SqliteStore {
         Ok(())
     }
 
+    async fn renew(&self, job: &ClaimedJob, lease: Duration) -> Result<bool, StoreError> {
+        let (job_id, token) = (job.job_id.clone(), job.claim_token.clone());
+        let until = now_ms() + lease.as_millis() as i64;
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND claim_token = ?3")?
+                .execute(params![until, job_id, token])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn wait_for_work(&self, max: Duration) {
         let notified = self.work().notified();
         let due = self

@@ -1,0 +1,204 @@
+//! Delivers one job's messages to the recipient domain: walks the MX hosts (and each host's
+//! addresses) in order until every recipient has a verdict.
+//!
+//! A recipient answered by a host (delivered, or refused by reply) is settled. When a session
+//! breaks off, [`disposition`] decides whether the undecided recipients move on to the next
+//! host or are settled now. When every host has been tried, whoever is left is retried with
+//! the last error as their response.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use postwire_telemetry::Metrics;
+
+use crate::disposition::{disposition, Action, Failure};
+use crate::resolve::{MxHost, MxResolver};
+use crate::session::{deliver_to_host, Answer, SmtpOptions, Transaction};
+
+/// What became of one recipient in this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// Not delivered: retry later or bounce now.
+    Failed(Action),
+}
+
+/// One recipient's result, with the text to show as its `last_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientVerdict {
+    pub email: String,
+    pub verdict: Verdict,
+    pub response: String,
+    pub mx_host: Option<String>,
+}
+
+/// A message ready to send: CRLF-only, signed, with its envelope recipients.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub recipients: Vec<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// Delivers to MX hosts.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub resolver: MxResolver,
+    pub smtp: SmtpOptions,
+    pub metrics: Metrics,
+}
+
+impl Deliverer {
+    /// Resolves `domain` and delivers `messages` from `sender`.
+    pub async fn deliver(
+        &self,
+        domain: &str,
+        sender: &str,
+        messages: &[Outgoing],
+    ) -> Vec<RecipientVerdict> {
+        match self.resolver.resolve(domain).await {
+            Ok(hosts) => self.deliver_to_hosts(&hosts, sender, messages).await,
+            Err(e) => settle_all(
+                messages.iter().flat_map(|m| m.recipients.iter()),
+                &Failure::Resolve(e),
+                None,
+            ),
+        }
+    }
+
+    /// Delivers `messages` over `hosts`, tried in the given order.
+    pub async fn deliver_to_hosts(
+        &self,
+        hosts: &[MxHost],
+        sender: &str,
+        messages: &[Outgoing],
+    ) -> Vec<RecipientVerdict> {
+        let mut verdicts = Vec::new();
+        let mut pending: HashSet<String> = messages
+            .iter()
+            .flat_map(|m| m.recipients.iter().cloned())
+            .collect();
+        let mut last_error: Option<(String, String)> = None;
+
+        'hosts: for host in hosts {
+            for &ip in &host.addresses {
+                if pending.is_empty() {
+                    break 'hosts;
+                }
+                // Only what is still pending goes to this host.
+                let recipient_lists: Vec<Vec<String>> = messages
+                    .iter()
+                    .map(|m| {
+                        m.recipients
+                            .iter()
+                            .filter(|r| pending.contains(*r))
+                            .cloned()
+                            .collect()
+                    })
+                    .collect();
+                let transactions: Vec<Transaction<'_>> = messages
+                    .iter()
+                    .zip(&recipient_lists)
+                    .filter(|(_, r)| !r.is_empty())
+                    .map(|(m, r)| Transaction {
+                        recipients: r,
+                        message: &m.bytes,
+                    })
+                    .collect();
+
+                let started = Instant::now();
+                let attempt =
+                    deliver_to_host(&self.smtp, ip, &host.name, sender, &transactions).await;
+                self.metrics
+                    .smtp_transaction_seconds
+                    .observe(started.elapsed().as_secs_f64());
+
+                for (email, answer) in attempt.answers {
+                    pending.remove(&email);
+                    let (verdict, reply) = match answer {
+                        Answer::Delivered(reply) => (Verdict::Delivered, reply),
+                        Answer::RcptRejected(reply) => {
+                            let action = disposition(&Failure::Rcpt(reply.clone()), false).action;
+                            (Verdict::Failed(action), reply)
+                        }
+                        Answer::DataRejected(reply) => {
+                            let action = disposition(&Failure::Data(reply.clone()), true).action;
+                            (Verdict::Failed(action), reply)
+                        }
+                    };
+                    verdicts.push(RecipientVerdict {
+                        email,
+                        verdict,
+                        response: reply.to_string(),
+                        mx_host: Some(host.name.clone()),
+                    });
+                }
+
+                let Some(error) = attempt.failure else {
+                    continue;
+                };
+                let text = format!("{} [{}]: {}", host.name, ip, error);
+                tracing::info!(host = %host.name, %ip, %error, "SMTP session failed");
+                let failure = Failure::Session(error);
+                // Recipients already accepted when the session broke are settled now.
+                for email in attempt.in_doubt {
+                    if pending.remove(&email) {
+                        verdicts.push(failed(email, &failure, true, &text, Some(&host.name)));
+                    }
+                }
+                if disposition(&failure, false).next_host {
+                    last_error = Some((text, host.name.clone()));
+                    continue;
+                }
+                let mut rest: Vec<String> = pending.drain().collect();
+                rest.sort();
+                for email in rest {
+                    verdicts.push(failed(email, &failure, false, &text, Some(&host.name)));
+                }
+                break 'hosts;
+            }
+        }
+
+        // Every host was tried and none took them: temporary, whatever the last error was.
+        let (text, mx_host) =
+            last_error.unwrap_or_else(|| ("no MX host could be reached".into(), String::new()));
+        let mut rest: Vec<String> = pending.into_iter().collect();
+        rest.sort();
+        for email in rest {
+            verdicts.push(RecipientVerdict {
+                email,
+                verdict: Verdict::Failed(Action::Retry),
+                response: text.clone(),
+                mx_host: (!mx_host.is_empty()).then(|| mx_host.clone()),
+            });
+        }
+        verdicts
+    }
+}
+
+fn failed(
+    email: String,
+    failure: &Failure,
+    accepted: bool,
+    text: &str,
+    host: Option<&str>,
+) -> RecipientVerdict {
+    RecipientVerdict {
+        email,
+        verdict: Verdict::Failed(disposition(failure, accepted).action),
+        response: text.to_owned(),
+        mx_host: host.map(str::to_owned),
+    }
+}
+
+/// The same verdict for every recipient, for failures before any host was contacted.
+pub fn settle_all<'a>(
+    recipients: impl IntoIterator<Item = &'a String>,
+    failure: &Failure,
+    mx_host: Option<&str>,
+) -> Vec<RecipientVerdict> {
+    let text = failure.to_string();
+    recipients
+        .into_iter()
+        .map(|r| failed(r.clone(), failure, false, &text, mx_host))
+        .collect()
+}

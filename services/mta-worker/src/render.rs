@@ -1,0 +1,458 @@
+//! Renders a claimed job into the RFC 5322 bytes sent in DATA.
+//!
+//! Headers come from the send request (From with its display name, To, Cc — never Bcc —,
+//! Reply-To, Subject, custom headers), Message-ID from the id fixed at acceptance (so every retry
+//! carries the same one) and Date from the acceptance time. Text and HTML become
+//! multipart/alternative; attachments make it multipart/mixed.
+//!
+//! When opens or clicks are tracked, the HTML differs per recipient (signed per-recipient links),
+//! so the message is rendered once per recipient; otherwise once for the whole job.
+//!
+//! Every line ending is then normalised to CRLF. lettre's DATA writer dot-stuffs only after a
+//! CRLF and passes a bare LF through, so a bare LF followed by "." could end DATA early on a
+//! lenient receiver ("SMTP smuggling"). After [`to_crlf`] the only line ending on the wire is
+//! CRLF and every line starting with "." gets stuffed.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::message_id::MessageId;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::text::Text;
+use mail_builder::MessageBuilder;
+use postwire_store::ClaimedJob;
+use postwire_tracking::TrackingKeys;
+
+/// Why a job could not be turned into a message. These are permanent: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A header name or value carries CR, LF or NUL (header injection).
+    #[error("header {name:?} contains a line break or NUL")]
+    HeaderInjection { name: String },
+    /// An address could not be parsed as `Name <addr>` or `addr`.
+    #[error("{field} address {value:?} is not a valid mailbox")]
+    Address { field: &'static str, value: String },
+    /// An attachment's content is not valid base64.
+    #[error("attachment {filename:?} is not valid base64: {source}")]
+    Attachment {
+        filename: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    /// mail-builder failed to write the message.
+    #[error("cannot write the message: {0}")]
+    Build(#[from] std::io::Error),
+}
+
+/// A parsed `Name <addr>` or bare `addr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub name: Option<String>,
+    pub email: String,
+}
+
+impl Mailbox {
+    /// The part after the last `@`, lower-cased.
+    pub fn domain(&self) -> String {
+        self.email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses `"Name" <addr>`, `Name <addr>` or `addr`.
+pub fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, RenderError> {
+    let bad = || RenderError::Address {
+        field,
+        value: value.to_owned(),
+    };
+    if has_line_break(value) {
+        return Err(RenderError::HeaderInjection {
+            name: field.to_owned(),
+        });
+    }
+    let value = value.trim();
+    let (name, email) = match (value.rfind('<'), value.ends_with('>')) {
+        (Some(open), true) => {
+            let name = value[..open].trim().trim_matches('"').trim();
+            let name = (!name.is_empty()).then(|| name.to_owned());
+            (name, value[open + 1..value.len() - 1].trim())
+        }
+        (None, false) => (None, value),
+        _ => return Err(bad()),
+    };
+    match email.rsplit_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !email.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') =>
+        {
+            Ok(Mailbox {
+                name,
+                email: email.to_owned(),
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// One message to send in one SMTP transaction, and who it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedMessage {
+    /// Envelope recipients of this copy (all the job's recipients, or one when tracked).
+    pub recipients: Vec<String>,
+    /// CRLF-only message bytes (headers and body), not yet DKIM-signed.
+    pub bytes: Vec<u8>,
+}
+
+/// Headers built from structured fields; custom headers with these names are dropped so they
+/// can neither duplicate nor override them.
+const RESERVED_HEADERS: [&str; 13] = [
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "dkim-signature",
+    "return-path",
+];
+
+/// Renders jobs; holds what tracking needs.
+#[derive(Clone)]
+pub struct Renderer {
+    tracking: TrackingKeys,
+    public_url: String,
+}
+
+impl Renderer {
+    pub fn new(tracking: TrackingKeys, public_url: impl Into<String>) -> Self {
+        Self {
+            tracking,
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The copies to send for `job`: one per recipient when tracking applies, else one.
+    pub fn render(&self, job: &ClaimedJob) -> Result<Vec<RenderedMessage>, RenderError> {
+        let req = &job.request;
+        let recipients: Vec<String> = job.recipients.iter().map(|r| r.email.clone()).collect();
+        let tracked = (req.track_opens || req.track_clicks) && req.html.is_some();
+        if !tracked {
+            let bytes = render_one(job, req.html.as_deref().map(Cow::Borrowed))?;
+            return Ok(vec![RenderedMessage { recipients, bytes }]);
+        }
+        let html = req.html.as_deref().unwrap_or_default();
+        recipients
+            .into_iter()
+            .map(|rcpt| {
+                let instrumented = postwire_tracking::instrument_html(
+                    html,
+                    &self.tracking,
+                    &self.public_url,
+                    &job.message_id,
+                    &rcpt,
+                    req.track_opens,
+                    req.track_clicks,
+                );
+                let bytes = render_one(job, Some(Cow::Owned(instrumented)))?;
+                Ok(RenderedMessage {
+                    recipients: vec![rcpt],
+                    bytes,
+                })
+            })
+            .collect()
+    }
+}
+
+fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, RenderError> {
+    let req = &job.request;
+    let from = parse_mailbox("from", &req.from)?;
+    let mut builder = MessageBuilder::new()
+        .from(address(from))
+        .message_id(MessageId::new(job.message_id_header.as_str()))
+        .date(Date::new(job.created_at.timestamp()));
+    check_value("subject", &req.subject)?;
+    builder = builder.subject(Text::new(req.subject.as_str()));
+    if !req.to.is_empty() {
+        builder = builder.to(address_list("to", &req.to)?);
+    }
+    if !req.cc.is_empty() {
+        builder = builder.cc(address_list("cc", &req.cc)?);
+    }
+    if let Some(reply_to) = &req.reply_to {
+        builder = builder.reply_to(address(parse_mailbox("reply-to", reply_to)?));
+    }
+    for (name, value) in &req.headers {
+        check_value(name, name)?;
+        check_value(name, value)?;
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            tracing::warn!(message_id = %job.message_id, header = %name, "custom header would override a generated one; dropped");
+            continue;
+        }
+        builder = if value.is_ascii() {
+            builder.header(name.as_str(), Raw::new(value.as_str()))
+        } else {
+            builder.header(name.as_str(), Text::new(value.as_str()))
+        };
+    }
+    if let Some(text) = &req.text {
+        builder = builder.text_body(text.as_str());
+    }
+    if let Some(html) = html {
+        builder = builder.html_body(html);
+    }
+    for a in &req.attachments {
+        check_value("attachment filename", &a.filename)?;
+        check_value("attachment content_type", &a.content_type)?;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(a.content.trim())
+            .map_err(|source| RenderError::Attachment {
+                filename: a.filename.clone(),
+                source,
+            })?;
+        builder = builder.attachment(a.content_type.as_str(), a.filename.as_str(), content);
+    }
+    Ok(to_crlf(&builder.write_to_vec()?))
+}
+
+fn address(m: Mailbox) -> Address<'static> {
+    Address::new_address(m.name, m.email)
+}
+
+fn address_list(field: &'static str, values: &[String]) -> Result<Address<'static>, RenderError> {
+    let list = values
+        .iter()
+        .map(|v| parse_mailbox(field, v).map(address))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Address::new_list(list))
+}
+
+fn has_line_break(s: &str) -> bool {
+    s.contains(['\r', '\n', '\0'])
+}
+
+/// Defensive: the API refuses these already, but a header must never carry a line break.
+fn check_value(name: &str, value: &str) -> Result<(), RenderError> {
+    if has_line_break(value) {
+        return Err(RenderError::HeaderInjection {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Rewrites every line ending (CRLF, bare LF, bare CR) as CRLF.
+pub fn to_crlf(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if input.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use postwire_proto::{Attachment, SendRequest};
+    use postwire_store::PendingRecipient;
+
+    pub(crate) fn job(req: SendRequest, recipients: &[&str]) -> ClaimedJob {
+        ClaimedJob {
+            job_id: "job_1".into(),
+            claim_token: "c1".into(),
+            message_id: "msg_1".into(),
+            created_at: chrono::Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap(),
+            request: req,
+            message_id_header: "msg_1@postwire.test".into(),
+            domain: "rcpt.test".into(),
+            recipients: recipients
+                .iter()
+                .map(|e| PendingRecipient {
+                    email: e.to_string(),
+                    attempts: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn renderer() -> Renderer {
+        Renderer::new(TrackingKeys::new(b"secret"), "http://t.test/")
+    }
+
+    /// True when every LF is preceded by CR and every CR is followed by LF.
+    fn crlf_only(b: &[u8]) -> bool {
+        b.iter().enumerate().all(|(i, &c)| match c {
+            b'\n' => i > 0 && b[i - 1] == b'\r',
+            b'\r' => b.get(i + 1) == Some(&b'\n'),
+            _ => true,
+        })
+    }
+
+    #[test]
+    fn mailboxes_parse_with_and_without_display_names() {
+        let m = parse_mailbox("from", "\"Ann Smith\" <ann@Example.TEST>").unwrap();
+        assert_eq!(
+            m,
+            Mailbox {
+                name: Some("Ann Smith".into()),
+                email: "ann@Example.TEST".into()
+            }
+        );
+        assert_eq!(m.domain(), "example.test");
+        assert_eq!(parse_mailbox("to", "bob@x.test").unwrap().name, None);
+        assert!(parse_mailbox("to", "no-at-sign").is_err());
+        assert!(parse_mailbox("to", "Bob <bob@x.test").is_err());
+        assert!(matches!(
+            parse_mailbox("to", "a@x.test\r\nBcc: z@y.test"),
+            Err(RenderError::HeaderInjection { .. })
+        ));
+    }
+
+    #[test]
+    fn dot_lines_and_bare_line_endings_are_rendered_crlf_only() {
+        let text = "line one\n.\nline three\r\n.\r\nbare cr\rend\n..\n.".to_string();
+        let req = SendRequest {
+            from: "Sender <s@sender.test>".into(),
+            to: vec!["r@rcpt.test".into()],
+            subject: "dots".into(),
+            text: Some(text),
+            html: Some("<p>a</p>\n.\n<p>b</p>".into()),
+            ..Default::default()
+        };
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        assert_eq!(out.len(), 1);
+        let bytes = &out[0].bytes;
+        assert!(crlf_only(bytes), "{}", String::from_utf8_lossy(bytes));
+        let s = String::from_utf8_lossy(bytes);
+        assert!(
+            s.contains("\r\n.\r\n"),
+            "lone dot lines survive as CRLF-delimited lines for lettre to stuff:\n{s}"
+        );
+        assert!(s.contains("bare cr\r\nend"));
+        assert!(s.contains("multipart/alternative"));
+    }
+
+    #[test]
+    fn to_crlf_rewrites_every_line_ending_kind() {
+        assert_eq!(
+            to_crlf(b"a\nb\rc\r\nd\n\r\n.\r"),
+            b"a\r\nb\r\nc\r\nd\r\n\r\n.\r\n".to_vec()
+        );
+        assert_eq!(to_crlf(b"\r\r\n\n"), b"\r\n\r\n\r\n".to_vec());
+    }
+
+    #[test]
+    fn headers_carry_display_name_cc_and_fixed_ids_but_never_bcc() {
+        let req = SendRequest {
+            from: "Ann <ann@sender.test>".into(),
+            to: vec!["to@rcpt.test".into()],
+            cc: vec!["Cee <cc@rcpt.test>".into()],
+            bcc: vec!["hidden@rcpt.test".into()],
+            reply_to: Some("help@sender.test".into()),
+            subject: "Hello".into(),
+            text: Some("hi".into()),
+            headers: [("X-Campaign".to_string(), "spring".to_string())].into(),
+            attachments: vec![Attachment {
+                filename: "a.txt".into(),
+                content_type: "text/plain".into(),
+                content: "aGVsbG8gYXR0YWNobWVudA==".into(),
+            }],
+            ..Default::default()
+        };
+        let out = renderer()
+            .render(&job(
+                req,
+                &["to@rcpt.test", "cc@rcpt.test", "hidden@rcpt.test"],
+            ))
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].recipients.len(), 3);
+        let s = String::from_utf8(out[0].bytes.clone()).unwrap();
+        assert!(
+            s.contains("From: \"Ann\" <ann@sender.test>")
+                || s.contains("From: Ann <ann@sender.test>"),
+            "{s}"
+        );
+        assert!(s.contains("Message-ID: <msg_1@postwire.test>\r\n"), "{s}");
+        assert!(s.contains("Date: Wed, 1 May 2024 12:00:00 +0000"), "{s}");
+        assert!(s.contains("cc@rcpt.test"));
+        assert!(s.contains("Reply-To: <help@sender.test>"), "{s}");
+        assert!(s.contains("X-Campaign: spring\r\n"));
+        assert!(
+            !s.contains("hidden@rcpt.test"),
+            "bcc leaked into headers:\n{s}"
+        );
+        assert!(!s.to_ascii_lowercase().contains("\r\nbcc:"));
+        assert!(s.contains("multipart/mixed") && s.contains("a.txt"));
+    }
+
+    #[test]
+    fn header_values_with_line_breaks_are_refused() {
+        let req = SendRequest {
+            from: "s@sender.test".into(),
+            to: vec!["r@rcpt.test".into()],
+            headers: [("X-Evil".to_string(), "a\r\nBcc: victim@x.test".to_string())].into(),
+            text: Some("x".into()),
+            ..Default::default()
+        };
+        let err = renderer().render(&job(req, &["r@rcpt.test"])).unwrap_err();
+        assert!(matches!(err, RenderError::HeaderInjection { .. }), "{err}");
+    }
+
+    #[test]
+    fn tracked_html_is_rendered_once_per_recipient() {
+        let req = SendRequest {
+            from: "s@sender.test".into(),
+            to: vec!["a@rcpt.test".into(), "b@rcpt.test".into()],
+            html: Some("<a href=\"https://example.test/x\">x</a>".into()),
+            track_opens: true,
+            track_clicks: true,
+            ..Default::default()
+        };
+        let out = renderer()
+            .render(&job(req, &["a@rcpt.test", "b@rcpt.test"]))
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].recipients, vec!["a@rcpt.test".to_string()]);
+        assert_eq!(out[1].recipients, vec!["b@rcpt.test".to_string()]);
+        assert_ne!(out[0].bytes, out[1].bytes);
+        for m in &out {
+            assert!(crlf_only(&m.bytes));
+        }
+    }
+
+    #[test]
+    fn reserved_custom_headers_are_dropped() {
+        let req = SendRequest {
+            from: "s@sender.test".into(),
+            to: vec!["r@rcpt.test".into()],
+            headers: [("Message-ID".to_string(), "<evil@x>".to_string())].into(),
+            text: Some("x".into()),
+            ..Default::default()
+        };
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let s = String::from_utf8(out[0].bytes.clone()).unwrap();
+        assert!(!s.contains("evil@x"));
+    }
+}

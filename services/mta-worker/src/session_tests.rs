@@ -1,0 +1,381 @@
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::testutil::{Script, SmtpPeer};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn opts(port: u16, tls: TlsMode) -> SmtpOptions {
+    SmtpOptions {
+        helo: ClientId::Domain("worker.test".into()),
+        port,
+        tls,
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(5),
+        data_timeout: Duration::from_secs(5),
+    }
+}
+
+fn rcpts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+const MESSAGE: &[u8] = b"From: s@sender.test\r\nTo: a@rcpt.test\r\nSubject: t\r\n\r\nhello\r\n.\r\n.leading dot\r\nend\r\n";
+
+#[tokio::test]
+async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients() {
+    let script = Script {
+        rcpt: HashMap::from([
+            (
+                "b@rcpt.test".to_string(),
+                "550 5.1.1 no such user".to_string(),
+            ),
+            ("c@rcpt.test".to_string(), "451 4.7.1 try later".to_string()),
+        ]),
+        ..Default::default()
+    };
+    let peer = SmtpPeer::start(LOCAL, script).await;
+    let r = rcpts(&["a@rcpt.test", "b@rcpt.test", "c@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Opportunistic),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(attempt.failure.is_none(), "{:?}", attempt.failure);
+    let answers: HashMap<_, _> = attempt.answers.into_iter().collect();
+    assert_eq!(
+        answers["a@rcpt.test"],
+        Answer::Delivered(Reply {
+            code: 250,
+            text: "2.0.0 queued as X1".into()
+        })
+    );
+    assert_eq!(
+        answers["b@rcpt.test"].clone(),
+        Answer::RcptRejected(Reply {
+            code: 550,
+            text: "5.1.1 no such user".into()
+        })
+    );
+    match &answers["c@rcpt.test"] {
+        Answer::RcptRejected(r) => assert_eq!(r.to_string(), "451 4.7.1 try later"),
+        other => panic!("{other:?}"),
+    }
+    let seen = peer.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0]
+            .commands
+            .iter()
+            .any(|c| c == "MAIL FROM:<s@sender.test>"),
+        "{:?}",
+        seen[0].commands
+    );
+    assert_eq!(
+        seen[0]
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("RCPT TO"))
+            .count(),
+        3
+    );
+    assert_eq!(seen[0].commands.last().unwrap(), "QUIT");
+}
+
+#[tokio::test]
+async fn lines_starting_with_a_dot_are_stuffed_on_the_wire_and_nothing_ends_data_early() {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let r = rcpts(&["a@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Disabled),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(attempt.failure.is_none());
+    let seen = peer.seen();
+    let wire = String::from_utf8(seen[0].messages[0].clone()).unwrap();
+    assert!(
+        wire.contains("\r\nhello\r\n..\r\n..leading dot\r\nend\r\n"),
+        "{wire:?}"
+    );
+    assert!(
+        !wire.ends_with("\r\n\r\n"),
+        "no blank line is added before the terminator: {wire:?}"
+    );
+}
+
+#[tokio::test]
+async fn data_is_not_sent_when_every_recipient_is_refused() {
+    let script = Script {
+        rcpt: HashMap::from([("a@rcpt.test".to_string(), "550 5.1.1 unknown".to_string())]),
+        ..Default::default()
+    };
+    let peer = SmtpPeer::start(LOCAL, script).await;
+    let r = rcpts(&["a@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Disabled),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert_eq!(attempt.answers.len(), 1);
+    assert!(!peer.seen()[0].commands.iter().any(|c| c == "DATA"));
+}
+
+#[tokio::test]
+async fn per_recipient_transactions_share_one_connection_with_rset_after_an_aborted_one() {
+    let script = Script {
+        rcpt: HashMap::from([("a@rcpt.test".to_string(), "550 5.1.1 unknown".to_string())]),
+        ..Default::default()
+    };
+    let peer = SmtpPeer::start(LOCAL, script).await;
+    let (a, b, c) = (
+        rcpts(&["a@rcpt.test"]),
+        rcpts(&["b@rcpt.test"]),
+        rcpts(&["c@rcpt.test"]),
+    );
+    let tx = [
+        Transaction {
+            recipients: &a,
+            message: MESSAGE,
+        },
+        Transaction {
+            recipients: &b,
+            message: MESSAGE,
+        },
+        Transaction {
+            recipients: &c,
+            message: MESSAGE,
+        },
+    ];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Disabled),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(attempt.failure.is_none());
+    assert_eq!(
+        attempt
+            .answers
+            .iter()
+            .filter(|(_, a)| matches!(a, Answer::Delivered(_)))
+            .count(),
+        2
+    );
+    let seen = peer.seen();
+    assert_eq!(seen.len(), 1, "one connection for all transactions");
+    let cmds: Vec<&str> = seen[0]
+        .commands
+        .iter()
+        .map(|c| c.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        cmds,
+        [
+            "EHLO worker.test",
+            "MAIL FROM",
+            "RCPT TO",
+            "RSET",
+            "MAIL FROM",
+            "RCPT TO",
+            "DATA",
+            "MAIL FROM",
+            "RCPT TO",
+            "DATA",
+            "QUIT"
+        ]
+    );
+    assert_eq!(seen[0].messages.len(), 2);
+}
+
+#[tokio::test]
+async fn a_negative_greeting_fails_the_session() {
+    let peer = SmtpPeer::start(
+        LOCAL,
+        Script {
+            greeting: "554 5.3.2 not now".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = rcpts(&["a@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Disabled),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    match attempt.failure {
+        Some(SessionError::Greeting { reply }) => {
+            assert_eq!(reply.to_string(), "554 5.3.2 not now")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(attempt.answers.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_failure() {
+    let listener = tokio::net::TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let r = rcpts(&["a@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(port, TlsMode::Disabled),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(
+        matches!(attempt.failure, Some(SessionError::Connect { .. })),
+        "{:?}",
+        attempt.failure
+    );
+}
+
+#[tokio::test]
+async fn a_failed_opportunistic_tls_handshake_falls_back_to_plain_text_on_a_new_connection() {
+    let script = Script {
+        extensions: vec!["STARTTLS".into()],
+        break_tls: true,
+        ..Default::default()
+    };
+    let peer = SmtpPeer::start(LOCAL, script).await;
+    let r = rcpts(&["a@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Opportunistic),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(attempt.failure.is_none(), "{:?}", attempt.failure);
+    assert!(matches!(attempt.answers[0].1, Answer::Delivered(_)));
+    assert!(!attempt.encrypted);
+    let seen = peer.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].commands.iter().any(|c| c == "STARTTLS"));
+    assert!(
+        !seen[1].commands.iter().any(|c| c == "STARTTLS"),
+        "the fallback must not try TLS again"
+    );
+    assert_eq!(seen[1].messages.len(), 1);
+}
+
+#[tokio::test]
+async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let r = rcpts(&["a@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Required),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(
+        matches!(attempt.failure, Some(SessionError::TlsUnavailable { .. })),
+        "{:?}",
+        attempt.failure
+    );
+    assert!(peer.seen()[0].messages.is_empty());
+
+    let broken = Script {
+        extensions: vec!["STARTTLS".into()],
+        break_tls: true,
+        ..Default::default()
+    };
+    let peer = SmtpPeer::start(LOCAL, broken).await;
+    let attempt = deliver_to_host(
+        &opts(peer.addr.port(), TlsMode::Required),
+        LOCAL,
+        "mx.test",
+        "s@sender.test",
+        &tx,
+    )
+    .await;
+    assert!(
+        matches!(attempt.failure, Some(SessionError::TlsHandshake { .. })),
+        "{:?}",
+        attempt.failure
+    );
+    assert_eq!(peer.seen().len(), 1, "no plain-text retry in required mode");
+}
+
+#[tokio::test]
+async fn a_missing_end_of_data_reply_times_out_and_leaves_accepted_recipients_in_doubt() {
+    let peer = SmtpPeer::start(
+        LOCAL,
+        Script {
+            end_reply: None,
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = rcpts(&["a@rcpt.test", "b@rcpt.test"]);
+    let tx = [Transaction {
+        recipients: &r,
+        message: MESSAGE,
+    }];
+    let mut o = opts(peer.addr.port(), TlsMode::Disabled);
+    o.data_timeout = Duration::from_millis(300);
+    let attempt = deliver_to_host(&o, LOCAL, "mx.test", "s@sender.test", &tx).await;
+    assert!(
+        matches!(
+            attempt.failure,
+            Some(SessionError::Timeout {
+                stage: Stage::DataEnd
+            })
+        ),
+        "{:?}",
+        attempt.failure
+    );
+    assert_eq!(attempt.in_doubt, r);
+    assert!(attempt.answers.is_empty());
+}

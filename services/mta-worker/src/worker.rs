@@ -1,0 +1,265 @@
+//! [`MtaWorker`]: claims delivery jobs and turns each into per-recipient outcomes.
+//!
+//! Processing one job: resolve the domain's MX hosts, render the message (per recipient when
+//! tracked) and DKIM-sign it, deliver, then map each recipient's verdict to a
+//! [`RecipientOutcome`]: delivered; bounced; or deferred to `now + retry.delay_after(n)` for the
+//! n-th failed attempt — unless the message is older than `retry.max_age`, in which case it
+//! bounces as `expired: …` (RFC 5321 §4.5.4.1: give up after a few days).
+//!
+//! The claim's lease is renewed every third of `worker.lease` while a job is being delivered.
+//! A failed `complete` loses nothing: the job stays leased, the lease expires, another claim
+//! re-runs it, and the store ignores outcomes for recipients that became final meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use postwire_config::{Retry, Settings};
+use postwire_store::{ClaimedJob, DeliveryResult, Queue, RecipientOutcome, StoreError};
+use postwire_telemetry::Metrics;
+use postwire_tracking::TrackingKeys;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::{settle_all, Deliverer, Outgoing, RecipientVerdict, Verdict};
+use crate::disposition::{Action, Failure};
+use crate::dkim::DkimSigners;
+use crate::render::{parse_mailbox, Renderer};
+use crate::resolve::MxResolver;
+use crate::session::SmtpOptions;
+use crate::WorkerError;
+
+/// How long an idle worker waits for new work before polling the queue again.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The outbound delivery worker. Build it once; run it with [`MtaWorker::run`].
+pub struct MtaWorker {
+    queue: Arc<dyn Queue>,
+    metrics: Metrics,
+    renderer: Renderer,
+    signers: DkimSigners,
+    deliverer: Deliverer,
+    retry: Retry,
+    concurrency: usize,
+    lease: Duration,
+    worker_id: String,
+}
+
+impl MtaWorker {
+    /// Builds the worker: the DNS resolver from `dns.*`, the DKIM signers from `[[dkim]]` (keys
+    /// are read now, so a bad key fails start-up), SMTP options from `smtp.*`. Must be called
+    /// inside a tokio runtime.
+    pub fn new(
+        settings: &Settings,
+        queue: Arc<dyn Queue>,
+        metrics: Metrics,
+        tracking: TrackingKeys,
+    ) -> Result<Self, WorkerError> {
+        let resolver = MxResolver::from_settings(&settings.dns).map_err(WorkerError::Resolver)?;
+        let smtp = SmtpOptions::from_settings(&settings.smtp)
+            .ok_or_else(|| WorkerError::HeloName(settings.smtp.helo_name.clone()))?;
+        Ok(Self {
+            queue,
+            renderer: Renderer::new(tracking, settings.http.public_url.clone()),
+            signers: DkimSigners::from_settings(&settings.dkim)?,
+            deliverer: Deliverer {
+                resolver,
+                smtp,
+                metrics: metrics.clone(),
+            },
+            metrics,
+            retry: settings.retry.clone(),
+            concurrency: settings.worker.concurrency.max(1),
+            lease: settings.worker.lease.std(),
+            worker_id: format!("mta-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        })
+    }
+
+    /// Claims and processes jobs, up to `worker.concurrency` at once, until `shutdown` is
+    /// cancelled; then stops claiming and waits for the jobs in flight to finish.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        tracing::info!(worker = %self.worker_id, concurrency = self.concurrency, "MTA worker started");
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            // Not raced against shutdown: a claim dropped half-way would strand the job until
+            // its lease expired.
+            match self.queue.claim(&self.worker_id, self.lease).await {
+                Ok(Some(job)) => {
+                    let this = Arc::clone(&self);
+                    tracker.spawn(async move {
+                        // Already logged; the lease expiry brings the job back.
+                        let _ = this.process(job).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.queue.wait_for_work(IDLE_WAIT) => {}
+                    }
+                }
+                Err(error) => {
+                    drop(permit);
+                    tracing::warn!(%error, "claiming a delivery job failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(IDLE_WAIT) => {}
+                    }
+                }
+            }
+        }
+        tracker.close();
+        tracing::info!(
+            in_flight = tracker.len(),
+            "MTA worker stopping; waiting for deliveries in flight"
+        );
+        tracker.wait().await;
+    }
+
+    /// Claims and fully processes at most one job. `Ok(true)` when there was one. For tests and
+    /// tools that need deterministic steps.
+    pub async fn step_once(&self) -> Result<bool, WorkerError> {
+        match self.queue.claim(&self.worker_id, self.lease).await? {
+            Some(job) => {
+                self.process(job).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn process(&self, job: ClaimedJob) -> Result<(), StoreError> {
+        let verdicts = {
+            // Heartbeat: keep the (short) lease alive while the transaction runs, so other
+            // workers never take over a live delivery, yet a crashed worker's job returns fast.
+            let attempt = self.attempt(&job);
+            tokio::pin!(attempt);
+            let mut beat = tokio::time::interval(self.lease / 3);
+            beat.tick().await;
+            loop {
+                tokio::select! {
+                    verdicts = &mut attempt => break verdicts,
+                    _ = beat.tick() => match self.queue.renew(&job, self.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(job = %job.job_id, "lease lost during delivery; outcomes will still be recorded"),
+                        Err(error) => tracing::warn!(job = %job.job_id, %error, "lease renewal failed"),
+                    },
+                }
+            }
+        };
+        let outcomes = outcomes(&job, verdicts, &self.retry, Utc::now());
+        for o in &outcomes {
+            let label = match o.result {
+                DeliveryResult::Delivered => "delivered",
+                DeliveryResult::Deferred { .. } => "deferred",
+                DeliveryResult::Bounced => "bounced",
+            };
+            self.metrics.deliveries.with_label_values(&[label]).inc();
+            tracing::info!(
+                message_id = %job.message_id, recipient = %o.email, result = label,
+                response = %o.response, mx = o.mx_host.as_deref().unwrap_or("-"), "delivery attempt"
+            );
+        }
+        self.queue.complete(&job, outcomes).await.inspect_err(|error| {
+            tracing::error!(
+                job = %job.job_id, message_id = %job.message_id, %error,
+                "recording delivery outcomes failed; the job will be retried when its lease expires"
+            )
+        })
+    }
+
+    /// Resolve, render, sign, deliver: one verdict per recipient.
+    async fn attempt(&self, job: &ClaimedJob) -> Vec<RecipientVerdict> {
+        let everyone = || job.recipients.iter().map(|r| &r.email);
+        let hosts = match self.deliverer.resolver.resolve(&job.domain).await {
+            Ok(hosts) => hosts,
+            Err(e) => return settle_all(everyone(), &Failure::Resolve(e), None),
+        };
+        let from = match parse_mailbox("from", &job.request.from) {
+            Ok(from) => from,
+            Err(e) => return settle_all(everyone(), &Failure::Render(e), None),
+        };
+        let rendered = match self.renderer.render(job) {
+            Ok(r) => r,
+            Err(e) => return settle_all(everyone(), &Failure::Render(e), None),
+        };
+        let (recipients, bodies): (Vec<_>, Vec<_>) = rendered
+            .into_iter()
+            .map(|m| (m.recipients, m.bytes))
+            .unzip();
+        let signed = match self.signers.sign(&from.domain(), bodies).await {
+            Ok(signed) => signed,
+            Err(e) => return settle_all(everyone(), &Failure::Dkim(e), None),
+        };
+        let outgoing: Vec<Outgoing> = recipients
+            .into_iter()
+            .zip(signed)
+            .map(|(recipients, bytes)| Outgoing { recipients, bytes })
+            .collect();
+        self.deliverer
+            .deliver_to_hosts(&hosts, &from.email, &outgoing)
+            .await
+    }
+}
+
+/// Maps verdicts to outcomes for every pending recipient of `job`, applying the retry
+/// schedule and `max_age`.
+pub fn outcomes(
+    job: &ClaimedJob,
+    verdicts: Vec<RecipientVerdict>,
+    retry: &Retry,
+    now: DateTime<Utc>,
+) -> Vec<RecipientOutcome> {
+    let expired = now
+        .signed_duration_since(job.created_at)
+        .to_std()
+        .is_ok_and(|age| age >= retry.max_age.std());
+    job.recipients
+        .iter()
+        .map(|r| {
+            let v = verdicts.iter().find(|v| v.email == r.email);
+            let (verdict, response, mx_host) = match v {
+                Some(v) => (v.verdict.clone(), v.response.clone(), v.mx_host.clone()),
+                // Cannot happen; if it did, trying again is the safe choice.
+                None => (
+                    Verdict::Failed(Action::Retry),
+                    "no delivery attempt was made".to_owned(),
+                    None,
+                ),
+            };
+            let (result, response) = match verdict {
+                Verdict::Delivered => (DeliveryResult::Delivered, response),
+                Verdict::Failed(Action::Bounce) => (DeliveryResult::Bounced, response),
+                Verdict::Failed(Action::Retry) if expired => (
+                    DeliveryResult::Bounced,
+                    format!("expired: last reply was {response}"),
+                ),
+                Verdict::Failed(Action::Retry) => {
+                    let delay = retry.delay_after(r.attempts.saturating_add(1));
+                    let next_attempt_at = chrono::Duration::from_std(delay)
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                    (DeliveryResult::Deferred { next_attempt_at }, response)
+                }
+            };
+            RecipientOutcome {
+                email: r.email.clone(),
+                result,
+                response,
+                mx_host,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

@@ -1,0 +1,12 @@
+//! postwire-e2e: the end-to-end harness, with real network peers on loopback. Each peer is
+//! started by a test, scripted by it, records what it saw, and stops when dropped.
+//!
+//! - [`app`]: `TestApp`/`World`: a real Postwire app on loopback, with helpers per endpoint.
+//! - [`dns`]: an authoritative DNS server (UDP and TCP) with a zone the test edits live.
+//! - [`smtp`]: a scriptable SMTP server playing a recipient's MX host (STARTTLS, replies).
+//! - [`webhook`]: an HTTP receiver for webhooks, with Standard Webhooks verification.
+
+pub mod app;
+pub mod dns;
+pub mod smtp;
+pub mod webhook;

@@ -1,0 +1,43 @@
+//! End-to-end suite: the real Postwire app (and, for crash tests, the real binary) against
+//! real peers on loopback — a DNS server, scripted SMTP servers on 127.0.0.x acting as MX
+//! hosts, and a webhook receiver.
+
+mod api;
+mod delivery;
+mod dkim;
+mod durability;
+mod events;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use postwire_e2e::app::World;
+use postwire_e2e::smtp::{Script, SmtpServer};
+
+/// Generous deadline for anything that should happen "soon".
+pub const SOON: Duration = Duration::from_secs(20);
+
+/// Publishes `domain` with one MX host per entry (preference, address) and starts an SMTP
+/// server with `script` on each address.
+pub async fn mx_hosts(world: &World, domain: &str, hosts: &[(u16, Ipv4Addr, Script)]) -> Vec<SmtpServer> {
+    let mut servers = Vec::new();
+    for (i, (pref, ip, script)) in hosts.iter().enumerate() {
+        let name = format!("mx{i}.{domain}");
+        world.dns.add_mx(domain, *pref, &name);
+        world.dns.add_a(&name, *ip);
+        servers.push(SmtpServer::start(*ip, world.smtp_port, script.clone()).await.expect("start SMTP server"));
+    }
+    servers
+}
+
+pub fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// The recipient entry of a message view.
+pub fn recipient<'a>(message: &'a serde_json::Value, email: &str) -> &'a serde_json::Value {
+    message["recipients"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["email"] == email))
+        .unwrap_or_else(|| panic!("no recipient {email} in {message:#}"))
+}

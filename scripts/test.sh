@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as README states it: installs the independent verifiers the
+# The whole test suite, as README states it. Needs RabbitMQ and Redis on their default local
+# ports for the distributed runs (.ci/run starts them). Installs the independent verifiers the
 # end-to-end suite shells out to (dkimpy + dnspython + PyNaCl for DKIM), builds every
 # crate once (the crash tests run the real `postwire` binary), then runs every test.
 set -euo pipefail
@@ -12,4 +13,8 @@ if ! python3 -c 'import dkim, dns.resolver, nacl' 2>/dev/null; then
 fi
 
 cargo build --workspace --locked
+# Everything, with the end-to-end suite on the embedded (SQLite) backend...
 cargo test --workspace --locked
+# ...and the same end-to-end suite again on the distributed backend (RabbitMQ + Redis at the
+# default URLs: 127.0.0.1:5672 guest/guest and 127.0.0.1:6379).
+POSTWIRE_TEST_BACKEND=distributed cargo test --locked -p postwire-e2e --test e2e

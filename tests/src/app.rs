@@ -45,9 +45,25 @@ pub fn test_settings(dir: &std::path::Path, dns: SocketAddr, smtp_port: u16) -> 
     )
     .expect("test settings parse");
     s.storage.path = dir.to_path_buf();
+    if let Some(backend) = distributed_backend() {
+        s.storage.backend = backend;
+        // Each app gets its own Redis keys and queues on the shared servers.
+        s.storage.namespace = format!("pwtest-{:016x}", rand::random::<u64>());
+    }
     s.dns.nameservers = vec![dns];
     s.smtp.port = smtp_port;
     s
+}
+
+/// The backend under test: `POSTWIRE_TEST_BACKEND=distributed` runs the whole suite on
+/// RabbitMQ + Redis (at the default URLs, or `POSTWIRE__AMQP__URL` / `POSTWIRE__REDIS__URL`);
+/// unset or `embedded` runs it on SQLite.
+pub fn distributed_backend() -> Option<postwire_config::Backend> {
+    match std::env::var("POSTWIRE_TEST_BACKEND").as_deref() {
+        Ok("distributed") => Some(postwire_config::Backend::Distributed),
+        Ok("embedded") | Err(_) => None,
+        Ok(other) => panic!("POSTWIRE_TEST_BACKEND={other}: expected `embedded` or `distributed`"),
+    }
 }
 
 /// A running app and a client for it.
@@ -58,6 +74,8 @@ pub struct TestApp {
     pub key: String,
     pub client: reqwest::Client,
     pub settings: Settings,
+    /// The app's state backend, for tests that act as an operator (e.g. revoking a key).
+    pub state: std::sync::Arc<dyn State>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -70,9 +88,9 @@ impl TestApp {
         let base = format!("http://{addr}");
         settings.http.listen = addr;
         settings.http.public_url = base.clone();
-        let app = App::build(settings.clone()).context("building the app")?;
+        let app = App::build(settings.clone()).await.context("building the app")?;
         let minted = ids::mint_api_key();
-        app.store()
+        app.state()
             .create_api_key(NewApiKey {
                 id: minted.id.clone(),
                 name: "test".into(),
@@ -81,6 +99,7 @@ impl TestApp {
                 created_at: Utc::now(),
             })
             .await?;
+        let state = app.state().clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -97,6 +116,7 @@ impl TestApp {
             key: minted.key,
             client,
             settings,
+            state,
             shutdown,
             task: Some(task),
         })

@@ -56,6 +56,18 @@ pub fn router(gw: Gateway) -> Router {
         .merge(openapi::docs_router())
 }
 
+/// Only `/metrics`, `/healthz` and `/readyz`: for processes that run no API (`telemetry.metrics_listen`).
+pub fn ops_router(gw: Gateway) -> Router {
+    routes::ops::router()
+        .route_layer(middleware::from_fn_with_state(gw.clone(), record_metrics))
+        .with_state(gw)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains open requests.
+pub async fn serve_router(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
 pub async fn serve(listener: TcpListener, gw: Gateway, shutdown: CancellationToken) -> std::io::Result<()> {
     axum::serve(listener, router(gw)).with_graceful_shutdown(shutdown.cancelled_owned()).await

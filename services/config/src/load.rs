@@ -7,7 +7,7 @@ use crate::settings::Settings;
 /// Why settings could not be loaded. The message always names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         #[source]
@@ -57,7 +57,9 @@ fn load_with_env(
     let de = toml::Value::Table(root);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        ConfigError::Key { key: if key == "." { "(root)".into() } else { key }, message: e.into_inner().to_string() }
+        // toml's message may repeat the location on later lines; the key is named already.
+        let message = e.into_inner().to_string().lines().next().unwrap_or_default().trim().to_string();
+        ConfigError::Key { key: if key == "." { "(root)".into() } else { key }, message }
     })
 }
 

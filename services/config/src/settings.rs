@@ -23,6 +23,15 @@ pub struct Settings {
     pub tracking: Tracking,
     pub webhooks: Webhooks,
     pub limits: Limits,
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// Extra listener serving only `/metrics`, `/healthz` and `/readyz`, for processes that do
+    /// not run the API gateway (`mta-worker`, `webhook-dispatcher`). Unset: none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,11 +67,21 @@ pub struct Storage {
     pub backend: Backend,
     /// Directory for the embedded database and generated keys.
     pub path: PathBuf,
+    /// Distributed backend: prefix of every Redis key and RabbitMQ queue, so several
+    /// installations can share one broker and one Redis.
+    pub namespace: String,
+    /// Distributed backend: how long a message's status and event history are kept in Redis.
+    pub retention: Duration,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Self { backend: Backend::Embedded, path: PathBuf::from("./data") }
+        Self {
+            backend: Backend::Embedded,
+            path: PathBuf::from("./data"),
+            namespace: "postwire".into(),
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
     }
 }
 

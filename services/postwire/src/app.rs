@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use postwire_api_gateway::Gateway;
-use postwire_config::Settings;
+use postwire_config::{Backend, Settings};
 use postwire_mta_worker::MtaWorker;
 use postwire_store::embedded::SqliteStore;
 use postwire_store::{Queue, State};
@@ -21,15 +21,22 @@ pub enum AppError {
     Store(#[from] postwire_store::StoreError),
     #[error("cannot start the MTA worker: {0}")]
     Worker(#[from] postwire_mta_worker::WorkerError),
-    #[error("tracking key {path}: {source}")]
+    #[error("tracking key {path}")]
     TrackingKey {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("storage.backend = \"distributed\" is not available in this build yet; use \"embedded\"")]
-    DistributedUnavailable,
-    #[error("HTTP server failed: {0}")]
+    #[error("cannot listen on {addr} ({key})")]
+    Listen {
+        addr: std::net::SocketAddr,
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracking.secret must be set with storage.backend = \"distributed\": every process must share it")]
+    TrackingSecretRequired,
+    #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
 }
 
@@ -43,12 +50,50 @@ pub struct Roles {
 
 impl Roles {
     pub const ALL: Roles = Roles { api_gateway: true, mta_worker: true, webhook_dispatcher: true };
+    pub const API_GATEWAY: Roles = Roles { api_gateway: true, mta_worker: false, webhook_dispatcher: false };
+    pub const MTA_WORKER: Roles = Roles { api_gateway: false, mta_worker: true, webhook_dispatcher: false };
+    pub const WEBHOOK_DISPATCHER: Roles = Roles { api_gateway: false, mta_worker: false, webhook_dispatcher: true };
 }
 
-/// A built Postwire instance: store, metrics and the three services.
+/// The queue/state backend chosen by `storage.backend`.
+#[derive(Clone)]
+pub struct Stores {
+    pub queue: Arc<dyn Queue>,
+    pub state: Arc<dyn State>,
+    /// The embedded store, which must be closed so its writer thread drains.
+    sqlite: Option<SqliteStore>,
+}
+
+impl Stores {
+    /// Opens the configured backend: SQLite under `storage.path`, or RabbitMQ + Redis.
+    pub async fn open(settings: &Settings) -> Result<Stores, AppError> {
+        match settings.storage.backend {
+            Backend::Embedded => {
+                let store = SqliteStore::open(&settings.storage.path)?;
+                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store.clone()), sqlite: Some(store) })
+            }
+            Backend::Distributed => {
+                let store = postwire_store::distributed::DistributedStore::connect(
+                    &postwire_store::distributed::Options::from_settings(settings),
+                )
+                .await?;
+                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store), sqlite: None })
+            }
+        }
+    }
+
+    /// Lets buffered writes finish (embedded) before the process exits.
+    pub fn close(&self) {
+        if let Some(s) = &self.sqlite {
+            s.close();
+        }
+    }
+}
+
+/// A built Postwire instance: backend, metrics and the three services.
 pub struct App {
     settings: Settings,
-    store: SqliteStore,
+    stores: Stores,
     metrics: Metrics,
     tracking: TrackingKeys,
     worker: Arc<MtaWorker>,
@@ -56,27 +101,26 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store and builds every service (nothing runs until [`App::run`]).
-    pub fn build(settings: Settings) -> Result<Self, AppError> {
-        if settings.storage.backend != postwire_config::Backend::Embedded {
-            return Err(AppError::DistributedUnavailable);
-        }
-        let store = SqliteStore::open(&settings.storage.path)?;
+    /// Opens the backend and builds every service (nothing runs until [`App::run`]).
+    pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        let stores = Stores::open(&settings).await?;
         let metrics = Metrics::new();
         let tracking = TrackingKeys::new(&tracking_secret(&settings)?);
-        let queue: Arc<dyn Queue> = Arc::new(store.clone());
-        let state: Arc<dyn State> = Arc::new(store.clone());
-        let worker = Arc::new(MtaWorker::new(&settings, queue, metrics.clone(), tracking.clone())?);
-        let dispatcher = Arc::new(Dispatcher::new(&settings, state, metrics.clone()));
-        Ok(Self { settings, store, metrics, tracking, worker, dispatcher })
+        let worker = Arc::new(MtaWorker::new(&settings, stores.queue.clone(), metrics.clone(), tracking.clone())?);
+        let dispatcher = Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
+        Ok(Self { settings, stores, metrics, tracking, worker, dispatcher })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    pub fn store(&self) -> &SqliteStore {
-        &self.store
+    pub fn state(&self) -> &Arc<dyn State> {
+        &self.stores.state
+    }
+
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.stores.queue
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -94,8 +138,8 @@ impl App {
     /// The API gateway's shared state.
     pub fn gateway(&self) -> Gateway {
         Gateway {
-            queue: Arc::new(self.store.clone()),
-            state: Arc::new(self.store.clone()),
+            queue: self.stores.queue.clone(),
+            state: self.stores.state.clone(),
             metrics: self.metrics.clone(),
             tracking: self.tracking.clone(),
             limits: self.settings.limits.clone(),
@@ -104,8 +148,17 @@ impl App {
     }
 
     /// Runs the chosen services until `shutdown` fires, then waits for each to finish its
-    /// in-flight work. `listener` is required when the API gateway runs.
+    /// in-flight work. `listener` serves the API when the gateway runs; processes without it
+    /// serve `/metrics` and health on `telemetry.metrics_listen` when that is set.
     pub async fn run(self, roles: Roles, listener: Option<TcpListener>, shutdown: CancellationToken) -> Result<(), AppError> {
+        let ops_listener = match (roles.api_gateway, self.settings.telemetry.metrics_listen) {
+            (false, Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Listen { addr, key: "telemetry.metrics_listen", source })?,
+            ),
+            _ => None,
+        };
         let tasks = TaskTracker::new();
         if roles.mta_worker {
             tasks.spawn(self.worker.clone().run(shutdown.clone()));
@@ -114,9 +167,14 @@ impl App {
             tasks.spawn(self.dispatcher.clone().run(shutdown.clone()));
         }
         tasks.close();
-        let http = match (roles.api_gateway, listener) {
-            (true, Some(listener)) => postwire_api_gateway::serve(listener, self.gateway(), shutdown.clone()).await,
-            _ => {
+        let router = match (roles.api_gateway, listener, ops_listener) {
+            (true, Some(l), _) => Some((l, postwire_api_gateway::router(self.gateway()))),
+            (_, _, Some(l)) => Some((l, postwire_api_gateway::ops_router(self.gateway()))),
+            _ => None,
+        };
+        let http = match router {
+            Some((l, r)) => postwire_api_gateway::serve_router(l, r, shutdown.clone()).await,
+            None => {
                 shutdown.cancelled().await;
                 Ok(())
             }
@@ -124,7 +182,7 @@ impl App {
         // Whatever ended the HTTP server, the other services stop too.
         shutdown.cancel();
         tasks.wait().await;
-        self.store.close();
+        self.stores.close();
         http.map_err(AppError::Http)
     }
 }
@@ -134,6 +192,10 @@ impl App {
 fn tracking_secret(settings: &Settings) -> Result<Vec<u8>, AppError> {
     if !settings.tracking.secret.is_empty() {
         return Ok(settings.tracking.secret.expose().as_bytes().to_vec());
+    }
+    if settings.storage.backend == Backend::Distributed {
+        // Workers sign links the gateway verifies: every process needs the same key.
+        return Err(AppError::TrackingSecretRequired);
     }
     let path = settings.storage.path.join("tracking.key");
     let err = |source| AppError::TrackingKey { path: path.display().to_string(), source };

@@ -6,12 +6,11 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use clap::{Parser, Subcommand, ValueEnum};
 use postwire_config::{DkimAlgorithm, Settings};
-use postwire_store::embedded::SqliteStore;
-use postwire_store::{ids, NewApiKey, State, SCOPES};
+use postwire_store::{ids, NewApiKey, SCOPES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, Roles};
+use crate::app::{App, Roles, Stores};
 use crate::keygen;
 
 #[derive(Debug, Parser)]
@@ -97,11 +96,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.load_settings()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings, Roles::ALL).await,
-        Command::ApiGateway => serve(settings, Roles { api_gateway: true, mta_worker: false, webhook_dispatcher: false }).await,
-        Command::MtaWorker => serve(settings, Roles { api_gateway: false, mta_worker: true, webhook_dispatcher: false }).await,
-        Command::WebhookDispatcher => {
-            serve(settings, Roles { api_gateway: false, mta_worker: false, webhook_dispatcher: true }).await
-        }
+        Command::ApiGateway => serve(settings, Roles::API_GATEWAY).await,
+        Command::MtaWorker => serve(settings, Roles::MTA_WORKER).await,
+        Command::WebhookDispatcher => serve(settings, Roles::WEBHOOK_DISPATCHER).await,
         Command::Keys(cmd) => keys(settings, cmd).await,
         Command::Dkim(DkimCommand::Generate { domain, selector, algorithm, out }) => {
             dkim_generate(&settings, &domain, &selector, algorithm, out)
@@ -116,7 +113,7 @@ async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     } else {
         None
     };
-    let app = App::build(settings)?;
+    let app = App::build(settings).await?;
     if let Some(l) = &listener {
         tracing::info!(addr = %l.local_addr()?, "postwire listening");
     }
@@ -140,7 +137,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&settings.storage.path)?;
+    let stores = Stores::open(&settings).await?;
+    let store = &stores.state;
     match cmd {
         KeysCommand::Create { name, scopes } => {
             if name.trim().is_empty() {
@@ -175,7 +173,7 @@ async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
             println!("revoked {id}");
         }
     }
-    store.close();
+    stores.close();
     Ok(())
 }
 

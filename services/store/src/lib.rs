@@ -8,8 +8,11 @@
 //!
 //! - [`model`]: the values passed across the seam.
 //! - [`embedded`]: SQLite in WAL mode with a group-committing writer thread.
+//! - [`distributed`]: RabbitMQ for delivery jobs, Redis for everything else, for several
+//!   gateways, workers and dispatchers on several machines.
 //! - [`ids`]: identifiers and API key material.
 
+pub mod distributed;
 pub mod embedded;
 pub mod ids;
 pub mod model;
@@ -39,6 +42,14 @@ pub enum StoreError {
     Closed,
     #[error("not found")]
     NotFound,
+    #[error("RabbitMQ error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A backend cannot be reached right now (down, restarting, or not answering in time);
+    /// the operation may succeed later. `backend` is `"rabbitmq"`, `"redis"`, or both.
+    #[error("{backend} is unavailable: {reason}")]
+    Unavailable { backend: &'static str, reason: String },
 }
 
 /// Delivery jobs: one per (message, recipient domain) that still has recipients pending.

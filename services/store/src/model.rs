@@ -1,7 +1,7 @@
 //! Values passed across the storage seam.
 
 use chrono::{DateTime, Utc};
-use postwire_proto::{EventType, SendRequest};
+use postwire_proto::{EventType, RecipientStatus, RecipientView, SendRequest};
 
 /// A validated message ready to be queued.
 #[derive(Debug, Clone)]
@@ -136,4 +136,24 @@ pub struct WebhookAttempt {
     /// `Some`: retry at that time; `None` after a failure: give up. Ignored on success.
     pub retry_at: Option<DateTime<Utc>>,
     pub succeeded: bool,
+}
+
+/// The message's overall status: the least advanced of its recipients' states.
+pub(crate) fn overall_status(recipients: &[RecipientView]) -> RecipientStatus {
+    let any = |s: RecipientStatus| recipients.iter().any(|r| r.status == s);
+    if any(RecipientStatus::Queued) {
+        RecipientStatus::Queued
+    } else if any(RecipientStatus::Scheduled) {
+        RecipientStatus::Scheduled
+    } else if any(RecipientStatus::Deferred) {
+        RecipientStatus::Deferred
+    } else if any(RecipientStatus::Delivered) {
+        RecipientStatus::Delivered
+    } else if any(RecipientStatus::Bounced) {
+        RecipientStatus::Bounced
+    } else if any(RecipientStatus::Suppressed) {
+        RecipientStatus::Suppressed
+    } else {
+        RecipientStatus::Canceled
+    }
 }

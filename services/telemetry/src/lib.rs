@@ -100,10 +100,16 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.render_without(&[])
+    }
+
+    /// The exposition without the named metric families: a value that could not be read
+    /// (e.g. queue depth while the broker is down) is left out rather than shown stale, so
+    /// `absent()` alerts fire.
+    pub fn render_without(&self, skip: &[&str]) -> String {
+        let families: Vec<_> = self.registry.gather().into_iter().filter(|f| !skip.contains(&f.name())).collect();
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding into a Vec cannot fail");
+        TextEncoder::new().encode(&families, &mut buf).expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }
@@ -139,5 +145,7 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        let without = m.render_without(&["postwire_queue_depth"]);
+        assert!(!without.contains("postwire_queue_depth") && without.contains("postwire_messages_accepted_total 1"));
     }
 }

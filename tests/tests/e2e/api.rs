@@ -1,7 +1,6 @@
 //! The HTTP API's contract: auth, validation errors, limits, webhook endpoints, ops routes.
 
 use postwire_e2e::app::{simple_message, TestApp, World};
-use postwire_store::State;
 use serde_json::{json, Value};
 
 async fn post_raw(app: &TestApp, key: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, String, Value) {
@@ -40,9 +39,8 @@ async fn a_revoked_key_stops_working_at_once() {
     let app = TestApp::start(world.settings()).await.unwrap();
     let body = simple_message(&["a@example.org"]);
     assert_eq!(app.send(&body).await.unwrap().0, 202);
-    let store = postwire_store::embedded::SqliteStore::open(world.dir.path()).unwrap();
     let id = postwire_store::ids::split_api_key(&app.key).unwrap().0.to_string();
-    assert!(store.revoke_api_key(&id).await.unwrap());
+    assert!(app.state.revoke_api_key(&id).await.unwrap());
     assert_eq!(app.send(&body).await.unwrap().0, 401);
 }
 
@@ -242,7 +240,39 @@ async fn served_openapi_matches_the_checked_in_spec_and_docs_render() {
     );
     let spec: Value = serde_json::from_str(&served).unwrap();
     assert!(spec["paths"]["/v1/messages"]["post"].is_object());
+
+    // The docs UI must work offline: the page and every asset it loads come from us.
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
+    let docs = if docs.status().is_redirection() {
+        let location = docs.headers()["location"].to_str().unwrap().to_string();
+        assert_eq!(location, "/docs/", "relative asset paths need the trailing slash");
+        app.client.get(app.url(&location)).send().await.unwrap()
+    } else {
+        docs
+    };
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("<html"));
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("<html"));
+    let refs: Vec<&str> = ["src=\"", "href=\""]
+        .iter()
+        .flat_map(|attr| html.split(attr).skip(1).map(|rest| &rest[..rest.find('"').unwrap()]))
+        .collect();
+    for r in &refs {
+        let absolute = r.starts_with("http:") || r.starts_with("https:") || r.starts_with("//");
+        assert!(!absolute || r.starts_with(&app.url("/")), "docs page loads {r} from another host");
+    }
+    let scripts: Vec<&&str> = refs.iter().filter(|r| r.ends_with(".js")).collect();
+    assert!(!scripts.is_empty(), "docs page references no script: {html}");
+    for asset in scripts.iter().copied().chain(refs.iter().filter(|r| r.ends_with(".css"))) {
+        let path = match asset.strip_prefix('/') {
+            Some(_) => asset.to_string(),
+            None => format!("/docs/{}", asset.trim_start_matches("./")),
+        };
+        let r = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(!r.bytes().await.unwrap().is_empty(), "{path} is empty");
+    }
+    let init = app.client.get(app.url("/docs/swagger-initializer.js")).send().await.unwrap().text().await.unwrap();
+    assert!(init.contains("\"/openapi.json\""), "the UI reads our own spec: {init}");
+    assert!(!init.contains("https://"), "the UI calls out to another host: {init}");
 }

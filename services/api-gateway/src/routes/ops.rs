@@ -34,12 +34,20 @@ pub async fn readyz(State(gw): State<Gateway>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text exposition; queue depth is read from the store at scrape time.
+/// Prometheus text exposition; queue depth is read from the backend at scrape time (and left
+/// out when the backend cannot be read).
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
-    match gw.queue.depth().await {
-        Ok(depth) => gw.metrics.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX)),
-        Err(e) => tracing::warn!(error = %e, "queue depth unavailable for /metrics"),
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.metrics.render())
+    let text = match gw.queue.depth().await {
+        Ok(depth) => {
+            gw.metrics.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+            gw.metrics.render()
+        }
+        Err(e) => {
+            // Left out, not shown stale: the "backend unreachable" alert keys on its absence.
+            tracing::warn!(error = %e, "queue depth unavailable for /metrics");
+            gw.metrics.render_without(&["postwire_queue_depth"])
+        }
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -13,6 +13,8 @@
 mod queue;
 pub mod schema;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

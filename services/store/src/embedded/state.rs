@@ -8,6 +8,7 @@ use postwire_proto::{Event, EventData, EventType, MessageView, RecipientStatus, 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_ms, now_ms, to_ms, SqliteStore};
+use crate::model::overall_status;
 use crate::{ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery};
 
 /// Stores an event and queues one webhook delivery per endpoint subscribed to its type,
@@ -63,26 +64,6 @@ fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
         events: serde_json::from_str(&events).unwrap_or_default(),
         created_at: from_ms(r.get(3)?),
     })
-}
-
-/// The message's overall status: the least advanced of its recipients' states.
-fn overall_status(recipients: &[RecipientView]) -> RecipientStatus {
-    let any = |s: RecipientStatus| recipients.iter().any(|r| r.status == s);
-    if any(RecipientStatus::Queued) {
-        RecipientStatus::Queued
-    } else if any(RecipientStatus::Scheduled) {
-        RecipientStatus::Scheduled
-    } else if any(RecipientStatus::Deferred) {
-        RecipientStatus::Deferred
-    } else if any(RecipientStatus::Delivered) {
-        RecipientStatus::Delivered
-    } else if any(RecipientStatus::Bounced) {
-        RecipientStatus::Bounced
-    } else if any(RecipientStatus::Suppressed) {
-        RecipientStatus::Suppressed
-    } else {
-        RecipientStatus::Canceled
-    }
 }
 
 #[async_trait]
@@ -234,7 +215,10 @@ impl State for SqliteStore {
                 "INSERT INTO webhooks (id, url, secret, events, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![webhook.id, webhook.url, webhook.secret, events, to_ms(webhook.created_at)],
             )?;
-            Ok(Webhook { id: webhook.id, url: webhook.url, events: webhook.events, created_at: webhook.created_at })
+            // Answer with what was stored (millisecond precision), so the 201 body and a later
+            // GET agree on `created_at`.
+            let created_at = from_ms(to_ms(webhook.created_at));
+            Ok(Webhook { id: webhook.id, url: webhook.url, events: webhook.events, created_at })
         })
         .await
     }

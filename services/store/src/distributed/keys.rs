@@ -1,0 +1,141 @@
+//! Names of every Redis key and RabbitMQ queue the distributed backend uses.
+//!
+//! `{ns}` is the namespace given to [`DistributedStore::connect`](super::DistributedStore::connect)
+//! (`postwire` in production). Timestamps are unix milliseconds, stored as decimal strings.
+//! Every key below lives on one Redis node: the Lua scripts touch keys they compute, so
+//! Redis Cluster is not supported (a primary with replicas / Sentinel is).
+//!
+//! ## Redis
+//!
+//! | key | type | holds | expires |
+//! |---|---|---|---|
+//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id` | retention after the last change |
+//! | `{ns}:msg:{message_id}:rcpt` | hash | field = recipient position (`0`, `1`, …), value = JSON `{"email","domain","status","attempts","next_attempt_at"?,"last_response"?,"updated_at"}` | same |
+//! | `{ns}:msg:{message_id}:events` | list | event JSON, oldest first, exactly the webhook body | same |
+//! | `{ns}:lease:{message_id}:{domain}` | string | claim token of the worker holding the job; `PX` = the lease | the lease |
+//! | `{ns}:jobs` | set | `{message_id} {domain}` of every unfinished job (queued, deferred, in flight): the queue depth | never |
+//! | `{ns}:apikey:{key_id}` | hash | `name`, `hash` (hex SHA-256 of the secret), `scopes` (comma list), `created_at`, `revoked_at`? | never |
+//! | `{ns}:apikeys` | sorted set | key ids scored by `created_at` | never |
+//! | `{ns}:webhook:{webhook_id}` | hash | `url`, `secret`, `events` (JSON list; empty = all), `created_at` | never |
+//! | `{ns}:webhooks` | sorted set | webhook ids scored by `created_at` | never |
+//! | `{ns}:webhook:{webhook_id}:pending` | set | ids of that endpoint's deliveries still pending | never |
+//! | `{ns}:whd:{delivery_id}` | hash | one outbox row: `webhook_id`, `event_id`, `body`, `state` (`pending`, `delivered`, `failed`), `attempts`, `next_attempt_at`, `last_status`?, `last_error`? | retention once final |
+//! | `{ns}:outbox` | sorted set | pending delivery ids scored by when they may next be claimed (due time, or lease end while leased) | never |
+//! | `{ns}:seq:whd` | string | counter behind delivery ids (`whd_{n}`) | never |
+//!
+//! ## RabbitMQ (default vhost of `amqp.url`, default exchange)
+//!
+//! | queue | kind | role |
+//! |---|---|---|
+//! | `{ns}.deliveries` | quorum, durable | delivery jobs `{"message_id","domain"}`, persistent; `x-delivery-limit` returns, then dead-lettered |
+//! | `{ns}.deliveries.dead` | classic, durable | poison jobs: returned more than the delivery limit, or unreadable; inspect by hand |
+//! | `{ns}.retry.{ms}` | classic, durable, `x-message-ttl = ms` | delayed jobs; dead-lettered back into `{ns}.deliveries` when the TTL ends |
+
+/// The retry ladder: one delay queue per entry. A job waiting longer hops through the largest
+/// step that fits (re-checked on arrival), so the number of queues stays fixed however many
+/// distinct delays the retry schedule produces.
+pub(crate) const RETRY_STEPS_MS: [u64; 7] = [1_000, 5_000, 15_000, 60_000, 300_000, 900_000, 3_600_000];
+
+/// Key and queue names under one namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    pub(crate) fn new(ns: &str) -> Self {
+        Self { ns: ns.to_string() }
+    }
+
+    pub(crate) fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    pub(crate) fn message(&self, id: &str) -> String {
+        format!("{}:msg:{id}", self.ns)
+    }
+
+    pub(crate) fn recipients(&self, id: &str) -> String {
+        format!("{}:msg:{id}:rcpt", self.ns)
+    }
+
+    pub(crate) fn events(&self, id: &str) -> String {
+        format!("{}:msg:{id}:events", self.ns)
+    }
+
+    pub(crate) fn lease(&self, message_id: &str, domain: &str) -> String {
+        format!("{}:lease:{message_id}:{domain}", self.ns)
+    }
+
+    pub(crate) fn jobs(&self) -> String {
+        format!("{}:jobs", self.ns)
+    }
+
+    /// The member of [`Keys::jobs`] for one job.
+    pub(crate) fn job_member(message_id: &str, domain: &str) -> String {
+        format!("{message_id} {domain}")
+    }
+
+    pub(crate) fn api_key(&self, id: &str) -> String {
+        format!("{}:apikey:{id}", self.ns)
+    }
+
+    pub(crate) fn api_keys(&self) -> String {
+        format!("{}:apikeys", self.ns)
+    }
+
+    pub(crate) fn webhook(&self, id: &str) -> String {
+        format!("{}:webhook:{id}", self.ns)
+    }
+
+    pub(crate) fn webhooks(&self) -> String {
+        format!("{}:webhooks", self.ns)
+    }
+
+    pub(crate) fn webhook_delivery(&self, id: &str) -> String {
+        format!("{}:whd:{id}", self.ns)
+    }
+
+    pub(crate) fn outbox(&self) -> String {
+        format!("{}:outbox", self.ns)
+    }
+
+    /// Every key of this namespace, for `SCAN MATCH`.
+    pub(crate) fn pattern(&self) -> String {
+        format!("{}:*", self.ns)
+    }
+
+    pub(crate) fn deliveries_queue(&self) -> String {
+        format!("{}.deliveries", self.ns)
+    }
+
+    pub(crate) fn dead_queue(&self) -> String {
+        format!("{}.deliveries.dead", self.ns)
+    }
+
+    pub(crate) fn retry_queue(&self, step_ms: u64) -> String {
+        format!("{}.retry.{step_ms}", self.ns)
+    }
+}
+
+/// The retry queue step for a job due in `delay_ms`: the largest step not longer than the
+/// delay, or the shortest step when the delay is shorter than every step.
+pub(crate) fn retry_step(delay_ms: i64) -> u64 {
+    let delay = delay_ms.max(0) as u64;
+    RETRY_STEPS_MS.iter().rev().copied().find(|&s| s <= delay).unwrap_or(RETRY_STEPS_MS[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_step_takes_the_largest_step_that_fits_and_at_least_one_second() {
+        assert_eq!(retry_step(-5), 1_000);
+        assert_eq!(retry_step(300), 1_000);
+        assert_eq!(retry_step(4_999), 1_000);
+        assert_eq!(retry_step(60_000), 60_000);
+        assert_eq!(retry_step(299_999), 60_000);
+        assert_eq!(retry_step(4 * 3_600_000), 3_600_000);
+    }
+}

@@ -1,0 +1,303 @@
+//! Lua scripts: each multi-key change in Redis runs as one script, so it is atomic and no
+//! other client sees half of it (the distributed counterpart of one SQLite transaction).
+//!
+//! The key names follow [`super::keys`]. Scripts that fan an event out to webhook endpoints
+//! compute endpoint and delivery keys from the namespace, which is why the keyspace must live
+//! on one Redis node.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers prepended to scripts that need them.
+const HELPERS: &str = r#"
+local function load_recipients(key)
+  local flat = redis.call('HGETALL', key)
+  local list = {}
+  for i = 1, #flat, 2 do
+    list[#list + 1] = { pos = tonumber(flat[i]), r = cjson.decode(flat[i + 1]) }
+  end
+  table.sort(list, function(a, b) return a.pos < b.pos end)
+  return list
+end
+
+local function is_pending(status)
+  return status == 'queued' or status == 'deferred'
+end
+
+-- Queues one webhook delivery per endpoint subscribed to the event type (the outbox),
+-- in the same script that stores the event.
+local function fanout(ns, event_id, event_type, body, now)
+  for _, wid in ipairs(redis.call('ZRANGE', ns .. ':webhooks', 0, -1)) do
+    local kinds = redis.call('HGET', ns .. ':webhook:' .. wid, 'events')
+    if kinds then
+      local list = cjson.decode(kinds)
+      local wanted = #list == 0
+      for _, k in ipairs(list) do
+        if k == event_type then wanted = true end
+      end
+      if wanted then
+        local did = 'whd_' .. redis.call('INCR', ns .. ':seq:whd')
+        redis.call('HSET', ns .. ':whd:' .. did, 'webhook_id', wid, 'event_id', event_id, 'body', body,
+          'state', 'pending', 'attempts', 0, 'next_attempt_at', now)
+        redis.call('ZADD', ns .. ':outbox', now, did)
+        redis.call('SADD', ns .. ':webhook:' .. wid .. ':pending', did)
+      end
+    end
+  end
+end
+"#;
+
+fn with_helpers(body: &str) -> Script {
+    Script::new(&format!("{HELPERS}\n{body}"))
+}
+
+/// Takes the lease on a job and returns its pending recipients.
+///
+/// KEYS: message, recipients, lease, jobs. ARGV: domain, token, lease ms, now ms, jobs member.
+/// Returns `{'missing'}` (message gone), `{'done'}` (nothing pending), `{'held', pttl}` (another
+/// claim holds the lease), `{'early', ms}` (nothing due yet), or
+/// `{'claimed', created_at, request, message_id_header, email, attempts, email, attempts, …}`.
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[5])
+  return {'missing'}
+end
+local now = tonumber(ARGV[4])
+local pending = {}
+local earliest = nil
+for _, e in ipairs(load_recipients(KEYS[2])) do
+  if e.r.domain == ARGV[1] and is_pending(e.r.status) then
+    pending[#pending + 1] = e.r.email
+    pending[#pending + 1] = tostring(e.r.attempts or 0)
+    local due = e.r.next_attempt_at or 0
+    if earliest == nil or due < earliest then earliest = due end
+  end
+end
+if earliest == nil then
+  redis.call('SREM', KEYS[4], ARGV[5])
+  return {'done'}
+end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[2] then
+  return {'held', tostring(redis.call('PTTL', KEYS[3]))}
+end
+if earliest > now then
+  return {'early', tostring(earliest - now)}
+end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+local m = redis.call('HMGET', KEYS[1], 'created_at', 'request', 'message_id_header')
+local out = {'claimed', m[1], m[2], m[3]}
+for _, v in ipairs(pending) do out[#out + 1] = v end
+return out
+"#,
+    )
+});
+
+/// Extends a lease that is still ours (or lapsed and not taken by anyone).
+///
+/// KEYS: lease. ARGV: token, lease ms. Returns 1 when the claim is still held.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Applies outcomes, appends their events, fans them out, releases the lease.
+///
+/// KEYS: message, recipients, events, lease, jobs.
+/// ARGV: ns, domain, token, now ms, retention s, jobs member, attempt placeholder; then per
+/// outcome: email, status, next_attempt_at ms or '', response, event id, event type, event body.
+/// An outcome for a recipient already final is skipped whole (no update, no event). The body's
+/// attempt placeholder becomes the recipient's new attempt count.
+/// Returns `{remaining, earliest next_attempt_at (0: due now), lease was ours (1/0)}`, or
+/// `{-1, 0, 0}` when the message is gone.
+pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end
+local ns, domain, token, now, placeholder = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[7]
+local final = { delivered = true, bounced = true, suppressed = true, canceled = true }
+local list = load_recipients(KEYS[2])
+local i = 8
+while i + 6 <= #ARGV do
+  local email, status, next_at, response = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local event_id, event_type, body = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
+  for _, e in ipairs(list) do
+    if e.r.domain == domain and e.r.email == email then
+      if not final[e.r.status] then
+        local attempts = (e.r.attempts or 0) + 1
+        e.r.status = status
+        e.r.attempts = attempts
+        if next_at == '' then e.r.next_attempt_at = nil else e.r.next_attempt_at = tonumber(next_at) end
+        e.r.last_response = response
+        e.r.updated_at = now
+        redis.call('HSET', KEYS[2], tostring(e.pos), cjson.encode(e.r))
+        local at = string.find(body, placeholder, 1, true)
+        if at then
+          body = string.sub(body, 1, at - 1) .. '"attempt":' .. string.format('%d', attempts)
+            .. string.sub(body, at + #placeholder)
+        end
+        redis.call('RPUSH', KEYS[3], body)
+        fanout(ns, event_id, event_type, body, now)
+      end
+      break
+    end
+  end
+end
+local remaining, earliest = 0, nil
+for _, e in ipairs(list) do
+  if e.r.domain == domain and is_pending(e.r.status) then
+    remaining = remaining + 1
+    local due = e.r.next_attempt_at or 0
+    if earliest == nil or due < earliest then earliest = due end
+  end
+end
+if remaining == 0 then redis.call('SREM', KEYS[5], ARGV[6]) end
+local holder = redis.call('GET', KEYS[4])
+local ours = 1
+if holder == token then
+  redis.call('DEL', KEYS[4])
+elseif holder then
+  ours = 0
+end
+local ttl = tonumber(ARGV[5])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
+return {remaining, earliest or 0, ours}
+"#,
+    )
+});
+
+/// Appends an engagement event and fans it out.
+///
+/// KEYS: message, recipients, events. ARGV: ns, event id, event type, body, now ms, retention s.
+/// Returns 0 when the message is gone.
+pub(crate) static APPEND_EVENT: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[3], ARGV[4])
+fanout(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return 1
+"#,
+    )
+});
+
+/// Stores a new hash and indexes it in a sorted set by creation time; refuses a duplicate id.
+///
+/// KEYS: record, index. ARGV: id, created_at ms, then field/value pairs.
+pub(crate) static INSERT_INDEXED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('duplicate id ' .. ARGV[1])
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Revokes a key, keeping the first revocation time. KEYS: key. ARGV: now ms.
+/// Returns 0 when no such key exists.
+pub(crate) static REVOKE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Removes an endpoint and drops its pending deliveries.
+///
+/// KEYS: webhook, webhooks index, its pending set, outbox. ARGV: ns, webhook id.
+pub(crate) static DELETE_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for _, did in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('ZREM', KEYS[4], did)
+  redis.call('DEL', ARGV[1] .. ':whd:' .. did)
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Leases up to `limit` due webhook deliveries: their outbox score moves to the lease end, so
+/// a second dispatcher skips them until then.
+///
+/// KEYS: outbox. ARGV: ns, now ms, lease end ms, limit, retention s.
+/// Returns flat groups of `id, webhook_id, url, secret, event_id, body, attempts`.
+pub(crate) static CLAIM_WEBHOOKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for _, did in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))) do
+  local key = ARGV[1] .. ':whd:' .. did
+  local d = redis.call('HMGET', key, 'webhook_id', 'event_id', 'body', 'attempts', 'state')
+  if not d[1] or d[5] ~= 'pending' then
+    redis.call('ZREM', KEYS[1], did)
+  else
+    local hook = redis.call('HMGET', ARGV[1] .. ':webhook:' .. d[1], 'url', 'secret')
+    if not hook[1] then
+      -- The endpoint was deleted after the event was queued.
+      redis.call('HSET', key, 'state', 'dropped')
+      redis.call('EXPIRE', key, ARGV[5])
+      redis.call('ZREM', KEYS[1], did)
+    else
+      redis.call('ZADD', KEYS[1], ARGV[3], did)
+      for _, v in ipairs({did, d[1], hook[1], hook[2], d[2], d[3], d[4]}) do out[#out + 1] = v end
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Records one webhook delivery attempt.
+///
+/// KEYS: delivery, outbox. ARGV: ns, delivery id, state, retry at ms or '', HTTP status or '',
+/// error or '', retention s.
+pub(crate) static FINISH_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[5]) else redis.call('HDEL', KEYS[1], 'last_status') end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[6]) else redis.call('HDEL', KEYS[1], 'last_error') end
+if ARGV[3] == 'pending' then
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[4]) end
+  redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'next_attempt_at'), ARGV[2])
+else
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  local wid = redis.call('HGET', KEYS[1], 'webhook_id')
+  redis.call('SREM', ARGV[1] .. ':webhook:' .. wid .. ':pending', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+end
+return 1
+"#,
+    )
+});

@@ -185,6 +185,7 @@ async fn a_rabbitmq_restart_loses_nothing_and_the_api_answers_503_while_it_is_do
     let mut settings = world.settings();
     settings.storage.backend = Backend::Distributed;
     settings.storage.namespace = format!("pwcrash-{:016x}", rand::random::<u64>());
+    settings.worker.lease = "3s".parse().unwrap();
     let app = TestApp::start(settings).await.unwrap();
     let mut ids = Vec::new();
     let mut subjects = Vec::new();
@@ -253,6 +254,8 @@ async fn a_redis_restart_loses_nothing_with_append_only_persistence() {
     settings.storage.namespace = format!("pwcrash-{:016x}", rand::random::<u64>());
     settings.redis.url = postwire_config::Secret::new(format!("redis://127.0.0.1:{redis_port}"));
     settings.retry.schedule = vec!["2s".parse().unwrap()];
+    // Claims cut short by the crash are retaken once their lease lapses.
+    settings.worker.lease = "3s".parse().unwrap();
     let mut app = None;
     for _ in 0..50 {
         match TestApp::start(settings.clone()).await {

@@ -47,10 +47,12 @@ impl ApiError {
 
 impl From<postwire_store::StoreError> for ApiError {
     fn from(e: postwire_store::StoreError) -> Self {
+        use postwire_store::StoreError as E;
         match e {
-            postwire_store::StoreError::NotFound => Self::NotFound,
-            postwire_store::StoreError::Closed => Self::Unavailable(e),
-            other => Self::Internal(Box::new(other)),
+            E::NotFound => Self::NotFound,
+            // A backend that is down or unreachable is a 503 (retry later), never a 500.
+            E::Closed | E::Unavailable { .. } | E::Amqp(_) | E::Redis(_) => Self::Unavailable(e),
+            E::Database(_) | E::Open { .. } | E::Corrupt(_) => Self::Internal(Box::new(e)),
         }
     }
 }

@@ -12,6 +12,12 @@ if ! python3 -c 'import dkim, dns.resolver, nacl' 2>/dev/null; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages dkimpy dnspython pynacl
 fi
 
+# Every test app uses its own namespace of queues on the shared broker; let the broker delete
+# them once unused, so repeated runs don't pile up hundreds of quorum queues.
+if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl set_policy --apply-to queues postwire-test-queues '^pw(test|crash)[-_]' '{"expires":120000}' >/dev/null
+fi
+
 cargo build --workspace --locked
 # Everything, with the end-to-end suite on the embedded (SQLite) backend...
 cargo test --workspace --locked

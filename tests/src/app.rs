@@ -97,6 +97,7 @@ impl TestApp {
                 hash: minted.hash,
                 scopes: postwire_store::SCOPES.map(String::from).to_vec(),
                 created_at: Utc::now(),
+                sandbox: false,
             })
             .await?;
         let state = app.state().clone();

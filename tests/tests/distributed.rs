@@ -221,8 +221,10 @@ async fn a_rabbitmq_restart_loses_nothing_and_the_api_answers_503_while_it_is_do
         subjects.push(format!("amqp {i}"));
         ids.push(app.send_ok(&body).await.unwrap());
     }
+    // Liveness after a broker restart, not a timing target: allow a loaded machine its time
+    // (quorum queue leader election, reconnect back-off).
     for id in &ids {
-        app.wait_final(id, SOON).await.unwrap();
+        app.wait_final(id, 3 * SOON).await.unwrap();
     }
     let duplicates = check_sink(&sink, &subjects);
     println!("RabbitMQ restart: 20 accepted, 20 delivered, {duplicates} duplicates");

@@ -12,6 +12,8 @@ use crate::{error::ApiError, Gateway};
 pub struct ApiKey {
     pub id: String,
     pub scopes: Vec<String>,
+    /// Messages sent with this key are recorded as delivered without leaving the host.
+    pub sandbox: bool,
 }
 
 impl ApiKey {
@@ -40,6 +42,6 @@ impl FromRequestParts<Gateway> for ApiKey {
         if record.revoked_at.is_some() || !ids::secret_matches(secret, &record.hash) {
             return Err(ApiError::Unauthorized);
         }
-        Ok(ApiKey { id: record.id, scopes: record.scopes })
+        Ok(ApiKey { id: record.id, scopes: record.scopes, sandbox: record.sandbox })
     }
 }

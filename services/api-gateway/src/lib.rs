@@ -1,17 +1,20 @@
 //! The HTTP API gateway: validates JSON send requests and queues them durably, serves message
-//! status, webhook endpoint management, tracking links, health, metrics and the OpenAPI spec.
+//! status, API key and webhook endpoint management, tracking links, health, metrics and the
+//! OpenAPI spec.
 //!
 //! Built on axum. [`Gateway`] is the shared state of every handler; [`router`] assembles the
 //! routes and [`serve`] runs them on a listener the caller owns until the shutdown token fires.
 //!
 //! - [`error`]: `ApiError`, the one place HTTP statuses are chosen (RFC 9457 problem+json).
 //! - [`auth`]: bearer API keys.
+//! - [`idempotency`]: the `Idempotency-Key` header of the send routes.
 //! - [`validate`]: send request → `NewMessage`, or every bad field.
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //! - [`openapi`]: the utoipa document.
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod openapi;
 pub mod routes;
 pub mod validate;
@@ -24,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use postwire_config::Limits;
-use postwire_store::{Queue, State};
+use postwire_store::{Idempotency, Queue, State, Suppressions};
 use postwire_telemetry::Metrics;
 use postwire_tracking::TrackingKeys;
 use tokio::net::TcpListener;
@@ -35,6 +38,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Gateway {
     pub queue: Arc<dyn Queue>,
     pub state: Arc<dyn State>,
+    /// The suppression list.
+    pub suppressions: Arc<dyn Suppressions>,
+    /// `Idempotency-Key` records of the send routes.
+    pub idempotency: Arc<dyn Idempotency>,
     pub metrics: Metrics,
     pub tracking: TrackingKeys,
     pub limits: Limits,
@@ -47,7 +54,10 @@ pub fn router(gw: Gateway) -> Router {
     let limit = usize::try_from(gw.limits.max_request_size.0).unwrap_or(usize::MAX);
     Router::new()
         .merge(routes::messages::router())
+        .merge(routes::batch::router())
         .merge(routes::webhooks::router())
+        .merge(routes::suppressions::router())
+        .merge(routes::keys::router())
         .merge(routes::tracking::router())
         .merge(routes::ops::router())
         .route_layer(middleware::from_fn_with_state(gw.clone(), record_metrics))

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::routes::{messages, ops, webhooks};
+use crate::routes::{batch, keys, messages, ops, suppressions, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,11 +16,19 @@ use crate::routes::{messages, ops, webhooks};
     ),
     paths(
         messages::send_message,
+        batch::send_batch,
         messages::get_message,
         webhooks::create_webhook,
         webhooks::list_webhooks,
         webhooks::get_webhook,
         webhooks::delete_webhook,
+        suppressions::list_suppressions,
+        suppressions::create_suppression,
+        suppressions::get_suppression,
+        suppressions::delete_suppression,
+        keys::create_key,
+        keys::list_keys,
+        keys::revoke_key,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -30,6 +38,8 @@ use crate::routes::{messages, ops, webhooks};
     tags(
         (name = "messages", description = "Send mail and follow its delivery"),
         (name = "webhooks", description = "Endpoints that receive signed events"),
+        (name = "suppressions", description = "Addresses never sent to again: hard bounces and manual entries"),
+        (name = "keys", description = "API keys (admin scope); sandbox keys never send"),
         (name = "ops", description = "Health and metrics"),
     )
 )]

@@ -220,7 +220,8 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
     req.from = from.canonical();
     let id = ids::new_id("msg");
     let message_id_header = format!("{}@{}", id.trim_start_matches("msg_"), from.address.domain());
-    Ok(NewMessage { id, created_at: Utc::now(), request: req, message_id_header, recipients, key_id: key_id.into() })
+    // `sandbox` is the caller's to set from the key (see `routes::messages`).
+    Ok(NewMessage { id, created_at: Utc::now(), request: req, message_id_header, recipients, key_id: key_id.into(), sandbox: false })
 }
 
 /// Pseudo-field marking a size-limit violation, which the API answers with 413.

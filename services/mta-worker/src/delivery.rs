@@ -30,6 +30,8 @@ pub struct RecipientVerdict {
     pub verdict: Verdict,
     pub response: String,
     pub mx_host: Option<String>,
+    /// Refused with a 5xx reply to RCPT TO: the address goes on the suppression list.
+    pub hard_bounce: bool,
 }
 
 /// A message ready to send: CRLF-only, signed, with its envelope recipients.
@@ -114,15 +116,15 @@ impl Deliverer {
 
                 for (email, answer) in attempt.answers {
                     pending.remove(&email);
-                    let (verdict, reply) = match answer {
-                        Answer::Delivered(reply) => (Verdict::Delivered, reply),
+                    let (verdict, reply, hard_bounce) = match answer {
+                        Answer::Delivered(reply) => (Verdict::Delivered, reply, false),
                         Answer::RcptRejected(reply) => {
                             let action = disposition(&Failure::Rcpt(reply.clone()), false).action;
-                            (Verdict::Failed(action), reply)
+                            (Verdict::Failed(action), reply, action == Action::Bounce)
                         }
                         Answer::DataRejected(reply) => {
                             let action = disposition(&Failure::Data(reply.clone()), true).action;
-                            (Verdict::Failed(action), reply)
+                            (Verdict::Failed(action), reply, false)
                         }
                     };
                     verdicts.push(RecipientVerdict {
@@ -130,6 +132,7 @@ impl Deliverer {
                         verdict,
                         response: reply.to_string(),
                         mx_host: Some(host.name.clone()),
+                        hard_bounce,
                     });
                 }
 
@@ -169,6 +172,7 @@ impl Deliverer {
                 verdict: Verdict::Failed(Action::Retry),
                 response: text.clone(),
                 mx_host: (!mx_host.is_empty()).then(|| mx_host.clone()),
+                hard_bounce: false,
             });
         }
         verdicts
@@ -187,6 +191,7 @@ fn failed(
         verdict: Verdict::Failed(disposition(failure, accepted).action),
         response: text.to_owned(),
         mx_host: host.map(str::to_owned),
+        hard_bounce: false,
     }
 }
 

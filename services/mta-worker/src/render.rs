@@ -293,6 +293,7 @@ mod tests {
                     attempts: 0,
                 })
                 .collect(),
+            sandbox: false,
         }
     }
 

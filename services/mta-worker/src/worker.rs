@@ -6,6 +6,9 @@
 //! n-th failed attempt — unless the message is older than `retry.max_age`, in which case it
 //! bounces as `expired: …` (RFC 5321 §4.5.4.1: give up after a few days).
 //!
+//! A job whose message was sent with a sandbox API key is settled at once: every recipient is
+//! delivered with [`SANDBOX_RESPONSE`], without resolving, rendering or connecting.
+//!
 //! The claim's lease is renewed every third of `worker.lease` while a job is being delivered.
 //! A failed `complete` loses nothing: the job stays leased, the lease expires, another claim
 //! re-runs it, and the store ignores outcomes for recipients that became final meanwhile.
@@ -32,6 +35,10 @@ use crate::WorkerError;
 
 /// How long an idle worker waits for new work before polling the queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// `last_response` (and the event's `smtp_response`) of every recipient of a message sent with a
+/// sandbox API key: a 2xx so clients treat it as delivered, and unmistakably not a real reply.
+pub const SANDBOX_RESPONSE: &str = "250 sandbox: not sent (sandbox API key)";
 
 /// The outbound delivery worker. Build it once; run it with [`MtaWorker::run`].
 pub struct MtaWorker {
@@ -136,7 +143,10 @@ impl MtaWorker {
     }
 
     async fn process(&self, job: ClaimedJob) -> Result<(), StoreError> {
-        let verdicts = {
+        let verdicts = if job.sandbox {
+            // A sandbox key's message never leaves the host: no DNS lookup, no connection.
+            sandbox_verdicts(&job)
+        } else {
             // Heartbeat: keep the (short) lease alive while the transaction runs, so other
             // workers never take over a live delivery, yet a crashed worker's job returns fast.
             let attempt = self.attempt(&job);
@@ -161,9 +171,12 @@ impl MtaWorker {
                 DeliveryResult::Deferred { .. } => "deferred",
                 DeliveryResult::Bounced => "bounced",
             };
-            self.metrics.deliveries.with_label_values(&[label]).inc();
+            // Sandbox outcomes are not deliveries: they stay out of `postwire_deliveries_total`.
+            if !job.sandbox {
+                self.metrics.deliveries.with_label_values(&[label]).inc();
+            }
             tracing::info!(
-                message_id = %job.message_id, recipient = %o.email, result = label,
+                message_id = %job.message_id, recipient = %o.email, result = label, sandbox = job.sandbox,
                 response = %o.response, mx = o.mx_host.as_deref().unwrap_or("-"), "delivery attempt"
             );
         }
@@ -209,6 +222,20 @@ impl MtaWorker {
     }
 }
 
+/// Every pending recipient of a sandbox job, delivered with [`SANDBOX_RESPONSE`].
+fn sandbox_verdicts(job: &ClaimedJob) -> Vec<RecipientVerdict> {
+    job.recipients
+        .iter()
+        .map(|r| RecipientVerdict {
+            email: r.email.clone(),
+            verdict: Verdict::Delivered,
+            response: SANDBOX_RESPONSE.to_owned(),
+            mx_host: None,
+            hard_bounce: false,
+        })
+        .collect()
+}
+
 /// Maps verdicts to outcomes for every pending recipient of `job`, applying the retry
 /// schedule and `max_age`.
 pub fn outcomes(
@@ -225,13 +252,14 @@ pub fn outcomes(
         .iter()
         .map(|r| {
             let v = verdicts.iter().find(|v| v.email == r.email);
-            let (verdict, response, mx_host) = match v {
-                Some(v) => (v.verdict.clone(), v.response.clone(), v.mx_host.clone()),
+            let (verdict, response, mx_host, hard_bounce) = match v {
+                Some(v) => (v.verdict.clone(), v.response.clone(), v.mx_host.clone(), v.hard_bounce),
                 // Cannot happen; if it did, trying again is the safe choice.
                 None => (
                     Verdict::Failed(Action::Retry),
                     "no delivery attempt was made".to_owned(),
                     None,
+                    false,
                 ),
             };
             let (result, response) = match verdict {
@@ -252,6 +280,8 @@ pub fn outcomes(
             };
             RecipientOutcome {
                 email: r.email.clone(),
+                // Only a bounce now, never one by expiry (that comes from a 4xx or a network failure).
+                suppress: hard_bounce && result == DeliveryResult::Bounced,
                 result,
                 response,
                 mx_host,

@@ -80,6 +80,7 @@ fn job_created(domain: &str, recipients: &[&str], created_at: DateTime<Utc>) -> 
                 attempts: 0,
             })
             .collect(),
+        sandbox: false,
     }
 }
 
@@ -426,6 +427,7 @@ fn verdict(email: &str, verdict: Verdict, response: &str) -> RecipientVerdict {
         verdict,
         response: response.into(),
         mx_host: Some("mx.test".into()),
+        hard_bounce: false,
     }
 }
 
@@ -499,4 +501,67 @@ fn a_recipient_without_a_verdict_is_deferred_not_lost() {
     let j = job_created("d.test", &["a@d.test"], now);
     let out = outcomes(&j, vec![], &Retry::default(), now);
     assert!(matches!(out[0].result, DeliveryResult::Deferred { .. }));
+}
+
+#[tokio::test]
+async fn a_sandbox_job_is_delivered_without_a_dns_query_or_a_connection() {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let dns = start_dns(Zone::default().add("sandbox.test", mx(10, "mx.sandbox.test")).add("mx.sandbox.test", a(Ipv4Addr::LOCALHOST))).await;
+    let mut sandboxed = job("sandbox.test", &["a@sandbox.test", "b@sandbox.test"]);
+    sandboxed.sandbox = true;
+    let h = harness(&settings(dns, peer.addr.port()), queue_with(vec![sandboxed]));
+    assert!(h.worker.step_once().await.unwrap());
+    let o = outcomes_by_email(&h.queue);
+    for email in ["a@sandbox.test", "b@sandbox.test"] {
+        assert_eq!(o[email].result, DeliveryResult::Delivered);
+        assert_eq!(o[email].response, SANDBOX_RESPONSE);
+        assert_eq!(o[email].mx_host, None);
+    }
+    assert!(peer.seen().is_empty(), "no SMTP connection for a sandbox job");
+    assert_eq!(h.metrics.deliveries.with_label_values(&["delivered"]).get(), 0);
+}
+
+/// Suppression list: only a 5xx reply to RCPT TO flags an outcome (`suppress`), never a 4xx,
+/// a DATA rejection or a delivery.
+#[tokio::test]
+async fn only_a_5xx_to_rcpt_marks_the_outcome_for_suppression() {
+    let rcpt_peer = SmtpPeer::start(
+        LOCAL,
+        Script {
+            rcpt: HashMap::from([
+                ("b@hard.test".to_string(), "550 5.1.1 no such user".to_string()),
+                ("c@hard.test".to_string(), "451 4.7.1 try later".to_string()),
+            ]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dns = start_dns(
+        Zone::default().add("hard.test", mx(10, "mx.hard.test.")).add("mx.hard.test", a(Ipv4Addr::LOCALHOST)),
+    )
+    .await;
+    let h = harness(
+        &settings(dns, rcpt_peer.addr.port()),
+        queue_with(vec![job("hard.test", &["a@hard.test", "b@hard.test", "c@hard.test"])]),
+    );
+    assert!(h.worker.step_once().await.unwrap());
+    let o = outcomes_by_email(&h.queue);
+    assert!(!o["a@hard.test"].suppress);
+    assert!(o["b@hard.test"].suppress, "{:?}", o["b@hard.test"]);
+    assert!(!o["c@hard.test"].suppress);
+
+    let data_peer = SmtpPeer::start(
+        LOCAL,
+        Script { end_reply: Some("554 5.7.1 refused as spam".into()), ..Default::default() },
+    )
+    .await;
+    let dns = start_dns(
+        Zone::default().add("data.test", mx(10, "mx.data.test.")).add("mx.data.test", a(Ipv4Addr::LOCALHOST)),
+    )
+    .await;
+    let h = harness(&settings(dns, data_peer.addr.port()), queue_with(vec![job("data.test", &["d@data.test"])]));
+    assert!(h.worker.step_once().await.unwrap());
+    let o = outcomes_by_email(&h.queue);
+    assert_eq!(o["d@data.test"].result, DeliveryResult::Bounced);
+    assert!(!o["d@data.test"].suppress, "a DATA rejection is about the message, not the address");
 }

@@ -7,7 +7,7 @@ use postwire_api_gateway::Gateway;
 use postwire_config::{Backend, Settings};
 use postwire_mta_worker::MtaWorker;
 use postwire_store::embedded::SqliteStore;
-use postwire_store::{Queue, State};
+use postwire_store::{Idempotency, Queue, State, Suppressions};
 use postwire_telemetry::Metrics;
 use postwire_tracking::TrackingKeys;
 use postwire_webhook_dispatcher::Dispatcher;
@@ -60,6 +60,8 @@ impl Roles {
 pub struct Stores {
     pub queue: Arc<dyn Queue>,
     pub state: Arc<dyn State>,
+    pub idempotency: Arc<dyn Idempotency>,
+    pub suppressions: Arc<dyn Suppressions>,
     /// The embedded store, which must be closed so its writer thread drains.
     sqlite: Option<SqliteStore>,
 }
@@ -70,14 +72,14 @@ impl Stores {
         match settings.storage.backend {
             Backend::Embedded => {
                 let store = SqliteStore::open(&settings.storage.path)?;
-                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store.clone()), sqlite: Some(store) })
+                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store.clone()), idempotency: Arc::new(store.clone()), suppressions: Arc::new(store.clone()), sqlite: Some(store) })
             }
             Backend::Distributed => {
                 let store = postwire_store::distributed::DistributedStore::connect(
                     &postwire_store::distributed::Options::from_settings(settings),
                 )
                 .await?;
-                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store), sqlite: None })
+                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store.clone()), idempotency: Arc::new(store.clone()), suppressions: Arc::new(store), sqlite: None })
             }
         }
     }
@@ -140,6 +142,8 @@ impl App {
         Gateway {
             queue: self.stores.queue.clone(),
             state: self.stores.state.clone(),
+            idempotency: self.stores.idempotency.clone(),
+            suppressions: self.stores.suppressions.clone(),
             metrics: self.metrics.clone(),
             tracking: self.tracking.clone(),
             limits: self.settings.limits.clone(),

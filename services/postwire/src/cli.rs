@@ -50,6 +50,10 @@ pub enum KeysCommand {
         /// Comma-separated scopes out of send, read, admin.
         #[arg(long, value_delimiter = ',', default_values_t = SCOPES.map(String::from))]
         scopes: Vec<String>,
+        /// A sandbox key: its messages are validated and recorded as delivered, but never sent
+        /// (no DNS lookup, no SMTP connection).
+        #[arg(long)]
+        sandbox: bool,
     },
     /// List keys (never the keys themselves).
     List,
@@ -140,7 +144,7 @@ async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
     let stores = Stores::open(&settings).await?;
     let store = &stores.state;
     match cmd {
-        KeysCommand::Create { name, scopes } => {
+        KeysCommand::Create { name, scopes, sandbox } => {
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
@@ -155,15 +159,19 @@ async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
                     hash: minted.hash,
                     scopes: scopes.clone(),
                     created_at: Utc::now(),
+                    sandbox,
                 })
                 .await?;
-            println!("created API key {} ({name}; scopes: {}). It is shown once:", minted.id, scopes.join(","));
+            let kind = if sandbox { "sandbox API key" } else { "API key" };
+            println!("created {kind} {} ({name}; scopes: {}). It is shown once:", minted.id, scopes.join(","));
             println!("{}", minted.key);
         }
         KeysCommand::List => {
+            println!("ID\tNAME\tSCOPES\tMODE\tCREATED\tSTATE");
             for k in store.list_api_keys().await? {
                 let state = k.revoked_at.map(|t| format!("revoked {}", t.to_rfc3339())).unwrap_or_else(|| "active".into());
-                println!("{}\t{}\t{}\t{}\t{}", k.id, k.name, k.scopes.join(","), k.created_at.to_rfc3339(), state);
+                let mode = if k.sandbox { "sandbox" } else { "live" };
+                println!("{}\t{}\t{}\t{mode}\t{}\t{}", k.id, k.name, k.scopes.join(","), k.created_at.to_rfc3339(), state);
             }
         }
         KeysCommand::Revoke { id } => {

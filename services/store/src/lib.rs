@@ -11,11 +11,14 @@
 //! - [`distributed`]: RabbitMQ for delivery jobs, Redis for everything else, for several
 //!   gateways, workers and dispatchers on several machines.
 //! - [`ids`]: identifiers and API key material.
+//! - [`suppression`]: the suppression list ([`Suppressions`]), screened at acceptance.
 
 pub mod distributed;
 pub mod embedded;
 pub mod ids;
+pub mod idempotency;
 pub mod model;
+pub mod suppression;
 
 use std::time::Duration;
 
@@ -23,7 +26,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postwire_proto::{Event, EventType, MessageView, Webhook};
 
+pub use idempotency::*;
 pub use model::*;
+pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

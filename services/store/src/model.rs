@@ -17,6 +17,8 @@ pub struct NewMessage {
     pub recipients: Vec<NewRecipient>,
     /// The API key that sent it.
     pub key_id: String,
+    /// Sent with a sandbox key: recorded as delivered without any DNS lookup or SMTP connection.
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct ClaimedJob {
     pub domain: String,
     /// Recipients at `domain` not yet delivered, bounced or otherwise final.
     pub recipients: Vec<PendingRecipient>,
+    /// The message was sent with a sandbox key: the worker must not resolve or connect.
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,9 @@ pub struct RecipientOutcome {
     pub response: String,
     /// The MX host that answered, when one did.
     pub mx_host: Option<String>,
+    /// A hard bounce (5xx to RCPT TO): a `Bounced` result also puts the address on the
+    /// suppression list (see [`crate::suppression`]). Ignored for other results.
+    pub suppress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,6 +93,8 @@ pub struct NewApiKey {
     pub hash: [u8; 32],
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// Messages sent with a sandbox key are validated and recorded but never leave the host.
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +105,7 @@ pub struct ApiKeyRecord {
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone)]

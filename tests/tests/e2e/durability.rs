@@ -194,11 +194,19 @@ async fn cli_creates_lists_and_revokes_keys_and_generates_dkim_keys() {
     assert!(ok);
     let key = stdout.lines().last().unwrap().trim().to_string();
     let key_id = postwire_store::ids::split_api_key(&key).unwrap().0.to_string();
+    let (ok, stdout, stderr) = run_cli(&config, &["keys", "create", "--name", "staging", "--sandbox"]);
+    assert!(ok, "{stderr}");
+    let sandbox_key = stdout.lines().last().unwrap().trim().to_string();
+    assert!(sandbox_key.starts_with("pw_") && stdout.contains("sandbox"), "the key is alone on the last line: {stdout}");
+    let sandbox_id = postwire_store::ids::split_api_key(&sandbox_key).unwrap().0.to_string();
     let (_, list, _) = run_cli(&config, &["keys", "list"]);
     assert!(list.contains(&key_id) && list.contains("send,read") && !list.contains(&key), "{list}");
+    let mode_of = |id: &str| list.lines().find(|l| l.starts_with(id)).map(|l| l.split('\t').nth(3).unwrap_or("").to_string());
+    assert_eq!(mode_of(&key_id).as_deref(), Some("live"), "{list}");
+    assert_eq!(mode_of(&sandbox_id).as_deref(), Some("sandbox"), "{list}");
     if postwire_e2e::app::distributed_backend().is_none() {
         let db = std::fs::read(world.path().join("data/postwire.db")).unwrap();
-        assert!(!String::from_utf8_lossy(&db).contains(key.split('_').last().unwrap()), "the key must not be stored in clear");
+        assert!(!String::from_utf8_lossy(&db).contains(key.rsplit('_').next().unwrap()), "the key must not be stored in clear");
     }
 
     let (ok, _, stderr) = run_cli(&config, &["keys", "create", "--name", "x", "--scopes", "root"]);

@@ -3,10 +3,13 @@
 //! hosts, and a webhook receiver.
 
 mod api;
+mod batch;
 mod delivery;
 mod dkim;
 mod durability;
 mod events;
+mod keys;
+mod suppressions;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -1,7 +1,10 @@
 //! Route modules, one per resource.
 
+pub mod batch;
+pub mod keys;
 pub mod messages;
 pub mod ops;
+pub mod suppressions;
 pub mod tracking;
 pub mod webhooks;
 
@@ -15,13 +18,7 @@ use crate::error::ApiError;
 /// Reads a JSON body: 413 over the size limit, 400 for broken JSON, 422 naming the field
 /// for JSON of the wrong shape (unknown field, wrong type, missing field).
 pub(crate) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge("the request body is over the size limit (limits.max_request_size)".into())
-        } else {
-            ApiError::BadRequest(r.body_text())
-        }
-    })?;
+    let bytes = body_bytes(body)?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
@@ -34,4 +31,15 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>
     })?;
     de.end().map_err(|e| ApiError::BadRequest(format!("trailing data after the JSON body: {e}")))?;
     Ok(value)
+}
+
+/// The raw body: 413 over the size limit, 400 when it cannot be read.
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("the request body is over the size limit (limits.max_request_size)".into())
+        } else {
+            ApiError::BadRequest(r.body_text())
+        }
+    })
 }

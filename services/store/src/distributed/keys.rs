@@ -9,18 +9,20 @@
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id` | retention after the last change |
+//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id`, `sandbox` (`1` for a sandbox key's message; absent = `0`) | retention after the last change |
 //! | `{ns}:msg:{message_id}:rcpt` | hash | field = recipient position (`0`, `1`, …), value = JSON `{"email","domain","status","attempts","next_attempt_at"?,"last_response"?,"updated_at"}` | same |
 //! | `{ns}:msg:{message_id}:events` | list | event JSON, oldest first, exactly the webhook body | same |
 //! | `{ns}:lease:{message_id}:{domain}` | string | claim token of the worker holding the job; `PX` = the lease | the lease |
+//! | `{ns}:idem:{key_id}:{idempotency_key}` | hash | one `Idempotency-Key` record: `hash` (hex SHA-256 of the request body), `expires_at`, `token` while in progress, then `status` and `body` (the answer to replay) | the owner's lease while in progress; then `expires_at` (24 h after the first request) |
 //! | `{ns}:jobs` | set | `{message_id} {domain}` of every unfinished job (queued, deferred, in flight): the queue depth | never |
-//! | `{ns}:apikey:{key_id}` | hash | `name`, `hash` (hex SHA-256 of the secret), `scopes` (comma list), `created_at`, `revoked_at`? | never |
+//! | `{ns}:apikey:{key_id}` | hash | `name`, `hash` (hex SHA-256 of the secret), `scopes` (comma list), `created_at`, `sandbox` (`1` or `0`; absent = `0`), `revoked_at`? | never |
 //! | `{ns}:apikeys` | sorted set | key ids scored by `created_at` | never |
 //! | `{ns}:webhook:{webhook_id}` | hash | `url`, `secret`, `events` (JSON list; empty = all), `created_at` | never |
 //! | `{ns}:webhooks` | sorted set | webhook ids scored by `created_at` | never |
 //! | `{ns}:webhook:{webhook_id}:pending` | set | ids of that endpoint's deliveries still pending | never |
 //! | `{ns}:whd:{delivery_id}` | hash | one outbox row: `webhook_id`, `event_id`, `body`, `state` (`pending`, `delivered`, `failed`), `attempts`, `next_attempt_at`, `last_status`?, `last_error`? | retention once final |
 //! | `{ns}:outbox` | sorted set | pending delivery ids scored by when they may next be claimed (due time, or lease end while leased) | never |
+//! | `{ns}:suppressions` + `{ns}:suppressions:index` | hash + sorted set | the suppression list: lower-cased address → JSON `{"email","reason","smtp_response"?,"message_id"?,"created_at"}`; the same addresses scored by `created_at` | never |
 //! | `{ns}:seq:whd` | string | counter behind delivery ids (`whd_{n}`) | never |
 //!
 //! ## RabbitMQ (default vhost of `amqp.url`, default exchange)

@@ -36,11 +36,14 @@
 //! - `scripts`: the Lua scripts that make each multi-key change atomic.
 //! - `queue`: the [`Queue`](crate::Queue) implementation.
 //! - `state`: the [`State`](crate::State) implementation.
+//! - `suppression`: the [`Suppressions`](crate::Suppressions) implementation and accept-time screening.
 
+mod idempotency;
 pub mod keys;
 mod queue;
 mod scripts;
 mod state;
+mod suppression;
 #[cfg(test)]
 mod tests;
 

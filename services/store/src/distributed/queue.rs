@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{retry_step, Keys};
 use super::scripts::{CLAIM, COMPLETE, RENEW};
+use super::suppression;
 use super::{amqp_error, unavailable, Broker, DistributedStore, HeldClaim, RABBITMQ};
 use crate::embedded::{from_ms, now_ms, to_ms};
 use crate::{ids, ClaimedJob, DeliveryResult, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
@@ -157,7 +158,7 @@ impl DistributedStore {
             "claimed" => {
                 let created_at = from_ms(field(1).parse::<i64>().map_err(corrupt)?);
                 let request: SendRequest = serde_json::from_str(&field(2)).map_err(corrupt)?;
-                let recipients = answer[4..]
+                let recipients = answer[5..]
                     .chunks(2)
                     .map(|pair| PendingRecipient {
                         email: pair[0].clone().unwrap_or_default(),
@@ -173,6 +174,8 @@ impl DistributedStore {
                     message_id_header: field(3),
                     domain: job.domain,
                     recipients,
+                    // Absent on messages stored before sandbox keys existed: a live message.
+                    sandbox: field(4) == "1",
                 };
                 let held = HeldClaim {
                     generation: broker.generation,
@@ -259,8 +262,10 @@ impl Queue for DistributedStore {
         let broker = self.broker().await?;
         let request = serde_json::to_string(&message.request).map_err(corrupt)?;
         let created = to_ms(message.created_at);
+        // Suppression list: listed recipients are stored `suppressed` with their event, no job.
+        let screened = self.screen_recipients(&message).await?;
         let mut domains: Vec<&str> = Vec::new();
-        for r in &message.recipients {
+        for r in message.recipients.iter().zip(&screened).filter(|(_, s)| s.is_none()).map(|(r, _)| r) {
             if !domains.contains(&r.domain.as_str()) {
                 domains.push(&r.domain);
             }
@@ -276,6 +281,7 @@ impl Queue for DistributedStore {
                     ("request", request),
                     ("message_id_header", message.message_id_header.clone()),
                     ("key_id", message.key_id.clone()),
+                    ("sandbox", if message.sandbox { "1" } else { "0" }.to_string()),
                 ],
             )
             .ignore()
@@ -285,10 +291,10 @@ impl Queue for DistributedStore {
             let stored = StoredRecipient {
                 email: r.email.clone(),
                 domain: r.domain.clone(),
-                status: RecipientStatus::Queued.as_str().into(),
+                status: suppression::screened_status(&screened[i]).as_str().into(),
                 attempts: 0,
                 next_attempt_at: None,
-                last_response: None,
+                last_response: screened[i].clone(),
                 updated_at: created,
             };
             pipe.hset(&rcpt_key, i, serde_json::to_string(&stored).map_err(corrupt)?).ignore();
@@ -296,6 +302,7 @@ impl Queue for DistributedStore {
         if !message.recipients.is_empty() {
             pipe.expire(&rcpt_key, retention as i64).ignore();
         }
+        suppression::queue_suppressed_events(&mut pipe, keys, &message, &screened, retention)?;
         let members: Vec<String> = domains.iter().map(|d| Keys::job_member(&message.id, d)).collect();
         if !members.is_empty() {
             pipe.sadd(keys.jobs(), &members).ignore();
@@ -331,7 +338,7 @@ impl Queue for DistributedStore {
             // Undo, so the message is not left "queued" with no job behind it. A job that did
             // reach the broker finds the message gone and is dropped.
             let mut undo = redis::pipe();
-            undo.del(&[&msg_key, &rcpt_key]).ignore();
+            undo.del(&[&msg_key, &rcpt_key, &keys.events(&message.id)]).ignore();
             if !members.is_empty() {
                 undo.srem(keys.jobs(), &members).ignore();
             }
@@ -408,7 +415,8 @@ impl Queue for DistributedStore {
                 .arg(&outcome.response)
                 .arg(&event.id)
                 .arg(event.kind.as_str())
-                .arg(body);
+                .arg(body)
+                .arg(suppression::hard_bounce_arg(outcome, &job.message_id)?);
         }
         let mut con = self.redis().await?;
         let (remaining, earliest, ours): (i64, i64, i64) = self.run_redis(script.invoke_async(&mut con)).await?;

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 /// Helpers prepended to scripts that need them.
-const HELPERS: &str = r#"
+pub(crate) const HELPERS: &str = r#"
 local function load_recipients(key)
   local flat = redis.call('HGETALL', key)
   local list = {}
@@ -57,7 +57,8 @@ fn with_helpers(body: &str) -> Script {
 /// KEYS: message, recipients, lease, jobs. ARGV: domain, token, lease ms, now ms, jobs member.
 /// Returns `{'missing'}` (message gone), `{'done'}` (nothing pending), `{'held', pttl}` (another
 /// claim holds the lease), `{'early', ms}` (nothing due yet), or
-/// `{'claimed', created_at, request, message_id_header, email, attempts, email, attempts, …}`.
+/// `{'claimed', created_at, request, message_id_header, sandbox, email, attempts, email, attempts, …}`
+/// (`sandbox` is `'1'` or `'0'`; `'0'` for messages stored before the field existed).
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r#"
@@ -88,8 +89,8 @@ if earliest > now then
   return {'early', tostring(earliest - now)}
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-local m = redis.call('HMGET', KEYS[1], 'created_at', 'request', 'message_id_header')
-local out = {'claimed', m[1], m[2], m[3]}
+local m = redis.call('HMGET', KEYS[1], 'created_at', 'request', 'message_id_header', 'sandbox')
+local out = {'claimed', m[1], m[2], m[3], m[4] or '0'}
 for _, v in ipairs(pending) do out[#out + 1] = v end
 return out
 "#,
@@ -114,7 +115,8 @@ return 1
 ///
 /// KEYS: message, recipients, events, lease, jobs.
 /// ARGV: ns, domain, token, now ms, retention s, jobs member, attempt placeholder; then per
-/// outcome: email, status, next_attempt_at ms or '', response, event id, event type, event body.
+/// outcome: email, status, next_attempt_at ms or '', response, event id, event type, event body,
+/// suppression (a hard bounce's JSON entry for `{ns}:suppressions`, or '').
 /// An outcome for a recipient already final is skipped whole (no update, no event). The body's
 /// attempt placeholder becomes the recipient's new attempt count.
 /// Returns `{remaining, earliest next_attempt_at (0: due now), lease was ours (1/0)}`, or
@@ -127,10 +129,10 @@ local ns, domain, token, now, placeholder = ARGV[1], ARGV[2], ARGV[3], tonumber(
 local final = { delivered = true, bounced = true, suppressed = true, canceled = true }
 local list = load_recipients(KEYS[2])
 local i = 8
-while i + 6 <= #ARGV do
+while i + 7 <= #ARGV do
   local email, status, next_at, response = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local event_id, event_type, body = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  i = i + 7
+  local event_id, event_type, body, suppression = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  i = i + 8
   for _, e in ipairs(list) do
     if e.r.domain == domain and e.r.email == email then
       if not final[e.r.status] then
@@ -148,6 +150,13 @@ while i + 6 <= #ARGV do
         end
         redis.call('RPUSH', KEYS[3], body)
         fanout(ns, event_id, event_type, body, now)
+        -- Suppression list: a hard bounce lists the address (an existing entry is kept).
+        if suppression ~= '' then
+          local s = cjson.decode(suppression)
+          if redis.call('HSETNX', ns .. ':suppressions', s.email, suppression) == 1 then
+            redis.call('ZADD', ns .. ':suppressions:index', string.format('%d', s.created_at), s.email)
+          end
+        end
       end
       break
     end

@@ -33,6 +33,8 @@ fn key_record(fields: Fields) -> Result<ApiKeyRecord, StoreError> {
         scopes: fields.get("scopes").map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default(),
         name: fields.get("name").cloned().unwrap_or_default(),
         id: fields.get("id").cloned().unwrap_or_default(),
+        // Absent on keys stored before sandbox keys existed: a live key.
+        sandbox: fields.get("sandbox").is_some_and(|v| v == "1"),
     })
 }
 
@@ -96,7 +98,7 @@ impl State for DistributedStore {
                 .arg(&key.id)
                 .arg(created)
                 .arg(&["id", &key.id, "name", &key.name, "hash", &hex::encode(key.hash), "scopes", &key.scopes.join(",")])
-                .arg(&["created_at", &created.to_string()])
+                .arg(&["created_at", &created.to_string(), "sandbox", if key.sandbox { "1" } else { "0" }])
                 .invoke_async::<i64>(&mut con),
         )
         .await?;

@@ -88,11 +88,12 @@ fn message(recipients: &[&str]) -> NewMessage {
             .map(|r| NewRecipient { email: r.to_string(), domain: r.rsplit('@').next().unwrap().to_string() })
             .collect(),
         key_id: "key_test".into(),
+        sandbox: false,
     }
 }
 
 fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {
-    RecipientOutcome { email: email.into(), result, response: "250 ok".into(), mx_host: Some("mx.test".into()) }
+    RecipientOutcome { email: email.into(), result, response: "250 ok".into(), mx_host: Some("mx.test".into()), suppress: false }
 }
 
 fn webhook(events: Vec<EventType>) -> NewWebhook {
@@ -627,6 +628,7 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
             hash: minted.hash,
             scopes: vec!["send".into(), "read".into()],
             created_at,
+            sandbox: false,
         })
         .await
         .unwrap();
@@ -638,9 +640,10 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
     assert_eq!(record.scopes, vec!["send".to_string(), "read".to_string()]);
     assert_eq!(to_ms(record.created_at), to_ms(created_at));
     assert!(record.revoked_at.is_none());
+    assert!(!record.sandbox);
     assert_eq!(store.list_api_keys().await.unwrap().len(), 1);
     assert!(store.api_key("key_unknown").await.unwrap().is_none());
-    let duplicate = NewApiKey { id: minted.id.clone(), name: "again".into(), hash: [0; 32], scopes: vec![], created_at };
+    let duplicate = NewApiKey { id: minted.id.clone(), name: "again".into(), hash: [0; 32], scopes: vec![], created_at, sandbox: false };
     assert!(store.create_api_key(duplicate).await.is_err(), "ids are unique");
 
     assert!(store.revoke_api_key(&minted.id).await.unwrap());
@@ -676,4 +679,22 @@ async fn ping_names_the_backend_that_is_down() {
     }
     assert!(matches!(no_redis.message("msg_x").await, Err(StoreError::Unavailable { backend: "redis", .. })));
     no_redis.close().await;
+}
+
+#[tokio::test]
+async fn sandbox_flag_round_trips_on_keys_and_reaches_the_claimed_job() {
+    let ns = Ns::new();
+    let store = ns.store().await;
+    let minted = ids::mint_api_key();
+    let key = NewApiKey { id: minted.id.clone(), name: "sb".into(), hash: minted.hash, scopes: vec!["send".into()], created_at: Utc::now(), sandbox: true };
+    store.create_api_key(key).await.unwrap();
+    assert!(store.api_key(&minted.id).await.unwrap().unwrap().sandbox);
+    assert!(store.list_api_keys().await.unwrap()[0].sandbox);
+
+    let mut sandboxed = message(&["a@sandbox.test"]);
+    sandboxed.sandbox = true;
+    store.accept(sandboxed).await.unwrap();
+    assert!(claim_eventually(&store, LONG_LEASE).await.sandbox);
+    store.accept(message(&["a@live.test"])).await.unwrap();
+    assert!(!claim_eventually(&store, LONG_LEASE).await.sandbox);
 }

@@ -9,10 +9,14 @@
 //! - [`schema`]: tables and indexes.
 //! - `queue`: the [`crate::Queue`] implementation (delivery jobs).
 //! - `state`: the [`crate::State`] implementation (keys, status, events, webhooks).
+//! - `suppression`: the [`crate::Suppressions`] implementation and the screening helpers
+//!   the queue's transactions call.
 
+mod idempotency;
 mod queue;
 pub mod schema;
 mod state;
+mod suppression;
 #[cfg(test)]
 mod tests;
 

@@ -17,9 +17,10 @@ impl Queue for SqliteStore {
         self.write(move |conn| {
             let created = to_ms(message.created_at);
             conn.prepare_cached(
-                "INSERT INTO messages (id, created_at, request, message_id_header, key_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![message.id, created, request, message.message_id_header, message.key_id])?;
+            .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox])?;
             let mut rcpt = conn.prepare_cached(
                 "INSERT INTO recipients (message_id, position, email, domain, status, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
@@ -28,6 +29,10 @@ impl Queue for SqliteStore {
                 "INSERT OR IGNORE INTO jobs (message_id, domain, not_before) VALUES (?1, ?2, ?3)",
             )?;
             for (i, r) in message.recipients.iter().enumerate() {
+                // Suppression list: a listed recipient is stored `suppressed` (with its event), no job.
+                if super::suppression::screen_recipient(conn, &message, i, created)? {
+                    continue;
+                }
                 rcpt.execute(params![message.id, i as i64, r.email, r.domain, created])?;
                 job.execute(params![message.id, r.domain, created])?;
             }
@@ -63,10 +68,10 @@ impl Queue for SqliteStore {
                     conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([job_id])?;
                     continue;
                 }
-                let (created_at, request, message_id_header) = conn
-                    .prepare_cached("SELECT created_at, request, message_id_header FROM messages WHERE id = ?1")?
+                let (created_at, request, message_id_header, sandbox) = conn
+                    .prepare_cached("SELECT created_at, request, message_id_header, sandbox FROM messages WHERE id = ?1")?
                     .query_row([&message_id], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
                     })?;
                 let request: SendRequest =
                     serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -79,6 +84,7 @@ impl Queue for SqliteStore {
                     message_id_header,
                     domain,
                     recipients,
+                    sandbox,
                 }));
             }
         })
@@ -200,6 +206,10 @@ fn record_outcome(conn: &Connection, job: &ClaimedJob, outcome: &RecipientOutcom
          WHERE message_id = ?6 AND position = ?7",
     )?
     .execute(params![status.as_str(), attempts, next.map(to_ms), outcome.response, now, job.message_id, position])?;
+    // Suppression list: a hard bounce (5xx to RCPT TO) lists the address in this transaction.
+    if outcome.suppress && status == RecipientStatus::Bounced {
+        super::suppression::record_hard_bounce(conn, &outcome.email, &outcome.response, &job.message_id, now)?;
+    }
     let event = Event {
         id: ids::new_id("evt"),
         kind,

@@ -74,5 +74,25 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         );
         CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
         ",
-    )
+    )?;
+    super::idempotency::migrate_idempotency(conn)?;
+    super::suppression::migrate_suppression(conn)?;
+    // Columns added after the first release: databases made before them gain them here.
+    add_column(conn, "api_keys", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
+    Ok(())
+}
+
+/// `ALTER TABLE … ADD COLUMN` unless the column is already there (SQLite has no `IF NOT EXISTS`
+/// for columns).
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
 }

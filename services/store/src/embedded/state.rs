@@ -40,12 +40,17 @@ fn decode_hash(raw: Vec<u8>) -> Result<[u8; 32], StoreError> {
     raw.try_into().map_err(|_| StoreError::Corrupt("api key hash is not 32 bytes".into()))
 }
 
-fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Vec<u8>, String, i64, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+type KeyRow = (String, String, Vec<u8>, String, i64, Option<i64>, bool);
+
+/// The columns [`key_from_row`] reads, in order.
+const KEY_COLUMNS: &str = "id, name, hash, scopes, created_at, revoked_at, sandbox";
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }
 
-fn key_record(row: (String, String, Vec<u8>, String, i64, Option<i64>)) -> Result<ApiKeyRecord, StoreError> {
-    let (id, name, hash, scopes, created, revoked) = row;
+fn key_record(row: KeyRow) -> Result<ApiKeyRecord, StoreError> {
+    let (id, name, hash, scopes, created, revoked, sandbox) = row;
     Ok(ApiKeyRecord {
         id,
         name,
@@ -53,6 +58,7 @@ fn key_record(row: (String, String, Vec<u8>, String, i64, Option<i64>)) -> Resul
         scopes: scopes.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
         created_at: from_ms(created),
         revoked_at: revoked.map(from_ms),
+        sandbox,
     })
 }
 
@@ -75,8 +81,8 @@ impl State for SqliteStore {
     async fn create_api_key(&self, key: NewApiKey) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO api_keys (id, name, hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.id, key.name, key.hash.to_vec(), key.scopes.join(","), to_ms(key.created_at)],
+                "INSERT INTO api_keys (id, name, hash, scopes, created_at, sandbox) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key.id, key.name, key.hash.to_vec(), key.scopes.join(","), to_ms(key.created_at), key.sandbox],
             )?;
             Ok(())
         })
@@ -86,7 +92,7 @@ impl State for SqliteStore {
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT id, name, hash, scopes, created_at, revoked_at FROM api_keys WHERE id = ?1")?
+            conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"))?
                 .query_row([id], key_from_row)
                 .optional()?
                 .map(key_record)
@@ -97,8 +103,7 @@ impl State for SqliteStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT id, name, hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at")?;
+            let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at"))?;
             let rows = stmt.query_map([], key_from_row)?.collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(key_record).collect()
         })

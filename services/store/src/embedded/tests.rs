@@ -43,11 +43,12 @@ fn message(recipients: &[&str]) -> NewMessage {
             .map(|r| NewRecipient { email: r.to_string(), domain: r.rsplit('@').next().unwrap().to_string() })
             .collect(),
         key_id: "key_test".into(),
+        sandbox: false,
     }
 }
 
 fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {
-    RecipientOutcome { email: email.into(), result, response: "250 ok".into(), mx_host: Some("mx.test".into()) }
+    RecipientOutcome { email: email.into(), result, response: "250 ok".into(), mx_host: Some("mx.test".into()), suppress: false }
 }
 
 fn webhook(events: Vec<EventType>) -> NewWebhook {
@@ -422,6 +423,7 @@ async fn reopening_the_store_sees_everything_written_before_close() {
         hash: [7; 32],
         scopes: vec!["send".into()],
         created_at: Utc::now(),
+        sandbox: false,
     };
     store.create_api_key(key).await.unwrap();
     let hook = store.create_webhook(webhook(vec![EventType::Deferred])).await.unwrap();
@@ -463,6 +465,7 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
             hash: minted.hash,
             scopes: vec!["send".into(), "read".into()],
             created_at,
+            sandbox: false,
         })
         .await
         .unwrap();
@@ -473,6 +476,7 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
     assert_eq!(record.scopes, vec!["send".to_string(), "read".to_string()]);
     assert_eq!(to_ms(record.created_at), to_ms(created_at));
     assert!(record.revoked_at.is_none());
+    assert!(!record.sandbox);
     let (_, secret) = ids::split_api_key(&minted.key).unwrap();
     assert!(ids::secret_matches(secret, &record.hash));
     assert_eq!(store.list_api_keys().await.unwrap().len(), 1);
@@ -483,4 +487,42 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
     assert!(store.revoke_api_key(&minted.id).await.unwrap(), "revoking twice is not an error");
     assert_eq!(store.api_key(&minted.id).await.unwrap().unwrap().revoked_at, Some(revoked_at), "first revocation time kept");
     assert!(!store.revoke_api_key("key_unknown").await.unwrap());
+}
+
+#[tokio::test]
+async fn sandbox_flag_round_trips_on_keys_and_reaches_the_claimed_job() {
+    let (_dir, store) = open();
+    let minted = ids::mint_api_key();
+    let key = NewApiKey { id: minted.id.clone(), name: "sb".into(), hash: minted.hash, scopes: vec!["send".into()], created_at: Utc::now(), sandbox: true };
+    store.create_api_key(key).await.unwrap();
+    assert!(store.api_key(&minted.id).await.unwrap().unwrap().sandbox);
+    assert!(store.list_api_keys().await.unwrap()[0].sandbox);
+
+    let mut sandboxed = message(&["a@sandbox.test"]);
+    sandboxed.sandbox = true;
+    store.accept(sandboxed).await.unwrap();
+    assert!(claim_eventually(&store, LONG_LEASE).await.sandbox);
+    store.accept(message(&["a@live.test"])).await.unwrap();
+    assert!(!claim_eventually(&store, LONG_LEASE).await.sandbox);
+}
+
+#[tokio::test]
+async fn a_database_made_before_sandbox_keys_gains_the_columns_and_reads_old_rows_as_live() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("postwire.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash BLOB NOT NULL, scopes TEXT NOT NULL,
+                                    created_at INTEGER NOT NULL, revoked_at INTEGER);
+             CREATE TABLE messages (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, request TEXT NOT NULL,
+                                    message_id_header TEXT NOT NULL, key_id TEXT NOT NULL);
+             INSERT INTO api_keys (id, name, hash, scopes, created_at) VALUES ('key_old', 'old', zeroblob(32), 'send', 0);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).expect("an old database opens");
+    assert!(!store.api_key("key_old").await.unwrap().expect("old key kept").sandbox);
+    store.close();
+    drop(store);
+    SqliteStore::open(dir.path()).expect("migrating twice is harmless");
 }

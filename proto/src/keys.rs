@@ -1,0 +1,55 @@
+//! Bodies of `/v1/keys`: API keys managed over HTTP (admin scope).
+//!
+//! The full key (`pw_key_…_<secret>`) appears once, in the `201` answer to creating it; only a
+//! hash is stored, so no later answer can show it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/keys`. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// A label for people (1 to 100 characters, no control characters).
+    pub name: String,
+    /// Out of `send`, `read`, `admin`; absent means all three, as with `postwire keys create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// A sandbox key: its messages are validated and recorded as `delivered` (with
+    /// `last_response` `"250 sandbox: not sent (sandbox API key)"`) but never sent — no DNS
+    /// lookup, no SMTP connection. Webhook events still fire.
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+/// An API key as listed: never the key itself or its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyView {
+    /// `key_…`: the public part of the key, used to revoke it.
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub sandbox: bool,
+    pub created_at: DateTime<Utc>,
+    /// When the key was revoked; `null` while it is active.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// `201` answer to creating a key: the only time the key is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub id: String,
+    /// The bearer token, `pw_key_…_<secret>`. Store it now: it cannot be shown again.
+    pub key: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub sandbox: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/keys`, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub data: Vec<ApiKeyView>,
+}

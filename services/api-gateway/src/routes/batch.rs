@@ -1,0 +1,147 @@
+//! `POST /v1/messages/batch`: up to 500 messages in one request, each validated on its own.
+//!
+//! One bad message does not fail the rest: its result is an `errors` list, the others are
+//! queued. Every accepted message is durable before the 200. They are accepted concurrently,
+//! so on the embedded backend they share the writer's group commit (one fsync for the batch).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use postwire_proto::{
+    BatchRequest, BatchResponse, BatchResult, FieldError, RecipientStatus, RecipientSummary, SendRequest, SendResponse,
+    MAX_BATCH_MESSAGES,
+};
+use serde::Deserialize;
+
+use super::{body_bytes, json_body};
+use crate::auth::ApiKey;
+use crate::error::ApiError;
+use crate::idempotency::idempotent;
+use crate::validate::validate_send;
+use crate::Gateway;
+
+pub fn router() -> Router<Gateway> {
+    Router::new().route("/v1/messages/batch", post(send_batch))
+}
+
+/// The batch as received: each message stays raw JSON until it is checked on its own, so a
+/// message of the wrong shape is that message's error, not the whole request's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    messages: Vec<serde_json::Value>,
+}
+
+/// Queue up to 500 messages. Answers 200 with one result per message, in order, once every
+/// accepted message is durably stored. Honours `Idempotency-Key` like `POST /v1/messages`.
+#[utoipa::path(
+    post, path = "/v1/messages/batch", tag = "messages",
+    request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters; the same key and body within 24 h answer the first response again and send once")),
+    responses(
+        (status = 200, description = "One result per message, in order: `{\"id\",…}` when queued, `{\"errors\":[…]}` when refused", body = BatchResponse),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused with another body, or its first request still in progress", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over the size limit", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No messages, or more than 500", body = postwire_proto::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn send_batch(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    key.require("send")?;
+    let body = body_bytes(body)?;
+    let key_id = key.id.clone();
+    idempotent(&gw, &key_id, &headers, body, move |gw, body| async move {
+        accept_batch(gw, key, body).await.into_response()
+    })
+    .await
+}
+
+async fn accept_batch(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+    let batch: RawBatch = json_body(Ok(body))?;
+    if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
+        return Err(ApiError::field(
+            "messages",
+            format!("must hold 1 to {MAX_BATCH_MESSAGES} messages, not {}", batch.messages.len()),
+        ));
+    }
+    // Validate every message first, then accept the good ones all at once.
+    let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(batch.messages.len());
+    let mut pending = Vec::new();
+    for (i, raw) in batch.messages.into_iter().enumerate() {
+        match prepare(raw, &gw, &key) {
+            Ok((message, response)) => {
+                let queue = gw.queue.clone();
+                pending.push((i, response, tokio::spawn(async move { queue.accept(message).await })));
+                results.push(None);
+            }
+            Err(errors) => results.push(Some(BatchResult::Rejected { errors })),
+        }
+    }
+    let attempted = pending.len();
+    let mut failures = Vec::new();
+    for (i, response, accepted) in pending {
+        match accepted.await.map_err(|e| ApiError::Internal(Box::new(e)))? {
+            Ok(()) => {
+                gw.metrics.messages_accepted.inc();
+                let mut response = response;
+                super::suppressions::mark_suppressed(&gw, &mut response).await?;
+                results[i] = Some(BatchResult::Accepted(response));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batch: a message could not be queued");
+                results[i] = Some(BatchResult::Rejected {
+                    errors: vec![FieldError {
+                        field: "(message)".into(),
+                        message: "not queued: storage is unavailable; send this message again".into(),
+                    }],
+                });
+                failures.push(e);
+            }
+        }
+    }
+    // Nothing could be stored: the whole request failed (503) and may simply be retried.
+    if attempted > 0 && failures.len() == attempted {
+        return Err(failures.swap_remove(0).into());
+    }
+    let results = results.into_iter().map(|r| r.expect("every message has a result")).collect();
+    Ok((StatusCode::OK, Json(BatchResponse { results })))
+}
+
+/// One message: parsed and validated into what to queue and the answer to give, or its errors
+/// (paths relative to the message).
+fn prepare(
+    raw: serde_json::Value,
+    gw: &Gateway,
+    key: &ApiKey,
+) -> Result<(postwire_store::NewMessage, SendResponse), Vec<FieldError>> {
+    let request: SendRequest = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let field = e.path().to_string();
+        vec![FieldError {
+            field: if field == "." { "(message)".to_string() } else { field },
+            message: e.into_inner().to_string(),
+        }]
+    })?;
+    let mut message = validate_send(request, &gw.limits, &key.id)?;
+    message.sandbox = key.sandbox;
+    let response = SendResponse {
+        id: message.id.clone(),
+        status: RecipientStatus::Queued,
+        recipients: message
+            .recipients
+            .iter()
+            .map(|r| RecipientSummary { email: r.email.clone(), status: RecipientStatus::Queued })
+            .collect(),
+    };
+    Ok((message, response))
+}

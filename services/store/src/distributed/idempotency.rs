@@ -1,0 +1,248 @@
+//! Idempotency records in Redis: one hash per (API key id, idempotency key) at
+//! `{ns}:idem:{key_id}:{idempotency key}` (see [`super::keys`]).
+//!
+//! `begin` is a Lua script (check and create as one step, the equivalent of `SET NX` that can
+//! also answer with the stored record): of concurrent requests with one key exactly one creates
+//! the record. While in progress the hash expires with the owner's lease; once finished it
+//! expires at `expires_at` (the first request plus the TTL).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+
+use super::DistributedStore;
+use crate::embedded::now_ms;
+use crate::{ids, IdemBegin, Idempotency, StoreError};
+
+/// KEYS: record. ARGV: body hash (hex), token, lease ms, expires_at (unix ms).
+/// Returns `{'started'}`, `{'mismatch'}`, `{'in_progress'}` or `{'replay', status, body}`.
+static BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'token', ARGV[2], 'expires_at', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'started'}
+end
+local rec = redis.call('HMGET', KEYS[1], 'hash', 'status', 'body')
+if rec[1] ~= ARGV[1] then return {'mismatch'} end
+if not rec[2] then return {'in_progress'} end
+return {'replay', rec[2], rec[3] or ''}
+"#,
+    )
+});
+
+/// KEYS: record. ARGV: token, status, body. Returns 1 when stored, 0 when not the owner.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'body', ARGV[3])
+redis.call('HDEL', KEYS[1], 'token')
+redis.call('PEXPIREAT', KEYS[1], redis.call('HGET', KEYS[1], 'expires_at'))
+return 1
+"#,
+    )
+});
+
+/// KEYS: record. ARGV: token. Deletes the record if the caller still owns it.
+static ABANDON: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#,
+    )
+});
+
+impl DistributedStore {
+    fn idempotency_key(&self, key_id: &str, idem_key: &str) -> String {
+        format!("{}:idem:{key_id}:{idem_key}", self.inner.keys.ns())
+    }
+}
+
+#[async_trait]
+impl Idempotency for DistributedStore {
+    async fn idempotency_begin(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        body_hash: [u8; 32],
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<IdemBegin, StoreError> {
+        let token = ids::new_id("idem");
+        let expires_at = now_ms() + ttl.as_millis() as i64;
+        // PEXPIRE 0 would delete the key at once; a lease is at least a millisecond.
+        let lease_ms = lease.as_millis().max(1) as u64;
+        let mut con = self.redis().await?;
+        let answer: Vec<String> = self
+            .run_redis(
+                BEGIN
+                    .key(self.idempotency_key(key_id, idem_key))
+                    .arg(hex::encode(body_hash))
+                    .arg(&token)
+                    .arg(lease_ms)
+                    .arg(expires_at)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        let corrupt = || StoreError::Corrupt(format!("idempotency script answered {answer:?}"));
+        match answer.first().map(String::as_str) {
+            Some("started") => Ok(IdemBegin::Started { token }),
+            Some("mismatch") => Ok(IdemBegin::Mismatch),
+            Some("in_progress") => Ok(IdemBegin::InProgress),
+            Some("replay") => {
+                let status = answer.get(1).and_then(|s| s.parse().ok()).ok_or_else(corrupt)?;
+                Ok(IdemBegin::Replay { status, body: answer.get(2).cloned().unwrap_or_default() })
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        token: &str,
+        status: u16,
+        body: String,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.redis().await?;
+        let stored: i64 = self
+            .run_redis(
+                FINISH
+                    .key(self.idempotency_key(key_id, idem_key))
+                    .arg(token)
+                    .arg(status)
+                    .arg(body)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn idempotency_abandon(&self, key_id: &str, idem_key: &str, token: &str) -> Result<(), StoreError> {
+        let mut con = self.redis().await?;
+        self.run_redis(ABANDON.key(self.idempotency_key(key_id, idem_key)).arg(token).invoke_async::<i64>(&mut con))
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real Redis (and RabbitMQ, which `connect` also reaches) that `.ci/run`
+    //! starts, each test under a namespace of its own that is deleted when it ends.
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::distributed::Options;
+
+    const LEASE: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(24 * 3600);
+
+    /// A store under a fresh namespace; the namespace is destroyed on drop, even on panic.
+    struct Scoped(Options);
+
+    impl Scoped {
+        async fn new() -> (Self, DistributedStore) {
+            let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+            let ns = format!("pwtest_idem_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let options = Options {
+                op_timeout: Duration::from_secs(3),
+                ..Options::new(
+                    &env("POSTWIRE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+                    &env("POSTWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+                    &ns,
+                )
+            };
+            let store = DistributedStore::connect(&options).await.expect("connect");
+            (Self(options), store)
+        }
+    }
+
+    impl Drop for Scoped {
+        fn drop(&mut self) {
+            let options = self.0.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async {
+                    if let Ok(store) = DistributedStore::connect(&options).await {
+                        let _ = store.destroy_namespace().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    fn token(begin: IdemBegin) -> String {
+        match begin {
+            IdemBegin::Started { token } => token,
+            other => panic!("expected Started, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another() {
+        let (_ns, store) = Scoped::new().await;
+        let t = token(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
+        assert_eq!(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
+        assert_eq!(store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
+        assert!(store.idempotency_finish("key_a", "k 1:x", &t, 202, "{\"id\":\"msg_1\"}".into()).await.unwrap());
+        assert_eq!(
+            store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::Replay { status: 202, body: "{\"id\":\"msg_1\"}".into() }
+        );
+        assert_eq!(store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
+        token(store.idempotency_begin("key_b", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish() {
+        let (_ns, store) = Scoped::new().await;
+        let first = token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
+        store.idempotency_abandon("key_a", "k", &first).await.unwrap();
+        let second = token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
+        assert!(!store.idempotency_finish("key_a", "k", &first, 202, "stale".into()).await.unwrap());
+        store.idempotency_abandon("key_a", "k", &first).await.unwrap();
+        assert_eq!(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
+        assert!(store.idempotency_finish("key_a", "k", &second, 200, "ok".into()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again() {
+        let (_ns, store) = Scoped::new().await;
+        token(store.idempotency_begin("key_a", "lease", [1; 32], Duration::from_millis(20), TTL).await.unwrap());
+        let t = token(store.idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(50)).await.unwrap());
+        assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
+        token(store.idempotency_begin("key_a", "ttl", [9; 32], LEASE, TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn of_concurrent_begins_with_one_key_exactly_one_starts() {
+        let (_ns, store) = Scoped::new().await;
+        let store = Arc::new(store);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap() })
+            })
+            .collect();
+        let mut started = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                IdemBegin::Started { .. } => started += 1,
+                IdemBegin::InProgress => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 1);
+    }
+}

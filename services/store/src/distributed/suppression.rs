@@ -1,0 +1,358 @@
+//! The suppression list in Redis: the [`Suppressions`] implementation, and the pieces the
+//! queue uses to screen recipients at acceptance (inside the accept `MULTI`) and to list hard
+//! bounces (inside the `complete` script).
+//!
+//! Keys (see [`super::keys`]): `{ns}:suppressions` is a hash from lower-cased address to a JSON
+//! [`StoredSuppression`]; `{ns}:suppressions:index` a sorted set of the same addresses scored by
+//! `created_at` (unix ms), for newest-first paging. Both change together, in one script or
+//! `MULTI`.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use postwire_proto::{RecipientStatus, Suppression, SuppressionReason};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use super::keys::Keys;
+use super::scripts::HELPERS;
+use super::DistributedStore;
+use crate::embedded::{from_ms, now_ms, to_ms};
+use crate::suppression::suppressed_response;
+use crate::{NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions};
+
+/// One entry as stored in `{ns}:suppressions`. `created_at` is unix ms (also its score in
+/// the index), so the `complete` script can read it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredSuppression {
+    pub(crate) email: String,
+    pub(crate) reason: String,
+    #[serde(default)]
+    pub(crate) smtp_response: Option<String>,
+    #[serde(default)]
+    pub(crate) message_id: Option<String>,
+    pub(crate) created_at: i64,
+}
+
+impl StoredSuppression {
+    fn from_entry(e: &Suppression) -> Self {
+        Self {
+            email: e.email.clone(),
+            reason: e.reason.as_str().to_string(),
+            smtp_response: e.smtp_response.clone(),
+            message_id: e.message_id.clone(),
+            created_at: to_ms(e.created_at),
+        }
+    }
+
+    fn into_entry(self) -> Result<Suppression, StoreError> {
+        let reason = SuppressionReason::parse(&self.reason)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown suppression reason {:?}", self.reason)))?;
+        Ok(Suppression {
+            email: self.email,
+            reason,
+            smtp_response: self.smtp_response,
+            message_id: self.message_id,
+            created_at: from_ms(self.created_at),
+        })
+    }
+
+    fn parse(raw: &str) -> Result<Suppression, StoreError> {
+        serde_json::from_str::<Self>(raw).map_err(|e| StoreError::Corrupt(e.to_string()))?.into_entry()
+    }
+}
+
+/// The `suppression` argument of one outcome in the `complete` script: the JSON entry to list
+/// when the outcome is a hard bounce, else `''`.
+pub(crate) fn hard_bounce_arg(outcome: &crate::RecipientOutcome, message_id: &str) -> Result<String, StoreError> {
+    if !(outcome.suppress && outcome.result == crate::DeliveryResult::Bounced) {
+        return Ok(String::new());
+    }
+    let stored = StoredSuppression {
+        email: outcome.email.to_lowercase(),
+        reason: SuppressionReason::HardBounce.as_str().to_string(),
+        smtp_response: Some(outcome.response.clone()),
+        message_id: Some(message_id.to_string()),
+        created_at: now_ms(),
+    };
+    serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn list_key(ns: &str) -> String {
+    format!("{ns}:suppressions")
+}
+
+fn index_key(ns: &str) -> String {
+    format!("{ns}:suppressions:index")
+}
+
+/// Adds an entry unless the address is listed. KEYS: list, index. ARGV: email, created ms,
+/// JSON. Returns `{1, json}` when added, `{0, existing json}` when already listed.
+static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  return {1, ARGV[3]}
+end
+return {0, redis.call('HGET', KEYS[1], ARGV[1])}
+"#,
+    )
+});
+
+/// Newest-first page. KEYS: index, list. ARGV: max score (`+inf` or the cursor's ms), cursor
+/// email or `''`, how many. Entries scored exactly the cursor's ms are skipped up to and
+/// including the cursor's address (equal scores come in reverse address order).
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local want, cursor_email = tonumber(ARGV[3]), ARGV[2]
+local cursor_ms = tonumber(ARGV[1])
+local out, offset = {}, 0
+while #out < want do
+  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 200)
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local email, score = page[i], tonumber(page[i + 1])
+    if cursor_email == '' or score < cursor_ms or email < cursor_email then
+      local v = redis.call('HGET', KEYS[2], email)
+      if v then out[#out + 1] = v end
+      if #out >= want then break end
+    end
+  end
+  offset = offset + 200
+end
+return out
+"#,
+    )
+});
+
+/// Appends `message.suppressed` events and fans them out, inside the accept `MULTI`.
+/// KEYS: events. ARGV: ns, now ms, retention s, then event id / body pairs.
+static APPEND_SUPPRESSED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{HELPERS}\n{}",
+        r#"
+local ns, now = ARGV[1], tonumber(ARGV[2])
+for i = 4, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[1], ARGV[i + 1])
+  fanout(ns, ARGV[i], 'message.suppressed', ARGV[i + 1], now)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"#
+    )
+});
+
+impl DistributedStore {
+    /// For each recipient of `message`, in order: the `last_response` to store it with when
+    /// its address is listed, else `None`.
+    pub(crate) async fn screen_recipients(&self, message: &NewMessage) -> Result<Vec<Option<String>>, StoreError> {
+        if message.recipients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let emails: Vec<String> = message.recipients.iter().map(|r| r.email.to_lowercase()).collect();
+        let mut con = self.redis().await?;
+        let raw: Vec<Option<String>> = self
+            .run_redis(redis::cmd("HMGET").arg(list_key(self.inner.keys.ns())).arg(&emails).query_async(&mut con))
+            .await?;
+        raw.into_iter()
+            .map(|v| v.map(|json| StoredSuppression::parse(&json).map(|e| suppressed_response(&e))).transpose())
+            .collect()
+    }
+}
+
+/// The status a screened recipient is stored with.
+pub(crate) fn screened_status(screened: &Option<String>) -> RecipientStatus {
+    if screened.is_some() {
+        RecipientStatus::Suppressed
+    } else {
+        RecipientStatus::Queued
+    }
+}
+
+/// Adds the `message.suppressed` events of the screened recipients to the accept `MULTI`.
+pub(crate) fn queue_suppressed_events(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    message: &NewMessage,
+    screened: &[Option<String>],
+    retention_s: u64,
+) -> Result<(), StoreError> {
+    let mut args: Vec<String> = Vec::new();
+    for (r, response) in message.recipients.iter().zip(screened) {
+        if let Some(response) = response {
+            let event = crate::suppression::suppressed_event(message, &r.email, response.clone());
+            args.push(event.id.clone());
+            args.push(serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+    }
+    if args.is_empty() {
+        return Ok(());
+    }
+    pipe.cmd("EVAL")
+        .arg(APPEND_SUPPRESSED.as_str())
+        .arg(1)
+        .arg(keys.events(&message.id))
+        .arg(keys.ns())
+        .arg(now_ms())
+        .arg(retention_s)
+        .arg(args)
+        .ignore();
+    Ok(())
+}
+
+#[async_trait]
+impl Suppressions for DistributedStore {
+    async fn list_suppressions(
+        &self,
+        after: Option<&SuppressionCursor>,
+        limit: usize,
+    ) -> Result<SuppressionPage, StoreError> {
+        let ns = self.inner.keys.ns();
+        let (max, cursor_email) = match after {
+            Some(c) => (c.created_at_ms.to_string(), c.email.clone()),
+            None => ("+inf".to_string(), String::new()),
+        };
+        let mut con = self.redis().await?;
+        let raw: Vec<String> = self
+            .run_redis(
+                LIST.key(index_key(ns))
+                    .key(list_key(ns))
+                    .arg(max)
+                    .arg(cursor_email)
+                    .arg(limit.saturating_add(1))
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        let mut data = raw.iter().map(|r| StoredSuppression::parse(r)).collect::<Result<Vec<_>, _>>()?;
+        let next = if data.len() > limit {
+            data.truncate(limit);
+            data.last().map(SuppressionCursor::after)
+        } else {
+            None
+        };
+        Ok(SuppressionPage { data, next })
+    }
+
+    async fn add_suppression(&self, entry: NewSuppression) -> Result<(Suppression, bool), StoreError> {
+        let entry = entry.into_entry();
+        let stored = StoredSuppression::from_entry(&entry);
+        let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ns = self.inner.keys.ns();
+        let mut con = self.redis().await?;
+        let (added, current): (i64, String) = self
+            .run_redis(
+                ADD.key(list_key(ns))
+                    .key(index_key(ns))
+                    .arg(&stored.email)
+                    .arg(stored.created_at)
+                    .arg(json)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok((StoredSuppression::parse(&current)?, added == 1))
+    }
+
+    async fn suppression(&self, email: &str) -> Result<Option<Suppression>, StoreError> {
+        let mut con = self.redis().await?;
+        let raw: Option<String> = self
+            .run_redis(
+                redis::cmd("HGET").arg(list_key(self.inner.keys.ns())).arg(email.to_lowercase()).query_async(&mut con),
+            )
+            .await?;
+        raw.map(|r| StoredSuppression::parse(&r)).transpose()
+    }
+
+    async fn remove_suppression(&self, email: &str) -> Result<bool, StoreError> {
+        let ns = self.inner.keys.ns();
+        let email = email.to_lowercase();
+        let mut pipe = redis::pipe();
+        pipe.atomic().hdel(list_key(ns), &email).zrem(index_key(ns), &email).ignore();
+        let mut con = self.redis().await?;
+        let (removed,): (i64,) = self.run_redis(pipe.query_async(&mut con)).await?;
+        Ok(removed == 1)
+    }
+
+    async fn suppressed_among(&self, emails: &[String]) -> Result<Vec<String>, StoreError> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lower: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+        let mut con = self.redis().await?;
+        let raw: Vec<Option<String>> = self
+            .run_redis(redis::cmd("HMGET").arg(list_key(self.inner.keys.ns())).arg(&lower).query_async(&mut con))
+            .await?;
+        Ok(emails.iter().zip(raw).filter(|(_, v)| v.is_some()).map(|(e, _)| e.clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::Options;
+    use crate::suppression::contract;
+
+    /// A namespace of its own on the local RabbitMQ and Redis (`.ci/run` starts them; override
+    /// with `POSTWIRE_TEST_AMQP_URL` / `POSTWIRE_TEST_REDIS_URL`), deleted on drop.
+    struct TestNs {
+        options: Options,
+        store: DistributedStore,
+    }
+
+    impl TestNs {
+        async fn new() -> Self {
+            let amqp = std::env::var("POSTWIRE_TEST_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+            let redis = std::env::var("POSTWIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let ns = format!("pwtest_sup_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let options = Options::new(&amqp, &redis, &ns);
+            let store = DistributedStore::connect(&options).await.expect("connect");
+            Self { options, store }
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            let options = self.options.clone();
+            // A fresh runtime on its own thread: the test's runtime may be gone or panicking.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async {
+                    if let Ok(store) = DistributedStore::connect(&options).await {
+                        let _ = store.destroy_namespace().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    #[tokio::test]
+    async fn distributed_hard_bounce_suppresses_later_sends() {
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
+        contract::hard_bounce_suppresses_later_sends(&store).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_only_flagged_bounces_list_the_address() {
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
+        contract::only_flagged_bounces_list_the_address(&store).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_entries_page_newest_first() {
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
+        contract::entries_page_newest_first(&store).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_suppressed_event_is_queued_for_webhooks() {
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
+        contract::suppressed_event_is_queued_for_webhooks(&store).await;
+    }
+}

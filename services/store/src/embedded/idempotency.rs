@@ -1,0 +1,214 @@
+//! Idempotency records in SQLite: one row per (API key id, idempotency key).
+//!
+//! `idempotency_begin` reads and writes in one operation on the single writer thread, so two
+//! concurrent requests with one key are serialised there: the first inserts the row, the second
+//! sees it. The row is durable (group commit) before the caller runs the request.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now_ms, SqliteStore};
+use crate::{ids, IdemBegin, Idempotency, StoreError};
+
+/// Creates the `idempotency` table; called from [`super::schema::migrate`].
+///
+/// `status` and `body` are NULL while the first request runs; `lease_until` bounds how long
+/// an unfinished owner holds the key, `expires_at` when the record is forgotten.
+pub fn migrate_idempotency(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+        CREATE TABLE IF NOT EXISTS idempotency (
+            key_id TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            body_hash BLOB NOT NULL,
+            token TEXT,
+            status INTEGER,
+            body TEXT,
+            lease_until INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            PRIMARY KEY (key_id, idem_key)
+        );
+        CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
+        ",
+    )
+}
+
+/// Expired rows removed per `begin`, so the table stays small without a sweeper task.
+const PRUNE_PER_BEGIN: i64 = 64;
+
+type Row = (Vec<u8>, Option<i64>, Option<String>, i64, i64);
+
+#[async_trait]
+impl Idempotency for SqliteStore {
+    async fn idempotency_begin(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        body_hash: [u8; 32],
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<IdemBegin, StoreError> {
+        let (key_id, idem_key) = (key_id.to_string(), idem_key.to_string());
+        let (lease_ms, ttl_ms) = (lease.as_millis() as i64, ttl.as_millis() as i64);
+        self.write(move |conn| {
+            let now = now_ms();
+            conn.prepare_cached(
+                "DELETE FROM idempotency WHERE rowid IN
+                 (SELECT rowid FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now, PRUNE_PER_BEGIN])?;
+            let row: Option<Row> = conn
+                .prepare_cached(
+                    "SELECT body_hash, status, body, lease_until, expires_at FROM idempotency
+                     WHERE key_id = ?1 AND idem_key = ?2",
+                )?
+                .query_row(params![key_id, idem_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .optional()?;
+            if let Some((hash, status, body, lease_until, expires_at)) = row {
+                let live = expires_at > now && (status.is_some() || lease_until > now);
+                if live {
+                    return Ok(match status {
+                        _ if hash != body_hash => IdemBegin::Mismatch,
+                        None => IdemBegin::InProgress,
+                        Some(status) => IdemBegin::Replay {
+                            status: u16::try_from(status).map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
+                            body: body.unwrap_or_default(),
+                        },
+                    });
+                }
+            }
+            let token = ids::new_id("idem");
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency
+                 (key_id, idem_key, body_hash, token, status, body, lease_until, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
+            )?
+            .execute(params![key_id, idem_key, body_hash.as_slice(), token, now + lease_ms, now + ttl_ms])?;
+            Ok(IdemBegin::Started { token })
+        })
+        .await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        token: &str,
+        status: u16,
+        body: String,
+    ) -> Result<bool, StoreError> {
+        let (key_id, idem_key, token) = (key_id.to_string(), idem_key.to_string(), token.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE idempotency SET status = ?1, body = ?2, token = NULL
+                     WHERE key_id = ?3 AND idem_key = ?4 AND token = ?5 AND status IS NULL",
+                )?
+                .execute(params![i64::from(status), body, key_id, idem_key, token])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn idempotency_abandon(&self, key_id: &str, idem_key: &str, token: &str) -> Result<(), StoreError> {
+        let (key_id, idem_key, token) = (key_id.to_string(), idem_key.to_string(), token.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM idempotency WHERE key_id = ?1 AND idem_key = ?2 AND token = ?3 AND status IS NULL",
+            )?
+            .execute(params![key_id, idem_key, token])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(24 * 3600);
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).expect("open store");
+        (dir, store)
+    }
+
+    fn token(begin: IdemBegin) -> String {
+        match begin {
+            IdemBegin::Started { token } => token,
+            other => panic!("expected Started, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another() {
+        let (_dir, store) = open();
+        let t = token(store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap());
+        assert_eq!(store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
+        assert_eq!(store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
+        assert!(store.idempotency_finish("key_a", "k1", &t, 202, "{\"id\":\"msg_1\"}".into()).await.unwrap());
+        assert_eq!(
+            store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::Replay { status: 202, body: "{\"id\":\"msg_1\"}".into() }
+        );
+        assert_eq!(store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn keys_are_scoped_per_api_key() {
+        let (_dir, store) = open();
+        token(store.idempotency_begin("key_a", "same", [1; 32], LEASE, TTL).await.unwrap());
+        token(store.idempotency_begin("key_b", "same", [1; 32], LEASE, TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish() {
+        let (_dir, store) = open();
+        let first = token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
+        store.idempotency_abandon("key_a", "k", &first).await.unwrap();
+        let second = token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
+        assert!(!store.idempotency_finish("key_a", "k", &first, 202, "stale".into()).await.unwrap());
+        store.idempotency_abandon("key_a", "k", &first).await.unwrap();
+        assert_eq!(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
+        assert!(store.idempotency_finish("key_a", "k", &second, 200, "ok".into()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again() {
+        let (_dir, store) = open();
+        token(store.idempotency_begin("key_a", "lease", [1; 32], Duration::ZERO, TTL).await.unwrap());
+        token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
+        let t = token(store.idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(1)).await.unwrap());
+        assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        token(store.idempotency_begin("key_a", "ttl", [9; 32], LEASE, TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn of_concurrent_begins_with_one_key_exactly_one_starts() {
+        let (_dir, store) = open();
+        let store = Arc::new(store);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap() })
+            })
+            .collect();
+        let mut started = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                IdemBegin::Started { .. } => started += 1,
+                IdemBegin::InProgress => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 1);
+    }
+}

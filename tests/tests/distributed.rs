@@ -6,10 +6,11 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use postwire_config::Backend;
+use postwire_e2e::process::{postwire, Proc};
 use postwire_e2e::app::{simple_message, TestApp, World};
 use postwire_e2e::smtp::{pick_free_port, Script, SmtpServer};
 use serde_json::{json, Value};
@@ -17,36 +18,9 @@ use serde_json::{json, Value};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SOON: Duration = Duration::from_secs(30);
 
-fn postwire_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("postwire");
-    assert!(bin.exists(), "{} not found: run `cargo build --workspace` before the tests", bin.display());
-    bin
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        Proc(cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn"))
-    }
-    fn kill9(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn role(config: &Path, role: &str, metrics_port: Option<u16>) -> Proc {
-    let mut cmd = Command::new(postwire_bin());
-    cmd.arg("--config").arg(config).arg(role).env("RUST_LOG", std::env::var("POSTWIRE_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    let mut cmd = postwire(config);
+    cmd.arg(role);
     if let Some(p) = metrics_port {
         cmd.env("POSTWIRE__TELEMETRY__METRICS_LISTEN", format!("127.0.0.1:{p}"));
     }
@@ -122,7 +96,7 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
     let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 50), world.smtp_port, Script::default()).await.unwrap();
     let http_port = pick_free_port();
     let config = distributed_config(&world, http_port);
-    let out = Command::new(postwire_bin()).arg("--config").arg(&config).args(["keys", "create", "--name", "crash"]).output().unwrap();
+    let out = postwire(&config).args(["keys", "create", "--name", "crash"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();
 

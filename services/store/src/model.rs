@@ -167,3 +167,36 @@ pub(crate) fn overall_status(recipients: &[RecipientView]) -> RecipientStatus {
         RecipientStatus::Canceled
     }
 }
+
+/// The status a recipient moves to and the event recording it, for one delivery outcome.
+/// Both backends build outcome events here so their webhook payloads cannot drift apart.
+pub(crate) fn outcome_event(
+    job: &ClaimedJob,
+    outcome: &RecipientOutcome,
+    attempt: u32,
+) -> (postwire_proto::RecipientStatus, postwire_proto::Event) {
+    use postwire_proto::{Event, EventData, EventType, RecipientStatus};
+    let (status, kind, next) = match outcome.result {
+        DeliveryResult::Delivered => (RecipientStatus::Delivered, EventType::Delivered, None),
+        DeliveryResult::Bounced => (RecipientStatus::Bounced, EventType::Bounced, None),
+        DeliveryResult::Deferred { next_attempt_at } => (RecipientStatus::Deferred, EventType::Deferred, Some(next_attempt_at)),
+    };
+    let event = Event {
+        id: crate::ids::new_id("evt"),
+        kind,
+        timestamp: chrono::Utc::now(),
+        data: EventData {
+            message_id: job.message_id.clone(),
+            recipient: outcome.email.clone(),
+            smtp_response: Some(outcome.response.clone()),
+            mx_host: outcome.mx_host.clone(),
+            attempt: Some(attempt),
+            next_attempt_at: next,
+            url: None,
+            user_agent: None,
+            tags: job.request.tags.clone(),
+            metadata: job.request.metadata.clone(),
+        },
+    };
+    (status, event)
+}

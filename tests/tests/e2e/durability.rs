@@ -1,9 +1,9 @@
 //! Durability and the real binary: restarts, `kill -9` right after 202s, and the CLI.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use postwire_e2e::process::{postwire, Proc};
 use postwire_e2e::app::{simple_message, TestApp, World};
 use postwire_e2e::smtp::Script;
 use serde_json::{json, Value};
@@ -33,47 +33,16 @@ async fn deferred_message_is_still_pending_after_a_restart_and_then_delivered() 
     assert_eq!(hosts[0].received().len(), 1);
 }
 
-/// The `postwire` binary built next to this test (`cargo build --workspace` first).
-fn postwire_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("postwire");
-    assert!(bin.exists(), "{} not found: run `cargo build --workspace` before the tests", bin.display());
-    bin
-}
-
 fn run_cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(postwire_bin()).arg("--config").arg(config).args(args).output().unwrap();
+    let out = postwire(config).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-struct Server(Child);
-
-impl Server {
-    fn start(config: &std::path::Path) -> Server {
-        let child = Command::new(postwire_bin())
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env("RUST_LOG", std::env::var("POSTWIRE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Server(child)
-    }
-
-    fn kill9(&mut self) {
-        // SIGKILL: no shutdown hook runs.
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `postwire serve` as a real process.
+fn serve(config: &std::path::Path) -> Proc {
+    let mut cmd = postwire(config);
+    cmd.arg("serve");
+    Proc::spawn(cmd)
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
@@ -131,7 +100,7 @@ async fn every_202_survives_kill_9_of_the_server() {
 
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = Server::start(&config);
+    let mut server = serve(&config);
     wait_healthy(&client, &base).await;
     let mut ids = Vec::new();
     for i in 0..25 {
@@ -144,7 +113,7 @@ async fn every_202_survives_kill_9_of_the_server() {
     server.kill9();
     let killed_at = chrono::Utc::now();
 
-    let _server = Server::start(&config);
+    let _server = serve(&config);
     wait_healthy(&client, &base).await;
     // When each message's delivery was committed: before the kill, or by the restarted server.
     let mut committed_before_kill = Vec::new();
@@ -212,7 +181,7 @@ async fn cli_creates_lists_and_revokes_keys_and_generates_dkim_keys() {
     let (ok, _, stderr) = run_cli(&config, &["keys", "create", "--name", "x", "--scopes", "root"]);
     assert!(!ok && stderr.contains("unknown scope `root`"), "{stderr}");
 
-    let mut server = Server::start(&config);
+    let mut server = serve(&config);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&client, &base).await;

@@ -3,13 +3,12 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::BasicProperties;
-use postwire_proto::{Event, EventData, EventType, RecipientStatus, SendRequest};
+use postwire_proto::{Event, RecipientStatus, SendRequest};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{retry_step, Keys};
@@ -17,7 +16,7 @@ use super::scripts::{CLAIM, COMPLETE, RENEW};
 use super::suppression;
 use super::{amqp_error, unavailable, Broker, DistributedStore, HeldClaim, RABBITMQ};
 use crate::embedded::{from_ms, now_ms, to_ms};
-use crate::{ids, ClaimedJob, DeliveryResult, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
+use crate::{ids, ClaimedJob, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
 
 /// How long `claim` waits for a delivery before answering `None`.
 const CLAIM_WAIT: Duration = Duration::from_millis(250);
@@ -226,32 +225,11 @@ fn confirmed(confirmation: Confirmation) -> Result<(), StoreError> {
     }
 }
 
-/// The event for one outcome, as the embedded backend builds it, with the attempt count left
-/// for the `complete` script to fill in.
+/// The event for one outcome (built as the embedded backend builds it), with the attempt
+/// count left for the `complete` script to fill in.
 fn outcome_event(job: &ClaimedJob, outcome: &RecipientOutcome) -> (RecipientStatus, Option<i64>, Event) {
-    let (status, kind, next) = match outcome.result {
-        DeliveryResult::Delivered => (RecipientStatus::Delivered, EventType::Delivered, None),
-        DeliveryResult::Bounced => (RecipientStatus::Bounced, EventType::Bounced, None),
-        DeliveryResult::Deferred { next_attempt_at } => (RecipientStatus::Deferred, EventType::Deferred, Some(next_attempt_at)),
-    };
-    let event = Event {
-        id: ids::new_id("evt"),
-        kind,
-        timestamp: Utc::now(),
-        data: EventData {
-            message_id: job.message_id.clone(),
-            recipient: outcome.email.clone(),
-            smtp_response: Some(outcome.response.clone()),
-            mx_host: outcome.mx_host.clone(),
-            attempt: Some(ATTEMPT_PLACEHOLDER),
-            next_attempt_at: next,
-            url: None,
-            user_agent: None,
-            tags: job.request.tags.clone(),
-            metadata: job.request.metadata.clone(),
-        },
-    };
-    (status, next.map(to_ms), event)
+    let (status, event) = crate::model::outcome_event(job, outcome, ATTEMPT_PLACEHOLDER);
+    (status, event.data.next_attempt_at.map(to_ms), event)
 }
 
 #[async_trait]

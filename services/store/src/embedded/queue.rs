@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use postwire_proto::{Event, EventData, EventType, RecipientStatus, SendRequest};
+use postwire_proto::{RecipientStatus, SendRequest};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_ms, now_ms, state::insert_event, to_ms, SqliteStore};
-use crate::{ids, ClaimedJob, DeliveryResult, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
+use crate::{ids, ClaimedJob, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
 
 #[async_trait]
 impl Queue for SqliteStore {
@@ -194,13 +193,8 @@ fn record_outcome(conn: &Connection, job: &ClaimedJob, outcome: &RecipientOutcom
         return Ok(());
     }
     let attempts = attempts + 1;
-    let (status, kind, next) = match outcome.result {
-        DeliveryResult::Delivered => (RecipientStatus::Delivered, EventType::Delivered, None),
-        DeliveryResult::Bounced => (RecipientStatus::Bounced, EventType::Bounced, None),
-        DeliveryResult::Deferred { next_attempt_at } => {
-            (RecipientStatus::Deferred, EventType::Deferred, Some(next_attempt_at))
-        }
-    };
+    let (status, event) = crate::model::outcome_event(job, outcome, attempts as u32);
+    let next = event.data.next_attempt_at;
     conn.prepare_cached(
         "UPDATE recipients SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_response = ?4, updated_at = ?5
          WHERE message_id = ?6 AND position = ?7",
@@ -210,22 +204,5 @@ fn record_outcome(conn: &Connection, job: &ClaimedJob, outcome: &RecipientOutcom
     if outcome.suppress && status == RecipientStatus::Bounced {
         super::suppression::record_hard_bounce(conn, &outcome.email, &outcome.response, &job.message_id, now)?;
     }
-    let event = Event {
-        id: ids::new_id("evt"),
-        kind,
-        timestamp: Utc::now(),
-        data: EventData {
-            message_id: job.message_id.clone(),
-            recipient: outcome.email.clone(),
-            smtp_response: Some(outcome.response.clone()),
-            mx_host: outcome.mx_host.clone(),
-            attempt: Some(attempts as u32),
-            next_attempt_at: next,
-            url: None,
-            user_agent: None,
-            tags: job.request.tags.clone(),
-            metadata: job.request.metadata.clone(),
-        },
-    };
     insert_event(conn, &event)
 }

@@ -255,6 +255,44 @@ impl World {
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+
+    /// Writes `postwire.toml` for the real binary: API on `http_port`, this world's DNS server
+    /// and SMTP port, short retries and leases, and the distributed backend (in a fresh
+    /// namespace) when `distributed`. Returns its path.
+    pub fn write_config(&self, http_port: u16, distributed: bool) -> PathBuf {
+        let config = self.path().join("postwire.toml");
+        let backend = if distributed {
+            format!("backend = \"distributed\"\nnamespace = \"pwtest-{:016x}\"\n", rand::random::<u64>())
+        } else {
+            String::new()
+        };
+        let text = format!(
+            r#"
+[http]
+listen = "127.0.0.1:{http_port}"
+public_url = "http://127.0.0.1:{http_port}"
+[dns]
+nameservers = ["{dns}"]
+[smtp]
+helo_name = "mta.postwire.test"
+port = {smtp}
+[retry]
+schedule = ["1s"]
+[worker]
+lease = "3s"
+[tracking]
+secret = "e2e-binary-tracking-secret"
+[storage]
+path = "{data}"
+{backend}
+"#,
+            data = self.path().join("data").display(),
+            dns = self.dns.addr(),
+            smtp = self.smtp_port,
+        );
+        std::fs::write(&config, text).expect("write postwire.toml");
+        config
+    }
 }
 
 /// A minimal valid send body.

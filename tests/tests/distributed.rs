@@ -5,7 +5,7 @@
 //! These tests stop and start shared servers, so they run one at a time (`SERIAL`).
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,38 +25,6 @@ fn role(config: &Path, role: &str, metrics_port: Option<u16>) -> Proc {
         cmd.env("POSTWIRE__TELEMETRY__METRICS_LISTEN", format!("127.0.0.1:{p}"));
     }
     Proc::spawn(cmd)
-}
-
-fn distributed_config(world: &World, http_port: u16) -> PathBuf {
-    let config = world.path().join("postwire.toml");
-    let text = format!(
-        r#"
-[http]
-listen = "127.0.0.1:{http_port}"
-public_url = "http://127.0.0.1:{http_port}"
-[storage]
-backend = "distributed"
-namespace = "pwcrash-{ns:016x}"
-path = "{data}"
-[dns]
-nameservers = ["{dns}"]
-[smtp]
-helo_name = "mta.postwire.test"
-port = {smtp}
-[retry]
-schedule = ["1s"]
-[worker]
-lease = "3s"
-[tracking]
-secret = "crash-test-tracking-secret"
-"#,
-        ns = rand::random::<u64>(),
-        data = world.path().join("data").display(),
-        dns = world.dns.addr(),
-        smtp = world.smtp_port,
-    );
-    std::fs::write(&config, text).unwrap();
-    config
 }
 
 async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
@@ -95,7 +63,7 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
     world.dns.add_a("mx.scale.test", Ipv4Addr::new(127, 0, 0, 50));
     let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 50), world.smtp_port, Script::default()).await.unwrap();
     let http_port = pick_free_port();
-    let config = distributed_config(&world, http_port);
+    let config = world.write_config(http_port, true);
     let out = postwire(&config).args(["keys", "create", "--name", "crash"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();

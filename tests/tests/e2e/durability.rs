@@ -1,6 +1,5 @@
 //! Durability and the real binary: restarts, `kill -9` right after 202s, and the CLI.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use postwire_e2e::process::{postwire, Proc};
@@ -53,46 +52,12 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
     }
 }
 
-fn write_config(world: &World, port: u16) -> PathBuf {
-    let config = world.path().join("postwire.toml");
-    let text = format!(
-        r#"
-[http]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-[dns]
-nameservers = ["{dns}"]
-[smtp]
-helo_name = "mta.postwire.test"
-port = {smtp}
-[retry]
-schedule = ["1s"]
-[worker]
-lease = "3s"
-[tracking]
-secret = "e2e-binary-tracking-secret"
-[storage]
-path = "{data}"
-{backend}
-"#,
-        data = world.path().join("data").display(),
-        dns = world.dns.addr(),
-        smtp = world.smtp_port,
-        backend = match postwire_e2e::app::distributed_backend() {
-            Some(_) => format!("backend = \"distributed\"\nnamespace = \"pwtest-{:016x}\"\n", rand::random::<u64>()),
-            None => String::new(),
-        },
-    );
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
 #[tokio::test]
 async fn every_202_survives_kill_9_of_the_server() {
     let world = World::new().await;
     let hosts = mx_hosts(&world, "crash.test", &[(10, ip(41), Script::default())]).await;
     let port = postwire_e2e::smtp::pick_free_port();
-    let config = write_config(&world, port);
+    let config = world.write_config(port, postwire_e2e::app::distributed_backend().is_some());
     let (ok, stdout, stderr) = run_cli(&config, &["keys", "create", "--name", "crash-test"]);
     assert!(ok, "keys create failed: {stderr}");
     let key = stdout.lines().last().unwrap().trim().to_string();
@@ -158,7 +123,7 @@ async fn every_202_survives_kill_9_of_the_server() {
 async fn cli_creates_lists_and_revokes_keys_and_generates_dkim_keys() {
     let world = World::new().await;
     let port = postwire_e2e::smtp::pick_free_port();
-    let config = write_config(&world, port);
+    let config = world.write_config(port, postwire_e2e::app::distributed_backend().is_some());
     let (ok, stdout, _) = run_cli(&config, &["keys", "create", "--name", "ci", "--scopes", "send,read"]);
     assert!(ok);
     let key = stdout.lines().last().unwrap().trim().to_string();

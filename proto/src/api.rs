@@ -44,6 +44,23 @@ pub struct SendRequest {
     pub track_opens: bool,
     #[serde(default)]
     pub track_clicks: bool,
+    /// Deliver no earlier than this (RFC 3339, at most 7 days ahead). Until then the
+    /// recipients show `scheduled` and the message can be canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
+    /// Render `subject`, `text` and `html` from this stored template with `variables`;
+    /// fields given in the request itself are then not allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    /// Values for the template's variables. A variable the template uses but that is missing
+    /// here is a 422.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub variables: BTreeMap<String, serde_json::Value>,
+    /// An `https:` (or `mailto:`) URL: adds `List-Unsubscribe` and
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058), both DKIM-signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_url: Option<String>,
 }
 
 /// A file attached to a message.

@@ -72,14 +72,26 @@ impl Stores {
         match settings.storage.backend {
             Backend::Embedded => {
                 let store = SqliteStore::open(&settings.storage.path)?;
-                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store.clone()), idempotency: Arc::new(store.clone()), suppressions: Arc::new(store.clone()), sqlite: Some(store) })
+                Ok(Stores {
+                    queue: Arc::new(store.clone()),
+                    state: Arc::new(store.clone()),
+                    idempotency: Arc::new(store.clone()),
+                    suppressions: Arc::new(store.clone()),
+                    sqlite: Some(store),
+                })
             }
             Backend::Distributed => {
                 let store = postwire_store::distributed::DistributedStore::connect(
                     &postwire_store::distributed::Options::from_settings(settings),
                 )
                 .await?;
-                Ok(Stores { queue: Arc::new(store.clone()), state: Arc::new(store.clone()), idempotency: Arc::new(store.clone()), suppressions: Arc::new(store), sqlite: None })
+                Ok(Stores {
+                    queue: Arc::new(store.clone()),
+                    state: Arc::new(store.clone()),
+                    idempotency: Arc::new(store.clone()),
+                    suppressions: Arc::new(store.clone()),
+                    sqlite: None,
+                })
             }
         }
     }

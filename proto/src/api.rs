@@ -57,8 +57,10 @@ pub struct SendRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub variables: BTreeMap<String, serde_json::Value>,
-    /// An `https:` (or `mailto:`) URL: adds `List-Unsubscribe` and
-    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058), both DKIM-signed.
+    /// An absolute `https:` URL (at most 2048 ASCII characters, no spaces or `<>`): adds
+    /// `List-Unsubscribe: <url>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+    /// (RFC 8058), both DKIM-signed. A `mailto:` URL adds `List-Unsubscribe` alone; `http:` is
+    /// refused. Not allowed together with a `List-Unsubscribe*` entry in `headers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsubscribe_url: Option<String>,
 }

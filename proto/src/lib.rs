@@ -6,21 +6,30 @@
 //!
 //! - [`api`]: request and response bodies of `/v1/*`, and the RFC 9457 problem body.
 //! - [`batch`]: `POST /v1/messages/batch` bodies.
+//! - [`domain`]: sending domains, their DKIM key and DNS records (`/v1/domains`).
 //! - [`event`]: event types and the webhook payload.
 //! - [`keys`]: API keys managed over `/v1/keys`.
+//! - [`search`]: `GET /v1/messages` (message search) bodies.
 //! - [`status`]: recipient delivery states.
 //! - [`suppression`]: the suppression list's bodies.
+//! - [`template`]: stored templates a send renders with its `variables`.
 
 pub mod api;
 pub mod batch;
+pub mod domain;
 pub mod event;
 pub mod keys;
+pub mod search;
 pub mod status;
 pub mod suppression;
+pub mod template;
 
 pub use api::*;
 pub use batch::*;
+pub use domain::*;
 pub use event::*;
 pub use keys::*;
+pub use search::*;
 pub use status::*;
 pub use suppression::*;
+pub use template::*;

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::dns::DnsServer;
 
 /// Settings for a test app: everything on loopback, short retry delays, private webhook
-/// targets allowed (the receiver is on 127.0.0.1).
+/// targets allowed (the receiver is on 127.0.0.1), and rate limits far above what any test
+/// sends (the rate-limit tests set low ones themselves).
 pub fn test_settings(dir: &std::path::Path, dns: SocketAddr, smtp_port: u16) -> Settings {
     let mut s = postwire_config::load_from_str(
         r#"
@@ -41,6 +42,9 @@ pub fn test_settings(dir: &std::path::Path, dns: SocketAddr, smtp_port: u16) -> 
         secret = "test-tracking-secret"
         [dns]
         timeout = "2s"
+        [limits]
+        per_key_per_second = 1000000
+        per_key_per_day = 100000000
         "#,
     )
     .expect("test settings parse");
@@ -282,6 +286,9 @@ schedule = ["1s"]
 lease = "3s"
 [tracking]
 secret = "e2e-binary-tracking-secret"
+[limits]
+per_key_per_second = 1000000
+per_key_per_day = 100000000
 [storage]
 path = "{data}"
 {backend}

@@ -1,5 +1,6 @@
 //! Bearer API key authentication. Keys are looked up by their public id and the secret's
-//! SHA-256 compared in constant time; a revoked key fails at once.
+//! SHA-256 compared in constant time; a revoked key fails at once. An authenticated request
+//! then counts against the key's per-second limit ([`crate::ratelimit::admit_request`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -42,6 +43,7 @@ impl FromRequestParts<Gateway> for ApiKey {
         if record.revoked_at.is_some() || !ids::secret_matches(secret, &record.hash) {
             return Err(ApiError::Unauthorized);
         }
+        crate::ratelimit::admit_request(gw, &record.id).await?;
         Ok(ApiKey { id: record.id, scopes: record.scopes, sandbox: record.sandbox })
     }
 }

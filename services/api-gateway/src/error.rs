@@ -22,6 +22,9 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("{0}")]
     TooLarge(String),
+    /// Over the API key's per-second or per-day limit (see [`crate::ratelimit`]).
+    #[error("{}", crate::ratelimit::detail(.0))]
+    RateLimited(postwire_store::ratelimit::Limited),
     #[error("storage unavailable")]
     Unavailable(#[source] postwire_store::StoreError),
     #[error("internal error")]
@@ -43,6 +46,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +73,10 @@ impl IntoResponse for ApiError {
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "backend unavailable"),
             _ => {}
         }
+        let rate_limit_headers = match &self {
+            Self::RateLimited(limited) => Some(crate::ratelimit::headers(limited)),
+            _ => None,
+        };
         let (detail, errors) = match self {
             Self::Invalid(errors) => (Some("One or more fields are invalid; see `errors`.".to_string()), errors),
             Self::Internal(_) => (None, Vec::new()),
@@ -87,6 +95,9 @@ impl IntoResponse for ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        for (name, value) in rate_limit_headers.into_iter().flatten() {
+            response.headers_mut().insert(name, value);
         }
         response
     }

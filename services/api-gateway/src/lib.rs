@@ -11,12 +11,16 @@
 //! - [`validate`]: send request → `NewMessage`, or every bad field.
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //! - [`openapi`]: the utoipa document.
+//! - [`template`]: template syntax checks, and rendering a send's `template_id` + `variables`.
+//! - [`ratelimit`]: per-API-key request and message limits (429 with `Retry-After`).
 
 pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod openapi;
+pub mod ratelimit;
 pub mod routes;
+pub mod template;
 pub mod validate;
 
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use postwire_config::Limits;
-use postwire_store::{Idempotency, Queue, State, Suppressions};
+use postwire_store::{Idempotency, Queue, RateLimiter, State, Suppressions};
 use postwire_telemetry::Metrics;
 use postwire_tracking::TrackingKeys;
 use tokio::net::TcpListener;
@@ -42,6 +46,16 @@ pub struct Gateway {
     pub suppressions: Arc<dyn Suppressions>,
     /// `Idempotency-Key` records of the send routes.
     pub idempotency: Arc<dyn Idempotency>,
+    /// Message search and cancel.
+    pub messages: Arc<dyn postwire_store::Messages>,
+    /// Stored templates, rendered into sends that name one.
+    pub templates: Arc<dyn postwire_store::Templates>,
+    /// Per-API-key rate-limit counters (`limits.per_key_per_second`, `limits.per_key_per_day`).
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Sending domains and their DKIM keys (`/v1/domains`).
+    pub domains: Arc<dyn postwire_store::Domains>,
+    /// Live DNS checks of a sending domain's records.
+    pub domain_checker: postwire_mta_worker::domain_check::DomainChecker,
     pub metrics: Metrics,
     pub tracking: TrackingKeys,
     pub limits: Limits,
@@ -54,9 +68,12 @@ pub fn router(gw: Gateway) -> Router {
     let limit = usize::try_from(gw.limits.max_request_size.0).unwrap_or(usize::MAX);
     Router::new()
         .merge(routes::messages::router())
+        .merge(routes::search::router())
         .merge(routes::batch::router())
         .merge(routes::webhooks::router())
         .merge(routes::suppressions::router())
+        .merge(routes::domains::router())
+        .merge(routes::templates::router())
         .merge(routes::keys::router())
         .merge(routes::tracking::router())
         .merge(routes::ops::router())

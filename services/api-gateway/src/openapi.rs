@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::routes::{batch, keys, messages, ops, suppressions, webhooks};
+use crate::routes::{batch, domains, keys, messages, ops, search, suppressions, templates, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use crate::routes::{batch, keys, messages, ops, suppressions, webhooks};
         messages::send_message,
         batch::send_batch,
         messages::get_message,
+        search::search_messages,
+        messages::cancel_message,
         webhooks::create_webhook,
         webhooks::list_webhooks,
         webhooks::get_webhook,
@@ -26,6 +28,15 @@ use crate::routes::{batch, keys, messages, ops, suppressions, webhooks};
         suppressions::create_suppression,
         suppressions::get_suppression,
         suppressions::delete_suppression,
+        templates::create_template,
+        templates::list_templates,
+        templates::get_template,
+        templates::replace_template,
+        templates::delete_template,
+        domains::create_domain,
+        domains::list_domains,
+        domains::get_domain,
+        domains::delete_domain,
         keys::create_key,
         keys::list_keys,
         keys::revoke_key,
@@ -39,6 +50,8 @@ use crate::routes::{batch, keys, messages, ops, suppressions, webhooks};
         (name = "messages", description = "Send mail and follow its delivery"),
         (name = "webhooks", description = "Endpoints that receive signed events"),
         (name = "suppressions", description = "Addresses never sent to again: hard bounces and manual entries"),
+        (name = "templates", description = "Stored subject, text and HTML that sends render with `template_id` + `variables`"),
+        (name = "domains", description = "Sending domains: DKIM keys that sign at once, and the DNS records to publish, checked live"),
         (name = "keys", description = "API keys (admin scope); sandbox keys never send"),
         (name = "ops", description = "Health and metrics"),
     )

@@ -89,6 +89,23 @@ impl EmailAddress {
     }
 }
 
+/// A DNS domain name with at least two labels, lower-cased, without a trailing dot: the same
+/// rules as the domain of an [`EmailAddress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainName(String);
+
+impl DomainName {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let domain = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+        validate_domain(&domain).map_err(|e| format!("`{}`: {e}", raw.trim()))?;
+        Ok(Self(domain))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 fn validate_domain(domain: &str) -> Result<(), String> {
     if domain.is_empty() || domain.len() > 253 {
         return Err("the domain must be 1 to 253 characters".into());
@@ -152,7 +169,14 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
         err("to".into(), "at least one recipient is required in to, cc or bcc".into());
     }
     if recipients.len() > limits.max_recipients {
-        err("to".into(), format!("at most {} recipients per message (got {})", limits.max_recipients, recipients.len()));
+        err(
+            "to".into(),
+            format!(
+                "at most {} recipients per message across to, cc and bcc (got {}; limits.max_recipients)",
+                limits.max_recipients,
+                recipients.len()
+            ),
+        );
     }
 
     if let Some(reply_to) = &req.reply_to {
@@ -178,12 +202,25 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
             err(field, format!("`{name}` is set by Postwire; use the request's own field"));
         } else if has_forbidden_chars(value) {
             err(field, "header values must not contain CR, LF or NUL".into());
+        } else if req.unsubscribe_url.is_some() && name.to_ascii_lowercase().starts_with("list-unsubscribe") {
+            err(field, format!("`{name}` is set from `unsubscribe_url`; send one or the other"));
         }
     }
+    if let Some(url) = &req.unsubscribe_url {
+        if let Err(e) = check_unsubscribe_url(url) {
+            err("unsubscribe_url".into(), e);
+        }
+    }
+    if req.attachments.len() > limits.max_attachments {
+        err(
+            "attachments".into(),
+            format!("at most {} attachments per message (got {})", limits.max_attachments, req.attachments.len()),
+        );
+    }
 
-    let mut size: u64 = req.subject.len() as u64
-        + req.text.as_ref().map_or(0, |t| t.len() as u64)
-        + req.html.as_ref().map_or(0, |h| h.len() as u64);
+    let mut size = rendered_overhead(&req)
+        + req.text.as_deref().map_or(0, encoded_body_len)
+        + req.html.as_deref().map_or(0, encoded_body_len);
     for (i, a) in req.attachments.iter().enumerate() {
         if a.filename.trim().is_empty() || has_forbidden_chars(&a.filename) || a.filename.contains('"') {
             err(format!("attachments[{i}].filename"), "must be a non-empty name without CR, LF, NUL or `\"`".into());
@@ -196,7 +233,7 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
             err(format!("attachments[{i}].content_type"), "must be a MIME type like `application/pdf`".into());
         }
         match base64::engine::general_purpose::STANDARD.decode(a.content.as_bytes()) {
-            Ok(bytes) => size += bytes.len() as u64,
+            Ok(bytes) => size += base64_wrapped_len(bytes.len() as u64),
             Err(_) => err(format!("attachments[{i}].content"), "must be standard base64".into()),
         }
     }
@@ -204,6 +241,9 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
         if tag.is_empty() || tag.len() > 128 || tag.chars().any(char::is_control) {
             err(format!("tags[{i}]"), "tags are 1 to 128 characters without control characters".into());
         }
+    }
+    if let Err(e) = check_send_at(&mut req.send_at, Utc::now()) {
+        err("send_at".into(), e);
     }
 
     if !errors.is_empty() {
@@ -213,7 +253,11 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
         // Reported by the caller as 413 (see `TOO_LARGE_FIELD`).
         return Err(vec![FieldError {
             field: TOO_LARGE_FIELD.into(),
-            message: format!("the message is {size} bytes; the limit is {} bytes", limits.max_message_size.0),
+            message: format!(
+                "the message would be about {size} bytes once rendered for sending (attachments grow by a third in base64); \
+                 the limit is {} bytes (limits.max_message_size)",
+                limits.max_message_size.0
+            ),
         }]);
     }
     let from = from.expect("no errors means from parsed");
@@ -226,6 +270,83 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
 
 /// Pseudo-field marking a size-limit violation, which the API answers with 413.
 pub const TOO_LARGE_FIELD: &str = "(message size)";
+
+/// Scheduled send: `send_at` at most [`MAX_SCHEDULE_AHEAD`](postwire_store::messages::MAX_SCHEDULE_AHEAD)
+/// (7 days) after `now`. One not at least a second ahead (now, or in the past) is dropped:
+/// the message is sent at once.
+pub fn check_send_at(send_at: &mut Option<chrono::DateTime<Utc>>, now: chrono::DateTime<Utc>) -> Result<(), String> {
+    let Some(at) = *send_at else { return Ok(()) };
+    if at > now + postwire_store::messages::MAX_SCHEDULE_AHEAD {
+        return Err(format!("must be at most 7 days ahead (at or before {})", (now + postwire_store::messages::MAX_SCHEDULE_AHEAD).to_rfc3339()));
+    }
+    if at < now + chrono::TimeDelta::seconds(1) {
+        *send_at = None;
+    }
+    Ok(())
+}
+
+/// Longest `unsubscribe_url` accepted.
+pub const MAX_UNSUBSCRIBE_URL: usize = 2048;
+
+/// Checks an `unsubscribe_url` (RFC 2369 `List-Unsubscribe`, RFC 8058 one-click): an absolute
+/// `https:` URL, or a `mailto:` one (which gets `List-Unsubscribe` without the one-click
+/// `List-Unsubscribe-Post`, as RFC 8058 §3.1 needs an HTTPS URI for that). `http:` is refused:
+/// the one-click POST carries no authentication, and mailbox providers ignore non-HTTPS URIs.
+/// Nothing that could end the `<…>` or the header line is allowed.
+pub fn check_unsubscribe_url(raw: &str) -> Result<(), String> {
+    if raw.len() > MAX_UNSUBSCRIBE_URL {
+        return Err(format!("must be at most {MAX_UNSUBSCRIBE_URL} characters (got {})", raw.len()));
+    }
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>') {
+        return Err("must not contain spaces, control characters (CR, LF, NUL), `<` or `>`".into());
+    }
+    if !raw.is_ascii() {
+        return Err("must be ASCII; percent-encode other characters".into());
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("must be an absolute https: URL ({e})"))?;
+    match url.scheme() {
+        "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "https" => Err("must name a host".into()),
+        "mailto" => {
+            let address = url.path().split('?').next().unwrap_or_default();
+            EmailAddress::parse(address).map(drop).map_err(|e| format!("mailto: needs one address: {e}"))
+        }
+        "http" => Err("must be https: (RFC 8058 one-click unsubscribe needs an HTTPS URI), not http:".into()),
+        other => Err(format!("must be an https: or mailto: URL, not {other}:")),
+    }
+}
+
+/// Base64 of `n` bytes as MIME writes it: 4 characters per 3 bytes, CRLF after every 76.
+fn base64_wrapped_len(n: u64) -> u64 {
+    let chars = n.div_ceil(3) * 4;
+    chars + 2 * chars.div_ceil(76)
+}
+
+/// A text or HTML part once encoded: as is (line ends as CRLF) when it is short-lined ASCII,
+/// otherwise at most its base64 (mail-builder picks the smaller of base64 and
+/// quoted-printable).
+fn encoded_body_len(body: &str) -> u64 {
+    let plain = body.is_ascii() && body.lines().all(|l| l.len() <= 76);
+    if plain {
+        body.len() as u64 + body.matches('\n').count() as u64 + 2
+    } else {
+        base64_wrapped_len(body.len() as u64)
+    }
+}
+
+/// Headers and MIME structure: what the request's own header fields add, plus a fixed
+/// allowance for the generated headers (Date, Message-ID, MIME-Version, DKIM-Signature) and
+/// each part's boundary and headers.
+fn rendered_overhead(req: &SendRequest) -> u64 {
+    const GENERATED: u64 = 1_500;
+    const PER_PART: u64 = 200;
+    let addresses: usize = req.to.iter().chain(&req.cc).chain(&req.reply_to).map(|a| a.len() + 2).sum();
+    let headers: usize = req.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let parts = usize::from(req.text.is_some()) + usize::from(req.html.is_some()) + req.attachments.len();
+    let names: usize = req.attachments.iter().map(|a| 2 * a.filename.len() + a.content_type.len()).sum();
+    let unsubscribe = req.unsubscribe_url.as_ref().map_or(0, |u| u.len() + 80);
+    GENERATED + PER_PART * parts as u64 + (req.subject.len() * 2 + addresses + headers + names + unsubscribe) as u64
+}
 
 #[cfg(test)]
 mod tests {
@@ -273,5 +394,78 @@ mod tests {
         let m = validate_send(r, &Limits::default(), "k").unwrap();
         assert_eq!(m.recipients.len(), 2);
         assert_eq!(m.recipients[1].domain, "example.net");
+    }
+
+    #[test]
+    fn unsubscribe_urls_must_be_https_or_mailto_and_fit_in_a_header() {
+        for ok in ["https://example.com/u?t=abc%20d", "mailto:unsub@example.com?subject=stop"] {
+            assert_eq!(check_unsubscribe_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://example.com/u", "must be https:"),
+            ("/relative", "absolute"),
+            ("ftp://example.com/u", "not ftp:"),
+            ("https://example.com/a b", "spaces"),
+            ("https://example.com/a\r\nBcc: x@y.z", "control characters"),
+            ("https://example.com/a>", "`>`"),
+            ("https://example.com/caf\u{e9}", "ASCII"),
+            ("mailto:nobody", "one address"),
+        ] {
+            let e = check_unsubscribe_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_UNSUBSCRIBE_URL));
+        assert!(check_unsubscribe_url(&long).unwrap_err().contains("at most 2048"));
+    }
+
+    #[test]
+    fn a_list_unsubscribe_header_beside_unsubscribe_url_and_too_many_attachments_are_refused() {
+        let mut r = req();
+        r.unsubscribe_url = Some("https://example.com/u".into());
+        r.headers.insert("List-Unsubscribe-Post".into(), "List-Unsubscribe=One-Click".into());
+        let limits = Limits { max_attachments: 1, ..Limits::default() };
+        let file = postwire_proto::Attachment { filename: "a.txt".into(), content_type: "text/plain".into(), content: "aGk=".into() };
+        r.attachments = vec![file.clone(), file];
+        let errors = validate_send(r, &limits, "k").unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| (e.field.as_str(), e.message.as_str())).collect();
+        assert_eq!(fields[0].0, "headers.List-Unsubscribe-Post");
+        assert_eq!(fields[1], ("attachments", "at most 1 attachments per message (got 2)"));
+    }
+
+    #[test]
+    fn the_size_limit_applies_to_the_rendered_size_with_base64_growth() {
+        assert_eq!(base64_wrapped_len(0), 0);
+        assert_eq!(base64_wrapped_len(57), 78, "57 bytes are one full 76-character line");
+        assert_eq!(base64_wrapped_len(58), 84);
+        let mut r = req();
+        // 9 000 bytes of content: under a 10 000-byte limit raw, over it as base64.
+        let content = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 9_000]);
+        r.attachments = vec![postwire_proto::Attachment { filename: "f.bin".into(), content_type: "application/octet-stream".into(), content }];
+        let limits = Limits { max_message_size: postwire_config::ByteSize(10_000), ..Limits::default() };
+        let errors = validate_send(r, &limits, "k").unwrap_err();
+        assert_eq!(errors[0].field, TOO_LARGE_FIELD);
+        assert!(errors[0].message.contains("the limit is 10000 bytes"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn send_at_is_kept_when_ahead_dropped_when_due_and_refused_past_seven_days() {
+        let now = Utc::now();
+        let mut ahead = Some(now + chrono::TimeDelta::hours(3));
+        assert!(check_send_at(&mut ahead, now).is_ok());
+        assert_eq!(ahead, Some(now + chrono::TimeDelta::hours(3)));
+        let mut edge = Some(now + chrono::TimeDelta::days(7));
+        assert!(check_send_at(&mut edge, now).is_ok());
+        assert!(edge.is_some());
+        for due in [now, now - chrono::TimeDelta::days(1), now + chrono::TimeDelta::milliseconds(500)] {
+            let mut at = Some(due);
+            assert!(check_send_at(&mut at, now).is_ok());
+            assert_eq!(at, None, "{due} is sent at once");
+        }
+        let mut far = Some(now + chrono::TimeDelta::days(8));
+        assert!(check_send_at(&mut far, now).unwrap_err().contains("7 days"));
+        let mut r = req();
+        r.send_at = Some(now + chrono::TimeDelta::days(8));
+        let errors = validate_send(r, &Limits::default(), "k").unwrap_err();
+        assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["send_at"]);
     }
 }

@@ -118,7 +118,7 @@ pub struct Dns {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// STARTTLS when the MX offers it (any certificate); plain text otherwise or if the handshake fails.
@@ -143,6 +143,14 @@ pub struct Smtp {
     pub command_timeout: Duration,
     /// Reply to the final `.` of DATA (RFC 5321 §4.5.3.2: 10 minutes).
     pub data_timeout: Duration,
+    /// Most SMTP connections open at once to one MX host (on `port`, in this `tls` mode), busy
+    /// and idle together; a delivery to a host at its cap waits for one of them. Connections are
+    /// reused: after a transaction the connection is kept for the next message to the same host,
+    /// which starts with RSET; a connection that failed in any way is closed, never reused.
+    pub max_connections_per_host: usize,
+    /// How long an idle connection is kept for reuse before QUIT; `"0s"` turns reuse off (one
+    /// connection per delivery).
+    pub connection_idle_timeout: Duration,
 }
 
 impl Default for Smtp {
@@ -154,6 +162,9 @@ impl Default for Smtp {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            // Postfix's default_destination_concurrency_limit.
+            max_connections_per_host: 20,
+            connection_idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -267,10 +278,18 @@ impl Default for Webhooks {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Requests per second per API key, on every authenticated `/v1` route (429 above it).
+    /// Counted in fixed windows (the unix second); 0 switches the limit off.
     pub per_key_per_second: u32,
+    /// Messages accepted per API key per UTC day (a batch counts its accepted items; a request
+    /// that would go over is refused whole with 429). Resets at 00:00 UTC; 0 switches it off.
     pub per_key_per_day: u32,
+    /// Envelope recipients (to + cc + bcc, duplicates counted once) per message (422 above it).
     pub max_recipients: usize,
-    /// Largest rendered message accepted.
+    /// Attachments per message (422 above it).
+    pub max_attachments: usize,
+    /// Largest rendered message accepted (413 above it), as estimated at acceptance: bodies
+    /// and attachments as encoded for sending (base64 grows a file by a third), plus headers.
     pub max_message_size: ByteSize,
     /// Largest HTTP request body accepted (413 above it).
     pub max_request_size: ByteSize,
@@ -282,6 +301,7 @@ impl Default for Limits {
             per_key_per_second: 100,
             per_key_per_day: 100_000,
             max_recipients: 50,
+            max_attachments: 20,
             max_message_size: ByteSize(10_000_000),
             max_request_size: ByteSize(25_000_000),
         }

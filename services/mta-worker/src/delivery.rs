@@ -13,7 +13,8 @@ use postwire_telemetry::Metrics;
 
 use crate::disposition::{disposition, Action, Failure};
 use crate::resolve::{MxHost, MxResolver};
-use crate::session::{deliver_to_host, Answer, SmtpOptions, Transaction};
+use crate::pool::SmtpPool;
+use crate::session::{Answer, Transaction};
 
 /// What became of one recipient in this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,8 @@ pub struct Outgoing {
 #[derive(Clone)]
 pub struct Deliverer {
     pub resolver: MxResolver,
-    pub smtp: SmtpOptions,
+    /// Sessions, reused across jobs to the same host.
+    pub pool: SmtpPool,
     pub metrics: Metrics,
 }
 
@@ -108,8 +110,10 @@ impl Deliverer {
                     .collect();
 
                 let started = Instant::now();
-                let attempt =
-                    deliver_to_host(&self.smtp, ip, &host.name, sender, &transactions).await;
+                let attempt = self
+                    .pool
+                    .deliver(ip, &host.name, sender, &transactions)
+                    .await;
                 self.metrics
                     .smtp_transaction_seconds
                     .observe(started.elapsed().as_secs_f64());

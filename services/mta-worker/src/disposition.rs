@@ -102,7 +102,10 @@ pub fn disposition(failure: &Failure, accepted: bool) -> Disposition {
             DkimError::ReadKey { .. }
             | DkimError::ParseKey { .. }
             | DkimError::Sign { .. }
-            | DkimError::Task(_) => Disposition::retry(),
+            | DkimError::Task(_)
+            // The store is unreachable or holds a bad key: never send unsigned, try later.
+            | DkimError::KeyLookup { .. }
+            | DkimError::StoredKey { .. } => Disposition::retry(),
         },
         Failure::Session(e) => match e {
             SessionError::Connect { .. }

@@ -8,6 +8,12 @@
 //!
 //! RSA signing costs milliseconds of CPU, so [`DkimSigners::sign`] runs it on the blocking pool
 //! rather than on an async worker thread.
+//!
+//! Keys made through `/v1/domains` live in the store and are added with
+//! [`DkimSigners::with_store`] (the `domain_keys` module caches them). A domain with a store key
+//! is signed with that key alone: the API's key replaces any `[[dkim]]` keys of the same domain,
+//! so rotating a configured key to an API-made one needs no config change or restart. Domains
+//! without a store key keep their configured keys.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,11 +23,15 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use mail_auth::dkim::{Done, Signature};
 use postwire_config::{DkimAlgorithm, DkimKey};
+use postwire_store::Domains;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
-/// Headers covered by the signature when present.
-pub const SIGNED_HEADERS: [&str; 9] = [
+use crate::domain_keys::StoreSigners;
+
+/// Headers covered by the signature when present. RFC 8058 §4 requires the one-click pair
+/// (`List-Unsubscribe`, `List-Unsubscribe-Post`) to be signed.
+pub const SIGNED_HEADERS: [&str; 11] = [
     "From",
     "To",
     "Cc",
@@ -31,7 +41,20 @@ pub const SIGNED_HEADERS: [&str; 9] = [
     "Reply-To",
     "MIME-Version",
     "Content-Type",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 ];
+
+/// mail-auth folds after a `b=` value that ends on a full line (`…==\r\n\t;`) but hashed the
+/// header without that fold. The whitespace lies outside the tag value (RFC 6376 §3.2
+/// `tag-spec`), so strict verifiers (dkimpy) keep it and the signature fails; which messages
+/// hit it depends on the `h=` layout. Dropping the fold restores what was signed.
+fn without_fold_before_final_semicolon(header: String) -> String {
+    match header.strip_suffix("\r\n\t;\r\n") {
+        Some(head) => format!("{head};\r\n"),
+        None => header,
+    }
+}
 
 /// Why a key could not be loaded or a message not signed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +83,17 @@ pub enum DkimError {
     /// The signing task panicked or was cancelled.
     #[error("DKIM signing task failed: {0}")]
     Task(String),
+    /// The store could not say which key signs the domain (it may be unreachable).
+    #[error("cannot look up the DKIM key of {domain}: {reason}")]
+    KeyLookup { domain: String, reason: String },
+    /// A key from the store does not parse (it was checked when it was stored, so this is
+    /// corruption or a key of an algorithm this build cannot sign with).
+    #[error("the stored DKIM key of {domain} ({selector}) is unusable: {reason}")]
+    StoredKey {
+        domain: String,
+        selector: String,
+        reason: String,
+    },
 }
 
 enum Key {
@@ -67,13 +101,34 @@ enum Key {
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
-struct Signer {
+/// One parsed key, ready to sign for its domain and selector.
+pub(crate) struct Signer {
     domain: String,
     selector: String,
     key: Key,
 }
 
 impl Signer {
+    /// Parses a PEM private key (see [`DkimSigners::from_settings`] for the forms accepted).
+    pub(crate) fn from_pem(
+        domain: &str,
+        selector: &str,
+        algorithm: DkimAlgorithm,
+        pem: &[u8],
+    ) -> Result<Self, String> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        Ok(Signer {
+            key: parse_key(pem, &domain, selector, algorithm)?,
+            domain,
+            selector: selector.to_owned(),
+        })
+    }
+
+    /// The `DKIM-Signature` header line (CRLF-terminated) for `message`.
+    pub(crate) fn header(&self, message: &[u8]) -> Result<Vec<u8>, DkimError> {
+        Ok(without_fold_before_final_semicolon(self.sign(message)?.to_header()).into_bytes())
+    }
+
     fn sign(&self, message: &[u8]) -> Result<Signature, DkimError> {
         match &self.key {
             Key::Rsa(s) => s.sign(message),
@@ -91,6 +146,8 @@ impl Signer {
 #[derive(Clone, Default)]
 pub struct DkimSigners {
     signers: Arc<Vec<Signer>>,
+    /// Keys made through `/v1/domains`, when the worker has a store to read them from.
+    store: Option<Arc<StoreSigners>>,
 }
 
 impl DkimSigners {
@@ -104,16 +161,26 @@ impl DkimSigners {
                     path: k.private_key.clone(),
                     source,
                 })?;
-                Ok(Signer {
-                    domain: k.domain.trim_end_matches('.').to_ascii_lowercase(),
-                    selector: k.selector.clone(),
-                    key: parse_key(&pem, k)?,
+                Signer::from_pem(&k.domain, &k.selector, k.algorithm, &pem).map_err(|reason| {
+                    DkimError::ParseKey {
+                        path: k.private_key.clone(),
+                        algorithm: k.algorithm.as_str(),
+                        reason,
+                    }
                 })
             })
             .collect::<Result<Vec<_>, DkimError>>()?;
         Ok(Self {
             signers: Arc::new(signers),
+            store: None,
         })
+    }
+
+    /// Also signs with the keys of sending domains in `domains`, which take precedence over
+    /// configured keys of the same domain.
+    pub fn with_store(mut self, domains: Arc<dyn Domains>) -> Self {
+        self.store = Some(Arc::new(StoreSigners::new(domains)));
+        self
     }
 
     /// True when at least one key is configured for `domain`.
@@ -137,7 +204,7 @@ impl DkimSigners {
             .filter(|s| s.domain.eq_ignore_ascii_case(from_domain))
         {
             let sig = signer.sign(message)?;
-            out.extend_from_slice(sig.to_header().as_bytes());
+            out.extend_from_slice(without_fold_before_final_semicolon(sig.to_header()).as_bytes());
         }
         Ok(out)
     }
@@ -148,7 +215,11 @@ impl DkimSigners {
         from_domain: &str,
         messages: Vec<Vec<u8>>,
     ) -> Result<Vec<Vec<u8>>, DkimError> {
-        if !self.has_key_for(from_domain) {
+        let stored = match &self.store {
+            Some(store) => store.signer(from_domain).await?,
+            None => None,
+        };
+        if stored.is_none() && !self.has_key_for(from_domain) {
             return Ok(messages);
         }
         let this = self.clone();
@@ -157,7 +228,10 @@ impl DkimSigners {
             messages
                 .into_iter()
                 .map(|m| {
-                    let mut signed = this.signature_headers(&domain, &m)?;
+                    let mut signed = match &stored {
+                        Some(signer) => signer.header(&m)?,
+                        None => this.signature_headers(&domain, &m)?,
+                    };
                     signed.extend_from_slice(&m);
                     Ok(signed)
                 })
@@ -168,38 +242,39 @@ impl DkimSigners {
     }
 }
 
-fn parse_key(pem: &[u8], k: &DkimKey) -> Result<Key, DkimError> {
-    let fail = |reason: String| DkimError::ParseKey {
-        path: k.private_key.clone(),
-        algorithm: k.algorithm.as_str(),
-        reason,
-    };
+/// Parses a PEM private key into a signer for `domain` (lower-cased) and `selector`; the error
+/// is the reason, for the caller to wrap.
+fn parse_key(
+    pem: &[u8],
+    domain: &str,
+    selector: &str,
+    algorithm: DkimAlgorithm,
+) -> Result<Key, String> {
     // Recognises both `PRIVATE KEY` (PKCS#8) and `RSA PRIVATE KEY` (PKCS#1) blocks.
-    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| fail(e.to_string()))?;
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
     let headers = SIGNED_HEADERS;
-    let domain = k.domain.trim_end_matches('.').to_ascii_lowercase();
-    Ok(match k.algorithm {
+    Ok(match algorithm {
         DkimAlgorithm::RsaSha256 => {
-            let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| fail(e.to_string()))?;
+            let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| e.to_string())?;
             Key::Rsa(
                 DkimSigner::from_key(key)
                     .domain(domain)
-                    .selector(&k.selector)
+                    .selector(selector)
                     .headers(headers),
             )
         }
         DkimAlgorithm::Ed25519Sha256 => {
             let PrivateKeyDer::Pkcs8(der) = der else {
-                return Err(fail("Ed25519 keys must be PKCS#8 (\"PRIVATE KEY\")".into()));
+                return Err("Ed25519 keys must be PKCS#8 (\"PRIVATE KEY\")".into());
             };
             // "maybe unchecked" accepts PKCS#8 v1 (no embedded public key), which OpenSSL and
             // most tools write, as well as v2.
             let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             Key::Ed25519(
                 DkimSigner::from_key(key)
                     .domain(domain)
-                    .selector(&k.selector)
+                    .selector(selector)
                     .headers(headers),
             )
         }

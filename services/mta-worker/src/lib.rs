@@ -12,6 +12,10 @@
 //! - [`resolve`]: MX lookup with hickory (null MX, implicit MX, TTL cache).
 //! - [`render`]: MIME building with mail-builder, tracking, CRLF normalisation.
 //! - [`dkim`]: DKIM signers built once from the configured keys.
+//! - `domain_keys`: the signers of keys made through `/v1/domains`, cached per store generation.
+//! - [`keygen`]: DKIM key generation and import, and the TXT record to publish.
+//! - [`domain_check`]: live DNS checks of a sending domain's DKIM, SPF and DMARC records.
+//! - [`pool`]: SMTP connections reused per MX host, with a cap per host.
 //! - [`session`]: one SMTP session to one MX address (STARTTLS, per-RCPT replies, DATA).
 //! - [`delivery`]: walks the MX hosts for one job and collects each recipient's verdict.
 //! - [`disposition`]: the one place every failure becomes retry or bounce, next host or not.
@@ -20,6 +24,10 @@
 pub mod delivery;
 pub mod disposition;
 pub mod dkim;
+pub mod domain_check;
+mod domain_keys;
+pub mod keygen;
+pub mod pool;
 pub mod render;
 pub mod resolve;
 pub mod session;

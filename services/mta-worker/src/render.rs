@@ -5,6 +5,11 @@
 //! carries the same one) and Date from the acceptance time. Text and HTML become
 //! multipart/alternative; attachments make it multipart/mixed.
 //!
+//! `unsubscribe_url` adds `List-Unsubscribe: <url>` (RFC 2369) and, for an `https:` URL,
+//! `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058 one-click); custom
+//! `List-Unsubscribe*` headers are then dropped. The DKIM signer covers both (see
+//! [`crate::dkim::SIGNED_HEADERS`]).
+//!
 //! When opens or clicks are tracked, the HTML differs per recipient (signed per-recipient links),
 //! so the message is rendered once per recipient; otherwise once for the whole job.
 //!
@@ -194,7 +199,9 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
     for (name, value) in &req.headers {
         check_value(name, name)?;
         check_value(name, value)?;
-        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        let lower = name.to_ascii_lowercase();
+        let generated_unsubscribe = req.unsubscribe_url.is_some() && lower.starts_with("list-unsubscribe");
+        if RESERVED_HEADERS.contains(&lower.as_str()) || generated_unsubscribe {
             tracing::warn!(message_id = %job.message_id, header = %name, "custom header would override a generated one; dropped");
             continue;
         }
@@ -203,6 +210,13 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         } else {
             builder.header(name.as_str(), Text::new(value.as_str()))
         };
+    }
+    if let Some(url) = &req.unsubscribe_url {
+        check_value("unsubscribe_url", url)?;
+        builder = builder.header("List-Unsubscribe", Raw::new(list_unsubscribe(url)));
+        if url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("https:")) {
+            builder = builder.header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"));
+        }
     }
     if let Some(text) = &req.text {
         builder = builder.text_body(text.as_str());
@@ -222,6 +236,23 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         builder = builder.attachment(a.content_type.as_str(), a.filename.as_str(), content);
     }
     Ok(to_crlf(&builder.write_to_vec()?))
+}
+
+/// `<url>`, with a space every 900 characters of a very long URL so the header can be folded
+/// there and no line exceeds RFC 5322's 998 (RFC 2369 §2: whitespace inside the angle
+/// brackets is ignored). Ordinary URLs stay on one line.
+fn list_unsubscribe(url: &str) -> String {
+    const CHUNK: usize = 900;
+    let mut out = String::with_capacity(url.len() + url.len() / CHUNK + 2);
+    out.push('<');
+    for (i, c) in url.chars().enumerate() {
+        if i > 0 && i % CHUNK == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out.push('>');
+    out
 }
 
 fn address(m: Mailbox) -> Address<'static> {
@@ -441,6 +472,45 @@ mod tests {
         for m in &out {
             assert!(crlf_only(&m.bytes));
         }
+    }
+
+    #[test]
+    fn an_https_unsubscribe_url_adds_the_one_click_pair_and_replaces_custom_ones() {
+        let req = SendRequest {
+            from: "s@sender.test".into(),
+            to: vec!["r@rcpt.test".into()],
+            headers: [("List-Unsubscribe".to_string(), "<mailto:old@x.test>".to_string())].into(),
+            text: Some("x".into()),
+            unsubscribe_url: Some("https://app.test/unsub?u=42".into()),
+            ..Default::default()
+        };
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let s = String::from_utf8(out[0].bytes.clone()).unwrap();
+        assert!(s.contains("\r\nList-Unsubscribe: <https://app.test/unsub?u=42>\r\n"), "{s}");
+        assert!(s.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{s}");
+        assert!(!s.contains("old@x.test"), "{s}");
+    }
+
+    #[test]
+    fn a_mailto_unsubscribe_url_has_no_one_click_post_and_long_urls_fold() {
+        let mut req = SendRequest {
+            from: "s@sender.test".into(),
+            to: vec!["r@rcpt.test".into()],
+            text: Some("x".into()),
+            unsubscribe_url: Some("mailto:unsub@sender.test?subject=stop".into()),
+            ..Default::default()
+        };
+        let out = renderer().render(&job(req.clone(), &["r@rcpt.test"])).unwrap();
+        let s = String::from_utf8(out[0].bytes.clone()).unwrap();
+        assert!(s.contains("List-Unsubscribe: <mailto:unsub@sender.test?subject=stop>\r\n"), "{s}");
+        assert!(!s.contains("List-Unsubscribe-Post"), "{s}");
+        req.unsubscribe_url = Some(format!("https://app.test/{}", "a".repeat(2000)));
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let s = String::from_utf8(out[0].bytes.clone()).unwrap();
+        assert!(s.split("\r\n").all(|line| line.len() <= 998), "a header line is over 998 characters");
+        let head = s.split("\r\n\r\n").next().unwrap().replace("\r\n\t", " ").replace("\r\n ", " ");
+        let value = head.lines().find_map(|l| l.strip_prefix("List-Unsubscribe: ")).unwrap();
+        assert_eq!(value.replace(' ', ""), format!("<https://app.test/{}>", "a".repeat(2000)));
     }
 
     #[test]

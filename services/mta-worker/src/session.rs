@@ -13,6 +13,9 @@
 //! connection, so in opportunistic mode the host is dialled again in plain text; in required mode
 //! a missing or failed STARTTLS fails the session.
 //!
+//! Sessions are opened and reused by [`crate::pool`]; this module holds the protocol steps:
+//! `open`, `run_transactions`, `reset` before a reuse, `quit`.
+//!
 //! Every step runs under its own timeout (RFC 5321 §4.5.3.2): `connect_timeout` for TCP connect
 //! and greeting+EHLO, `command_timeout` for each command, `data_timeout` for the final reply.
 
@@ -229,8 +232,9 @@ async fn step<T>(
     }
 }
 
-/// Runs `transactions` against one MX address. Never fails as a whole: the result says what
-/// was decided and why the rest was not.
+/// Runs `transactions` against one MX address on a connection of its own, then QUITs. Never
+/// fails as a whole: the result says what was decided and why the rest was not. The worker
+/// goes through [`crate::pool::SmtpPool`] instead, which reuses connections.
 pub async fn deliver_to_host(
     opts: &SmtpOptions,
     ip: IpAddr,
@@ -247,31 +251,53 @@ pub async fn deliver_to_host(
         }
     };
     attempt.encrypted = conn.is_encrypted();
-    let mut need_rset = false;
-    for tx in transactions {
-        if need_rset {
-            if let Err(e) = step(opts.command_timeout, conn.command(Rset)).await {
-                attempt.failure = Some(e.in_stage(Stage::Rset));
-                return attempt;
-            }
-        }
-        match transaction(&mut conn, opts, sender, tx, &mut attempt).await {
-            Ok(completed) => need_rset = !completed,
-            Err(e) => {
-                // Dropped without QUIT: after a timeout or a garbled reply the peer may never
-                // answer, and waiting for it would stall the worker for another full timeout.
-                attempt.failure = Some(e);
-                return attempt;
-            }
-        }
+    if let Err(e) = run_transactions(&mut conn, opts, sender, transactions, &mut attempt).await {
+        // Dropped without QUIT: after a timeout or a garbled reply the peer may never
+        // answer, and waiting for it would stall the worker for another full timeout.
+        attempt.failure = Some(e);
+        return attempt;
     }
     // The outcome is settled; a slow or rude QUIT changes nothing.
-    let _ = tokio::time::timeout(opts.command_timeout, conn.command(Quit)).await;
+    quit(conn, opts.command_timeout).await;
     attempt
 }
 
+/// Runs `transactions` one after another on an open connection, recording each recipient's
+/// answer in `attempt`. `Err` when the session broke off: the connection must not be used again.
+/// On `Ok` the connection is between transactions (possibly after an aborted one, which the next
+/// user resets with `reset`).
+pub(crate) async fn run_transactions(
+    conn: &mut AsyncSmtpConnection,
+    opts: &SmtpOptions,
+    sender: &str,
+    transactions: &[Transaction<'_>],
+    attempt: &mut HostAttempt,
+) -> Result<(), SessionError> {
+    let mut need_rset = false;
+    for tx in transactions {
+        if need_rset {
+            step(opts.command_timeout, conn.command(Rset))
+                .await
+                .map_err(|e| e.in_stage(Stage::Rset))?;
+        }
+        need_rset = !transaction(conn, opts, sender, tx, attempt).await?;
+    }
+    Ok(())
+}
+
+/// RSET on a connection that waited idle: clears any state a previous transaction left and
+/// proves the peer is still there. False when the connection is no longer usable.
+pub(crate) async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bool {
+    step(limit, conn.command(Rset)).await.is_ok()
+}
+
+/// QUIT, waiting at most `limit` for the reply, then closes the connection.
+pub(crate) async fn quit(mut conn: AsyncSmtpConnection, limit: Duration) {
+    let _ = tokio::time::timeout(limit, conn.command(Quit)).await;
+}
+
 /// Connects, reads the greeting, EHLOs and negotiates STARTTLS as `opts.tls` says.
-async fn open(
+pub(crate) async fn open(
     opts: &SmtpOptions,
     addr: SocketAddr,
     host: &str,
@@ -333,6 +359,10 @@ async fn connect_plain(
         Ok(Err(source)) => return Err(SessionError::Connect { addr, source }),
         Err(_) => return Err(SessionError::ConnectTimeout { addr }),
     };
+    // lettre writes the message and its final "." in two writes; with Nagle on, the "." would
+    // wait for the peer's (delayed) ACK of the body — up to 40 ms per message on a reused
+    // connection.
+    let _ = tcp.set_nodelay(true);
     step(
         opts.connect_timeout,
         AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &opts.helo),

@@ -9,6 +9,10 @@
 //! A job whose message was sent with a sandbox API key is settled at once: every recipient is
 //! delivered with [`SANDBOX_RESPONSE`], without resolving, rendering or connecting.
 //!
+//! The run loop fills every free slot with one claim ([`postwire_store::Queue::claim_many`]):
+//! under load the store hands out a batch per round trip rather than one job per commit. DKIM
+//! signing runs on the blocking pool, at most one message per CPU at a time.
+//!
 //! The claim's lease is renewed every third of `worker.lease` while a job is being delivered.
 //! A failed `complete` loses nothing: the job stays leased, the lease expires, another claim
 //! re-runs it, and the store ignores outcomes for recipients that became final meanwhile.
@@ -29,6 +33,7 @@ use crate::delivery::{settle_all, Deliverer, Outgoing, RecipientVerdict, Verdict
 use crate::disposition::{Action, Failure};
 use crate::dkim::DkimSigners;
 use crate::render::{parse_mailbox, Renderer};
+use crate::pool::{PoolLimits, SmtpPool};
 use crate::resolve::MxResolver;
 use crate::session::SmtpOptions;
 use crate::WorkerError;
@@ -47,6 +52,10 @@ pub struct MtaWorker {
     renderer: Renderer,
     signers: DkimSigners,
     deliverer: Deliverer,
+    /// RSA signing is the costliest step of a delivery: at most one signing job per CPU at a
+    /// time, so the others queue here instead of crowding out the async threads that carry
+    /// the SMTP sessions and the API.
+    signing: Arc<Semaphore>,
     retry: Retry,
     concurrency: usize,
     lease: Duration,
@@ -72,9 +81,12 @@ impl MtaWorker {
             signers: DkimSigners::from_settings(&settings.dkim)?,
             deliverer: Deliverer {
                 resolver,
-                smtp,
+                pool: SmtpPool::new(smtp, PoolLimits::from_settings(&settings.smtp)),
                 metrics: metrics.clone(),
             },
+            signing: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             metrics,
             retry: settings.retry.clone(),
             concurrency: settings.worker.concurrency.max(1),
@@ -83,37 +95,56 @@ impl MtaWorker {
         })
     }
 
+    /// Also signs with the DKIM keys of sending domains made through `/v1/domains`, read from
+    /// `domains` for each job (see [`crate::dkim`] for precedence over `[[dkim]]` keys).
+    pub fn with_domain_keys(mut self, domains: Arc<dyn postwire_store::Domains>) -> Self {
+        self.signers = self.signers.with_store(domains);
+        self
+    }
+
     /// Claims and processes jobs, up to `worker.concurrency` at once, until `shutdown` is
-    /// cancelled; then stops claiming and waits for the jobs in flight to finish.
+    /// cancelled; then stops claiming, waits for the jobs in flight to finish and closes the
+    /// pooled SMTP connections.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.concurrency));
         tracing::info!(worker = %self.worker_id, concurrency = self.concurrency, "MTA worker started");
         loop {
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            // Not raced against shutdown: a claim dropped half-way would strand the job until
-            // its lease expired.
-            match self.queue.claim(&self.worker_id, self.lease).await {
-                Ok(Some(job)) => {
-                    let this = Arc::clone(&self);
-                    tracker.spawn(async move {
-                        // Already logged; the lease expiry brings the job back.
-                        let _ = this.process(job).await;
-                        drop(permit);
-                    });
+            // Every slot free right now is filled by the same claim: one round trip to the
+            // store (one commit, in SQLite) instead of one per slot, one after another.
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            // Not raced against shutdown: a claim dropped half-way would strand the jobs until
+            // their leases expired.
+            match self.queue.claim_many(&self.worker_id, self.lease, permits.len()).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    let mut permits = permits.into_iter();
+                    for job in jobs {
+                        // A store that handed out more than asked still gets every job run.
+                        let permit = permits.next();
+                        let this = Arc::clone(&self);
+                        tracker.spawn(async move {
+                            // Already logged; the lease expiry brings the job back.
+                            let _ = this.process(job).await;
+                            drop(permit);
+                        });
+                    }
                 }
-                Ok(None) => {
-                    drop(permit);
+                Ok(_) => {
+                    drop(permits);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = self.queue.wait_for_work(IDLE_WAIT) => {}
                     }
                 }
                 Err(error) => {
-                    drop(permit);
+                    drop(permits);
                     tracing::warn!(%error, "claiming a delivery job failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -128,6 +159,7 @@ impl MtaWorker {
             "MTA worker stopping; waiting for deliveries in flight"
         );
         tracker.wait().await;
+        self.deliverer.pool.close().await;
     }
 
     /// Claims and fully processes at most one job. `Ok(true)` when there was one. For tests and
@@ -207,7 +239,11 @@ impl MtaWorker {
             .into_iter()
             .map(|m| (m.recipients, m.bytes))
             .unzip();
-        let signed = match self.signers.sign(&from.domain(), bodies).await {
+        let signed = {
+            let _cpu = self.signing.acquire().await.expect("the semaphore is never closed");
+            self.signers.sign(&from.domain(), bodies).await
+        };
+        let signed = match signed {
             Ok(signed) => signed,
             Err(e) => return settle_all(everyone(), &Failure::Dkim(e), None),
         };
@@ -244,8 +280,10 @@ pub fn outcomes(
     retry: &Retry,
     now: DateTime<Utc>,
 ) -> Vec<RecipientOutcome> {
+    // A scheduled message's retry window (RFC 5321 §4.5.4.1) opens at its `send_at`.
+    let first_due = job.request.send_at.map_or(job.created_at, |at| at.max(job.created_at));
     let expired = now
-        .signed_duration_since(job.created_at)
+        .signed_duration_since(first_due)
         .to_std()
         .is_ok_and(|age| age >= retry.max_age.std());
     job.recipients

@@ -565,3 +565,13 @@ async fn only_a_5xx_to_rcpt_marks_the_outcome_for_suppression() {
     assert_eq!(o["d@data.test"].result, DeliveryResult::Bounced);
     assert!(!o["d@data.test"].suppress, "a DATA rejection is about the message, not the address");
 }
+
+#[test]
+fn a_scheduled_message_is_not_expired_by_the_days_it_waited_for_send_at() {
+    let retry = Retry::default();
+    let now = Utc.with_ymd_and_hms(2024, 5, 8, 12, 0, 0).unwrap();
+    let mut j = job_created("d.test", &["a@d.test"], now - chrono::Duration::days(7));
+    j.request.send_at = Some(now - chrono::Duration::minutes(1));
+    let out = outcomes(&j, vec![verdict("a@d.test", Verdict::Failed(Action::Retry), "451 4.7.1 try later")], &retry, now);
+    assert!(matches!(out[0].result, DeliveryResult::Deferred { .. }), "{:?}", out[0]);
+}

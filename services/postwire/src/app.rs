@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use postwire_api_gateway::Gateway;
 use postwire_config::{Backend, Settings};
+use postwire_mta_worker::domain_check::DomainChecker;
 use postwire_mta_worker::MtaWorker;
 use postwire_store::embedded::SqliteStore;
-use postwire_store::{Idempotency, Queue, State, Suppressions};
+use postwire_store::{Idempotency, Queue, RateLimiter, State, Suppressions};
 use postwire_telemetry::Metrics;
 use postwire_tracking::TrackingKeys;
 use postwire_webhook_dispatcher::Dispatcher;
@@ -62,6 +63,14 @@ pub struct Stores {
     pub state: Arc<dyn State>,
     pub idempotency: Arc<dyn Idempotency>,
     pub suppressions: Arc<dyn Suppressions>,
+    /// Message search and cancel (`GET /v1/messages`, `DELETE /v1/messages/{id}`).
+    pub messages: Arc<dyn postwire_store::Messages>,
+    /// Stored templates (`/v1/templates`).
+    pub templates: Arc<dyn postwire_store::Templates>,
+    /// Per-API-key rate limits: in process (embedded) or in Redis (distributed).
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Sending domains and their DKIM keys (`/v1/domains`), signed with by the workers.
+    pub domains: Arc<dyn postwire_store::Domains>,
     /// The embedded store, which must be closed so its writer thread drains.
     sqlite: Option<SqliteStore>,
 }
@@ -77,6 +86,10 @@ impl Stores {
                     state: Arc::new(store.clone()),
                     idempotency: Arc::new(store.clone()),
                     suppressions: Arc::new(store.clone()),
+                    messages: Arc::new(store.clone()),
+                    templates: Arc::new(store.clone()),
+                    rate_limiter: Arc::new(postwire_store::embedded::LocalRateLimiter::new(store.clone())),
+                    domains: Arc::new(store.clone()),
                     sqlite: Some(store),
                 })
             }
@@ -90,6 +103,10 @@ impl Stores {
                     state: Arc::new(store.clone()),
                     idempotency: Arc::new(store.clone()),
                     suppressions: Arc::new(store.clone()),
+                    messages: Arc::new(store.clone()),
+                    templates: Arc::new(store.clone()),
+                    rate_limiter: Arc::new(store.clone()),
+                    domains: Arc::new(store.clone()),
                     sqlite: None,
                 })
             }
@@ -112,6 +129,8 @@ pub struct App {
     tracking: TrackingKeys,
     worker: Arc<MtaWorker>,
     dispatcher: Arc<Dispatcher>,
+    /// Live DNS checks for `/v1/domains`, on the configured resolver.
+    domain_checker: DomainChecker,
 }
 
 impl App {
@@ -120,9 +139,14 @@ impl App {
         let stores = Stores::open(&settings).await?;
         let metrics = Metrics::new();
         let tracking = TrackingKeys::new(&tracking_secret(&settings)?);
-        let worker = Arc::new(MtaWorker::new(&settings, stores.queue.clone(), metrics.clone(), tracking.clone())?);
+        let worker = Arc::new(
+            MtaWorker::new(&settings, stores.queue.clone(), metrics.clone(), tracking.clone())?
+                .with_domain_keys(stores.domains.clone()),
+        );
         let dispatcher = Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
-        Ok(Self { settings, stores, metrics, tracking, worker, dispatcher })
+        let domain_checker = DomainChecker::from_settings(&settings.dns, &settings.smtp)
+            .map_err(|e| AppError::Worker(postwire_mta_worker::WorkerError::Resolver(e)))?;
+        Ok(Self { settings, stores, metrics, tracking, worker, dispatcher, domain_checker })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -156,6 +180,11 @@ impl App {
             state: self.stores.state.clone(),
             idempotency: self.stores.idempotency.clone(),
             suppressions: self.stores.suppressions.clone(),
+            messages: self.stores.messages.clone(),
+            templates: self.stores.templates.clone(),
+            rate_limiter: self.stores.rate_limiter.clone(),
+            domains: self.stores.domains.clone(),
+            domain_checker: self.domain_checker.clone(),
             metrics: self.metrics.clone(),
             tracking: self.tracking.clone(),
             limits: self.settings.limits.clone(),

@@ -204,7 +204,7 @@ fn dkim_generate(
         Algorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
     };
     let path = out.unwrap_or_else(|| settings.storage.path.join("dkim").join(format!("{domain}.{selector}.pem")));
-    let pair = keygen::generate(algorithm).map_err(|e| anyhow::anyhow!("key generation failed: {e}"))?;
+    let pair = keygen::generate(algorithm)?;
     crate::app::write_private(&path, &pair.private_pem)
         .with_context(|| format!("cannot write {} (it must not exist yet)", path.display()))?;
     println!("wrote the private key to {}", path.display());

@@ -10,15 +10,23 @@
 //! - [`embedded`]: SQLite in WAL mode with a group-committing writer thread.
 //! - [`distributed`]: RabbitMQ for delivery jobs, Redis for everything else, for several
 //!   gateways, workers and dispatchers on several machines.
+//! - [`domain`]: sending domains and their DKIM keys ([`Domains`]), signed with by the workers.
 //! - [`ids`]: identifiers and API key material.
 //! - [`suppression`]: the suppression list ([`Suppressions`]), screened at acceptance.
+//! - [`ratelimit`]: per-API-key request and message limits ([`RateLimiter`]).
+//! - [`messages`]: scheduled sending rules, message search and cancel ([`Messages`]).
+//! - [`template`]: stored templates ([`Templates`]) that the API renders into sends.
 
 pub mod distributed;
+pub mod domain;
 pub mod embedded;
 pub mod ids;
 pub mod idempotency;
+pub mod messages;
 pub mod model;
+pub mod ratelimit;
 pub mod suppression;
+pub mod template;
 
 use std::time::Duration;
 
@@ -26,9 +34,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postwire_proto::{Event, EventType, MessageView, Webhook};
 
+pub use domain::{Domains, SendingDomain};
 pub use idempotency::*;
 pub use model::*;
+pub use ratelimit::RateLimiter;
+pub use messages::{Cancel, MessageCursor, MessagePage, MessageQuery, Messages};
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
+pub use template::{new_template, TemplateCursor, TemplatePage, Templates};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +74,21 @@ pub enum StoreError {
 pub trait Queue: Send + Sync + 'static {
     /// Stores the message, its recipients and one job per recipient domain. Durable on return:
     /// the caller may answer 202 as soon as this resolves.
+    /// With a future `request.send_at` the recipients are stored `scheduled` and no job is
+    /// claimable before then (see [`messages`]).
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError>;
 
     /// Hands out the next due job under a lease of `lease`, or `None` when nothing is due.
     /// Only recipients not yet in a final state are included.
     async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError>;
+
+    /// Hands out up to `max` due jobs in one round trip, each under its own lease of `lease`;
+    /// empty when nothing is due. A worker with several free slots claims them all at once
+    /// instead of waiting for one claim after another. The default claims one.
+    async fn claim_many(&self, worker: &str, lease: Duration, max: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        let _ = max;
+        Ok(self.claim(worker, lease).await?.into_iter().collect())
+    }
 
     /// Records each recipient's outcome with its event (and the webhook deliveries it causes),
     /// then deletes the job, or reschedules it at the earliest `next_attempt_at` of the

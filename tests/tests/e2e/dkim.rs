@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::{ip, mx_hosts, recipient, SOON};
 
 /// Generates a key, writes it under the world's directory and publishes its TXT record.
-fn publish_key(world: &World, domain: &str, selector: &str, algorithm: DkimAlgorithm) -> DkimKey {
+pub(crate) fn publish_key(world: &World, domain: &str, selector: &str, algorithm: DkimAlgorithm) -> DkimKey {
     let pair = postwire::keygen::generate(algorithm).unwrap();
     let path = world.path().join(format!("{selector}.pem"));
     std::fs::write(&path, pair.private_pem).unwrap();
@@ -18,7 +18,7 @@ fn publish_key(world: &World, domain: &str, selector: &str, algorithm: DkimAlgor
 }
 
 /// Runs dkimpy on `message` against the world's DNS server; returns its report lines.
-async fn dkimpy_verify(world: &World, message: &[u8]) -> (bool, String) {
+pub(crate) async fn dkimpy_verify(world: &World, message: &[u8]) -> (bool, String) {
     let file = world.path().join(format!("received-{}.eml", rand::random::<u32>()));
     std::fs::write(&file, message).unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/verify_dkim.py");

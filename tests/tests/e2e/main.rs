@@ -6,10 +6,17 @@ mod api;
 mod batch;
 mod delivery;
 mod dkim;
+mod domains;
 mod durability;
 mod events;
 mod keys;
+mod limits;
+mod ratelimit;
+mod scheduled;
+mod search;
 mod suppressions;
+mod templates;
+mod unsubscribe;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use postwire_proto::{
-    BatchRequest, BatchResponse, BatchResult, FieldError, RecipientStatus, RecipientSummary, SendRequest, SendResponse,
+    BatchRequest, BatchResponse, BatchResult, FieldError, SendRequest, SendResponse,
     MAX_BATCH_MESSAGES,
 };
 use serde::Deserialize;
@@ -49,6 +49,14 @@ struct RawBatch {
         (status = 409, description = "Idempotency-Key reused with another body, or its first request still in progress", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limit", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "No messages, or more than 500", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the API key's per-second request limit, or its valid messages do not all fit in the key's daily limit (nothing is queued); `Retry-After` and `RateLimit-*` describe the refusing window", body = postwire_proto::Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the refusing window resets"),
+                ("RateLimit-Limit" = u64, description = "The refusing window's limit"),
+                ("RateLimit-Remaining" = u64, description = "What is left in that window"),
+                ("RateLimit-Reset" = u64, description = "Seconds until that window resets"),
+                ("RateLimit-Policy" = String, description = "`{limit};w=1` (requests per second) or `{limit};w=86400` (messages per UTC day)"),
+            )),
     ),
     security(("bearer" = []))
 )]
@@ -77,17 +85,26 @@ async fn accept_batch(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCo
     }
     // Validate every message first, then accept the good ones all at once.
     let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(batch.messages.len());
-    let mut pending = Vec::new();
+    let mut valid = Vec::new();
+    let mut templates = crate::template::TemplateCache::default();
     for (i, raw) in batch.messages.into_iter().enumerate() {
-        match prepare(raw, &gw, &key) {
+        match prepare(raw, &gw, &key, &mut templates).await {
             Ok((message, response)) => {
-                let queue = gw.queue.clone();
-                pending.push((i, response, tokio::spawn(async move { queue.accept(message).await })));
+                valid.push((i, message, response));
                 results.push(None);
             }
             Err(errors) => results.push(Some(BatchResult::Rejected { errors })),
         }
     }
+    // The valid messages are taken from the key's daily limit together: all fit, or 429.
+    let taken = crate::ratelimit::take_messages(&gw, &key.id, valid.len()).await?;
+    let pending: Vec<_> = valid
+        .into_iter()
+        .map(|(i, message, response)| {
+            let queue = gw.queue.clone();
+            (i, response, tokio::spawn(async move { queue.accept(message).await }))
+        })
+        .collect();
     let attempted = pending.len();
     let mut failures = Vec::new();
     for (i, response, accepted) in pending {
@@ -110,6 +127,7 @@ async fn accept_batch(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCo
             }
         }
     }
+    taken.give_back(&gw, failures.len()).await;
     // Nothing could be stored: the whole request failed (503) and may simply be retried.
     if attempted > 0 && failures.len() == attempted {
         return Err(failures.swap_remove(0).into());
@@ -120,10 +138,11 @@ async fn accept_batch(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCo
 
 /// One message: parsed and validated into what to queue and the answer to give, or its errors
 /// (paths relative to the message).
-fn prepare(
+async fn prepare(
     raw: serde_json::Value,
     gw: &Gateway,
     key: &ApiKey,
+    templates: &mut crate::template::TemplateCache,
 ) -> Result<(postwire_store::NewMessage, SendResponse), Vec<FieldError>> {
     let request: SendRequest = serde_path_to_error::deserialize(raw).map_err(|e| {
         let field = e.path().to_string();
@@ -132,16 +151,11 @@ fn prepare(
             message: e.into_inner().to_string(),
         }]
     })?;
+    let request = crate::template::render_send(gw.templates.as_ref(), templates, request, gw.limits.max_message_size.0)
+        .await
+        .map_err(crate::template::RenderError::into_field_errors)?;
     let mut message = validate_send(request, &gw.limits, &key.id)?;
     message.sandbox = key.sandbox;
-    let response = SendResponse {
-        id: message.id.clone(),
-        status: RecipientStatus::Queued,
-        recipients: message
-            .recipients
-            .iter()
-            .map(|r| RecipientSummary { email: r.email.clone(), status: RecipientStatus::Queued })
-            .collect(),
-    };
+    let response = super::messages::accepted_response(&message);
     Ok((message, response))
 }

@@ -1,4 +1,5 @@
-//! `POST /v1/messages` and `GET /v1/messages/{id}`.
+//! `POST /v1/messages`, `GET /v1/messages/{id}` and `DELETE /v1/messages/{id}` (cancel).
+//! Search (`GET /v1/messages`) is in [`super::search`].
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -8,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use postwire_proto::{MessageView, RecipientStatus, RecipientSummary, SendRequest, SendResponse};
+use postwire_store::{Cancel, NewMessage};
 
 use super::{body_bytes, json_body};
 use crate::auth::ApiKey;
@@ -19,7 +21,7 @@ use crate::Gateway;
 pub fn router() -> Router<Gateway> {
     Router::new()
         .route("/v1/messages", post(send_message))
-        .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/messages/{id}", get(get_message).delete(cancel_message))
 }
 
 /// Queue a message for delivery. Answers 202 once the message is durably stored.
@@ -34,6 +36,14 @@ pub fn router() -> Router<Gateway> {
         (status = 409, description = "Idempotency-Key reused with another body, or its first request still in progress", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limit", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each listed", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the API key's per-second request limit or daily message limit; `Retry-After` and `RateLimit-*` describe the refusing window", body = postwire_proto::Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the refusing window resets"),
+                ("RateLimit-Limit" = u64, description = "The refusing window's limit"),
+                ("RateLimit-Remaining" = u64, description = "What is left in that window"),
+                ("RateLimit-Reset" = u64, description = "Seconds until that window resets"),
+                ("RateLimit-Policy" = String, description = "`{limit};w=1` (requests per second) or `{limit};w=86400` (messages per UTC day)"),
+            )),
     ),
     security(("bearer" = []))
 )]
@@ -54,6 +64,8 @@ pub async fn send_message(
 
 async fn accept_message(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
     let request: SendRequest = json_body(Ok(body))?;
+    let mut templates = crate::template::TemplateCache::default();
+    let request = crate::template::render_send(gw.templates.as_ref(), &mut templates, request, gw.limits.max_message_size.0).await?;
     let mut message = validate_send(request, &gw.limits, &key.id).map_err(|errors| {
         match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
             Some(e) => ApiError::TooLarge(e.message.clone()),
@@ -61,17 +73,13 @@ async fn accept_message(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(Status
         }
     })?;
     message.sandbox = key.sandbox;
-    let mut response = SendResponse {
-        id: message.id.clone(),
-        status: RecipientStatus::Queued,
-        recipients: message
-            .recipients
-            .iter()
-            .map(|r| RecipientSummary { email: r.email.clone(), status: RecipientStatus::Queued })
-            .collect(),
-    };
+    let mut response = accepted_response(&message);
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
-    gw.queue.accept(message).await?;
+    let taken = crate::ratelimit::take_messages(&gw, &key.id, 1).await?;
+    if let Err(e) = gw.queue.accept(message).await {
+        taken.give_back(&gw, 1).await;
+        return Err(e.into());
+    }
     gw.metrics.messages_accepted.inc();
     Ok((StatusCode::ACCEPTED, Json(response)))
 }
@@ -93,4 +101,46 @@ pub async fn get_message(
 ) -> Result<Json<MessageView>, ApiError> {
     key.require("read")?;
     gw.state.message(&id).await?.map(Json).ok_or(ApiError::NotFound)
+}
+
+/// The 202 body for a validated message before suppression screening: every recipient
+/// `scheduled` when it has a future `send_at`, else `queued`.
+pub(crate) fn accepted_response(message: &NewMessage) -> SendResponse {
+    let status = if message.request.send_at.is_some() { RecipientStatus::Scheduled } else { RecipientStatus::Queued };
+    SendResponse {
+        id: message.id.clone(),
+        status,
+        recipients: message.recipients.iter().map(|r| RecipientSummary { email: r.email.clone(), status }).collect(),
+    }
+}
+
+/// Cancel a message: every recipient still `queued`, `scheduled` or `deferred` becomes
+/// `canceled` (final) and is never sent. Recipients whose delivery attempt is under way right
+/// now are left to finish. Answers with the message as it now stands.
+#[utoipa::path(
+    delete, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id (`msg_…`)")),
+    responses(
+        (status = 200, description = "Canceled what could be; the message view", body = MessageView),
+        (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nothing to cancel: every recipient is final, or a delivery attempt is under way", body = postwire_proto::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_message(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, ApiError> {
+    key.require("send")?;
+    match gw.messages.cancel_message(&id).await? {
+        Cancel::NotFound => Err(ApiError::NotFound),
+        Cancel::NothingToCancel { in_flight: true } => Err(ApiError::Conflict(
+            "a delivery attempt for this message is under way; nothing was canceled (try again once it is done)".into(),
+            )),
+        Cancel::NothingToCancel { in_flight: false } => Err(ApiError::Conflict(
+            "every recipient is already delivered, bounced, suppressed or canceled; nothing to cancel".into(),
+            )),
+        Cancel::Canceled(_) => gw.state.message(&id).await?.map(Json).ok_or(ApiError::NotFound),
+    }
 }

@@ -1,10 +1,13 @@
 //! Route modules, one per resource.
 
 pub mod batch;
+pub mod domains;
 pub mod keys;
 pub mod messages;
 pub mod ops;
+pub mod search;
 pub mod suppressions;
+pub mod templates;
 pub mod tracking;
 pub mod webhooks;
 

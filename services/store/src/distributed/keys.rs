@@ -9,7 +9,7 @@
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id`, `sandbox` (`1` for a sandbox key's message; absent = `0`) | retention after the last change |
+//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id`, `sandbox` (`1` for a sandbox key's message; absent = `0`), `summary` (JSON `{"from","subject","tags"}` for search; absent on messages stored before search existed) | retention after the last change |
 //! | `{ns}:msg:{message_id}:rcpt` | hash | field = recipient position (`0`, `1`, …), value = JSON `{"email","domain","status","attempts","next_attempt_at"?,"last_response"?,"updated_at"}` | same |
 //! | `{ns}:msg:{message_id}:events` | list | event JSON, oldest first, exactly the webhook body | same |
 //! | `{ns}:lease:{message_id}:{domain}` | string | claim token of the worker holding the job; `PX` = the lease | the lease |
@@ -23,6 +23,15 @@
 //! | `{ns}:whd:{delivery_id}` | hash | one outbox row: `webhook_id`, `event_id`, `body`, `state` (`pending`, `delivered`, `failed`), `attempts`, `next_attempt_at`, `last_status`?, `last_error`? | retention once final |
 //! | `{ns}:outbox` | sorted set | pending delivery ids scored by when they may next be claimed (due time, or lease end while leased) | never |
 //! | `{ns}:suppressions` + `{ns}:suppressions:index` | hash + sorted set | the suppression list: lower-cased address → JSON `{"email","reason","smtp_response"?,"message_id"?,"created_at"}`; the same addresses scored by `created_at` | never |
+//! | `{ns}:templates` + `{ns}:templates:index` | hash + sorted set | stored templates: id → JSON `{"id","name","subject","text","html","created_at","updated_at"}` (times RFC 3339); the same ids scored by `created_at` (unix ms) | never |
+//! | `{ns}:domain:{domain}` | hash | one sending domain (lower-cased name): `selector`, `algorithm` (`rsa-sha256` or `ed25519-sha256`), `private_key` (PEM), `public_record` (`v=DKIM1; k=…; p=…`), `created_at` | never |
+//! | `{ns}:domains` | sorted set | every sending domain name, all scored 0 so they list in name order | never |
+//! | `{ns}:domains:generation` | string | counter bumped by the script that adds or removes a domain; workers compare it to know their DKIM signers are current | never |
+//! | `{ns}:rl:{key_id}:s:{unix_second}` | string | requests of one API key in one second (`limits.per_key_per_second`); changed only by the rate-limit script, which reads Redis's `TIME` | 2 s after first use |
+//! | `{ns}:rl:{key_id}:d:{day}` | string | messages accepted for one API key on one UTC day (`day` = days since 1970-01-01; `limits.per_key_per_day`), same script | 01:00 UTC the next day |
+//! | `{ns}:search` | sorted set | message search index: every member scored 0 and named `{created_at:015}:{message_id}` (unix ms, zero-padded), so `BYLEX` ranges walk creation order; entries older than retention are trimmed at each accept, and an entry whose message has expired is removed when a search meets it | never |
+//! | `{ns}:search:tag:{tag}` | sorted set | the same, for messages carrying that tag | retention after the last message added |
+//! | `{ns}:search:rcpt:{email}` | sorted set | the same, for messages to that address (domain lower-cased) | retention after the last message added |
 //! | `{ns}:seq:whd` | string | counter behind delivery ids (`whd_{n}`) | never |
 //!
 //! ## RabbitMQ (default vhost of `amqp.url`, default exchange)
@@ -98,8 +107,48 @@ impl Keys {
         format!("{}:whd:{id}", self.ns)
     }
 
+    pub(crate) fn domain(&self, name: &str) -> String {
+        format!("{}:domain:{name}", self.ns)
+    }
+
+    pub(crate) fn domains(&self) -> String {
+        format!("{}:domains", self.ns)
+    }
+
+    pub(crate) fn domains_generation(&self) -> String {
+        format!("{}:domains:generation", self.ns)
+    }
+
     pub(crate) fn outbox(&self) -> String {
         format!("{}:outbox", self.ns)
+    }
+
+    pub(crate) fn templates(&self) -> String {
+        format!("{}:templates", self.ns)
+    }
+
+    pub(crate) fn templates_index(&self) -> String {
+        format!("{}:templates:index", self.ns)
+    }
+
+    /// The message search index (see the table above).
+    pub(crate) fn search(&self) -> String {
+        format!("{}:search", self.ns)
+    }
+
+    /// The search index of one tag.
+    pub(crate) fn search_tag(&self, tag: &str) -> String {
+        format!("{}:search:tag:{tag}", self.ns)
+    }
+
+    /// The search index of one recipient address (domain lower-cased).
+    pub(crate) fn search_recipient(&self, email: &str) -> String {
+        format!("{}:search:rcpt:{email}", self.ns)
+    }
+
+    /// A search index member: sorts by creation time, then id.
+    pub(crate) fn search_member(created_at_ms: i64, message_id: &str) -> String {
+        format!("{:015}:{message_id}", created_at_ms.max(0))
     }
 
     /// Every key of this namespace, for `SCAN MATCH`.

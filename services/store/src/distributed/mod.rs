@@ -37,13 +37,21 @@
 //! - `queue`: the [`Queue`](crate::Queue) implementation.
 //! - `state`: the [`State`](crate::State) implementation.
 //! - `suppression`: the [`Suppressions`](crate::Suppressions) implementation and accept-time screening.
+//! - `messages`: the [`Messages`](crate::Messages) implementation (search index, cancel).
+//! - `template`: the [`Templates`](crate::Templates) implementation.
+//! - `ratelimit`: the [`RateLimiter`](crate::RateLimiter) implementation (one Lua script).
+//! - `domain`: the [`Domains`](crate::Domains) implementation (sending domains and their keys).
 
+mod domain;
 mod idempotency;
+mod messages;
 pub mod keys;
 mod queue;
+mod ratelimit;
 mod scripts;
 mod state;
 mod suppression;
+mod template;
 #[cfg(test)]
 mod tests;
 

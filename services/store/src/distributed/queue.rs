@@ -11,7 +11,7 @@ use lapin::BasicProperties;
 use postwire_proto::{Event, RecipientStatus, SendRequest};
 use serde::{Deserialize, Serialize};
 
-use super::keys::{retry_step, Keys};
+use super::keys::{retry_step, Keys, RETRY_STEPS_MS};
 use super::scripts::{CLAIM, COMPLETE, RENEW};
 use super::suppression;
 use super::{amqp_error, unavailable, Broker, DistributedStore, HeldClaim, RABBITMQ};
@@ -249,6 +249,8 @@ impl Queue for DistributedStore {
             }
         }
         let retention = self.inner.options.retention.as_secs().max(1);
+        // Scheduled send: recipients wait as `scheduled` until `send_at`, the job in the delay queues.
+        let send_at = crate::messages::scheduled_for(&message.request, created);
         let (msg_key, rcpt_key) = (keys.message(&message.id), keys.recipients(&message.id));
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -260,18 +262,24 @@ impl Queue for DistributedStore {
                     ("message_id_header", message.message_id_header.clone()),
                     ("key_id", message.key_id.clone()),
                     ("sandbox", if message.sandbox { "1" } else { "0" }.to_string()),
+                    ("summary", super::messages::summary_json(&message.request)?),
                 ],
             )
             .ignore()
             .expire(&msg_key, retention as i64)
             .ignore();
+        super::messages::index_message(&mut pipe, keys, &message, retention);
         for (i, r) in message.recipients.iter().enumerate() {
+            let status = match (suppression::screened_status(&screened[i]), send_at) {
+                (RecipientStatus::Queued, Some(_)) => RecipientStatus::Scheduled,
+                (status, _) => status,
+            };
             let stored = StoredRecipient {
                 email: r.email.clone(),
                 domain: r.domain.clone(),
-                status: suppression::screened_status(&screened[i]).as_str().into(),
+                status: status.as_str().into(),
                 attempts: 0,
-                next_attempt_at: None,
+                next_attempt_at: send_at.filter(|_| status == RecipientStatus::Scheduled),
                 last_response: screened[i].clone(),
                 updated_at: created,
             };
@@ -288,7 +296,12 @@ impl Queue for DistributedStore {
         let mut con = self.redis().await?;
         self.run_redis(pipe.query_async::<()>(&mut con)).await?;
 
-        // Publish every job, then wait for every confirm: durable before the caller's 202.
+        // Publish every job, then wait for every confirm: durable before the caller's 202. A
+        // scheduled job goes straight into the delay queue that fits its wait (see `claim`).
+        let first_queue = match send_at.map(|at| at - now_ms()) {
+            Some(wait) if wait >= RETRY_STEPS_MS[0] as i64 => keys.retry_queue(retry_step(wait)),
+            _ => keys.deliveries_queue(),
+        };
         let published: Result<(), StoreError> = async {
             let mut confirms = Vec::with_capacity(domains.len());
             for domain in &domains {
@@ -297,7 +310,7 @@ impl Queue for DistributedStore {
                 let confirm = self
                     .amqp(broker.publisher.basic_publish(
                         "",
-                        &keys.deliveries_queue(),
+                        &first_queue,
                         BasicPublishOptions::default(),
                         &payload,
                         persistent(),
@@ -317,6 +330,7 @@ impl Queue for DistributedStore {
             // reach the broker finds the message gone and is dropped.
             let mut undo = redis::pipe();
             undo.del(&[&msg_key, &rcpt_key, &keys.events(&message.id)]).ignore();
+            super::messages::unindex_message(&mut undo, keys, &message);
             if !members.is_empty() {
                 undo.srem(keys.jobs(), &members).ignore();
             }

@@ -21,8 +21,9 @@ local function load_recipients(key)
   return list
 end
 
+-- Not final: a claim hands these to the worker (a `scheduled` one once its time has come).
 local function is_pending(status)
-  return status == 'queued' or status == 'deferred'
+  return status == 'queued' or status == 'scheduled' or status == 'deferred'
 end
 
 -- Queues one webhook delivery per endpoint subscribed to the event type (the outbox),

@@ -11,6 +11,7 @@ use super::queue::StoredRecipient;
 use super::scripts::{APPEND_EVENT, CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY};
 use super::{unavailable, DistributedStore, RABBITMQ, REDIS};
 use crate::embedded::{from_ms, now_ms, to_ms};
+use crate::messages::shown_status;
 use crate::model::overall_status;
 use crate::{ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery};
 
@@ -154,10 +155,11 @@ impl State for DistributedStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         positioned.sort_by_key(|(pos, _)| *pos);
+        let now = now_ms();
         let recipients: Vec<RecipientView> = positioned
             .into_iter()
             .map(|(_, r)| RecipientView {
-                status: RecipientStatus::parse(&r.status).unwrap_or(RecipientStatus::Queued),
+                status: shown_status(RecipientStatus::parse(&r.status).unwrap_or(RecipientStatus::Queued), r.next_attempt_at, now),
                 attempts: r.attempts,
                 last_response: r.last_response,
                 next_attempt_at: r.next_attempt_at.map(from_ms),

@@ -9,16 +9,26 @@
 //! - [`schema`]: tables and indexes.
 //! - `queue`: the [`crate::Queue`] implementation (delivery jobs).
 //! - `state`: the [`crate::State`] implementation (keys, status, events, webhooks).
+//! - `domain`: the [`crate::Domains`] implementation (sending domains and their keys).
+//! - `messages`: the [`crate::Messages`] implementation (search, cancel) and its indexes.
 //! - `suppression`: the [`crate::Suppressions`] implementation and the screening helpers
 //!   the queue's transactions call.
+//! - `ratelimit`: [`LocalRateLimiter`], the in-process [`crate::RateLimiter`].
+//! - `template`: the [`crate::Templates`] implementation.
 
+mod domain;
 mod idempotency;
+mod messages;
 mod queue;
+mod ratelimit;
 pub mod schema;
 mod state;
 mod suppression;
+mod template;
 #[cfg(test)]
 mod tests;
+
+pub use ratelimit::LocalRateLimiter;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -31,6 +41,9 @@ use crate::StoreError;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
+
+/// Prepared statements kept per connection (room for every statement the store runs).
+const STATEMENT_CACHE: usize = 256;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
 type WriteOp = Box<dyn FnOnce(&Connection) -> Completion + Send>;
@@ -62,6 +75,10 @@ impl SqliteStore {
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 10000;",
         )?;
+        // Every write goes through this connection; rusqlite's default of 16 cached statements
+        // is fewer than one accept, claim and complete use between them, and a statement
+        // evicted from the cache is compiled again on its next use.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<WriteOp>();
         std::thread::Builder::new()
@@ -121,6 +138,7 @@ impl SqliteStore {
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )?;
                     c.busy_timeout(std::time::Duration::from_secs(10))?;
+                    c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                     c
                 }
             };
@@ -148,10 +166,11 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT op")?;
+    // Cached statements: these two run for every write, on the one thread all commits wait for.
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE op")?;
+            conn.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {

@@ -21,20 +21,24 @@ impl Queue for SqliteStore {
             )?
             .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox])?;
             let mut rcpt = conn.prepare_cached(
-                "INSERT INTO recipients (message_id, position, email, domain, status, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+                "INSERT INTO recipients (message_id, position, email, domain, status, next_attempt_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut job = conn.prepare_cached(
                 "INSERT OR IGNORE INTO jobs (message_id, domain, not_before) VALUES (?1, ?2, ?3)",
             )?;
+            // Scheduled send: recipients wait as `scheduled` and the job is not due before `send_at`.
+            let send_at = crate::messages::scheduled_for(&message.request, created);
+            let status = if send_at.is_some() { RecipientStatus::Scheduled } else { RecipientStatus::Queued };
             for (i, r) in message.recipients.iter().enumerate() {
                 // Suppression list: a listed recipient is stored `suppressed` (with its event), no job.
                 if super::suppression::screen_recipient(conn, &message, i, created)? {
                     continue;
                 }
-                rcpt.execute(params![message.id, i as i64, r.email, r.domain, created])?;
-                job.execute(params![message.id, r.domain, created])?;
+                rcpt.execute(params![message.id, i as i64, r.email, r.domain, status.as_str(), send_at, created])?;
+                job.execute(params![message.id, r.domain, send_at.unwrap_or(created)])?;
             }
+            super::messages::insert_tags(conn, &message)?;
             Ok(())
         })
         .await?;
@@ -42,52 +46,26 @@ impl Queue for SqliteStore {
         Ok(())
     }
 
-    async fn claim(&self, _worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+    async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+        Ok(self.claim_many(worker, lease, 1).await?.pop())
+    }
+
+    async fn claim_many(&self, _worker: &str, lease: Duration, max: usize) -> Result<Vec<ClaimedJob>, StoreError> {
         let lease_ms = lease.as_millis() as i64;
-        self.write(move |conn| {
-            // A job whose every recipient is already final (e.g. completed by a worker whose
-            // lease had expired) is deleted here and the next one tried.
-            loop {
-                let now = now_ms();
-                let token = ids::new_id("claim");
-                let row = conn
-                    .prepare_cached(
-                        "UPDATE jobs SET lease_until = ?1, claim_token = ?2
-                         WHERE id = (SELECT id FROM jobs WHERE not_before <= ?3 AND lease_until <= ?3
-                                     ORDER BY not_before LIMIT 1)
-                         RETURNING id, message_id, domain",
-                    )?
-                    .query_row(params![now + lease_ms, token, now], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-                    })
-                    .optional()?;
-                let Some((job_id, message_id, domain)) = row else { return Ok(None) };
-                let recipients = pending_recipients(conn, &message_id, &domain)?;
-                if recipients.is_empty() {
-                    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([job_id])?;
-                    continue;
+        let raw = self
+            .write(move |conn| {
+                let mut claimed = Vec::new();
+                while claimed.len() < max.max(1) {
+                    match claim_due(conn, lease_ms)? {
+                        Some(job) => claimed.push(job),
+                        None => break,
+                    }
                 }
-                let (created_at, request, message_id_header, sandbox) = conn
-                    .prepare_cached("SELECT created_at, request, message_id_header, sandbox FROM messages WHERE id = ?1")?
-                    .query_row([&message_id], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
-                    })?;
-                let request: SendRequest =
-                    serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                return Ok(Some(ClaimedJob {
-                    job_id: job_id.to_string(),
-                    claim_token: token,
-                    message_id,
-                    created_at: from_ms(created_at),
-                    request,
-                    message_id_header,
-                    domain,
-                    recipients,
-                    sandbox,
-                }));
-            }
-        })
-        .await
+                Ok(claimed)
+            })
+            .await?;
+        // Parsed here, not in the closure: the writer thread is the one every commit waits for.
+        raw.into_iter().map(RawClaim::parse).collect()
     }
 
     async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError> {
@@ -100,7 +78,7 @@ impl Queue for SqliteStore {
             let (remaining, next): (i64, Option<i64>) = conn
                 .prepare_cached(
                     "SELECT COUNT(*), MIN(COALESCE(next_attempt_at, 0)) FROM recipients
-                     WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'deferred')",
+                     WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'scheduled', 'deferred')",
                 )?
                 .query_row(params![job.message_id, job.domain], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if remaining == 0 {
@@ -163,10 +141,68 @@ impl Queue for SqliteStore {
     }
 }
 
+/// A claimed job as read inside the write transaction, its request still JSON.
+struct RawClaim {
+    job: ClaimedJob,
+    request: String,
+}
+
+impl RawClaim {
+    fn parse(self) -> Result<ClaimedJob, StoreError> {
+        let request: SendRequest = serde_json::from_str(&self.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(ClaimedJob { request, ..self.job })
+    }
+}
+
+/// Leases the next due job. A job whose every recipient is already final (e.g. completed by a
+/// worker whose lease had expired) is deleted here and the next one tried.
+fn claim_due(conn: &Connection, lease_ms: i64) -> Result<Option<RawClaim>, StoreError> {
+    loop {
+        let now = now_ms();
+        let token = ids::new_id("claim");
+        let row = conn
+            .prepare_cached(
+                "UPDATE jobs SET lease_until = ?1, claim_token = ?2
+                 WHERE id = (SELECT id FROM jobs WHERE not_before <= ?3 AND lease_until <= ?3
+                             ORDER BY not_before LIMIT 1)
+                 RETURNING id, message_id, domain",
+            )?
+            .query_row(params![now + lease_ms, token, now], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .optional()?;
+        let Some((job_id, message_id, domain)) = row else { return Ok(None) };
+        let recipients = pending_recipients(conn, &message_id, &domain)?;
+        if recipients.is_empty() {
+            conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([job_id])?;
+            continue;
+        }
+        let (created_at, request, message_id_header, sandbox) = conn
+            .prepare_cached("SELECT created_at, request, message_id_header, sandbox FROM messages WHERE id = ?1")?
+            .query_row([&message_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
+            })?;
+        return Ok(Some(RawClaim {
+            job: ClaimedJob {
+                job_id: job_id.to_string(),
+                claim_token: token,
+                message_id,
+                created_at: from_ms(created_at),
+                request: SendRequest::default(),
+                message_id_header,
+                domain,
+                recipients,
+                sandbox,
+            },
+            request,
+        }));
+    }
+}
+
 fn pending_recipients(conn: &Connection, message_id: &str, domain: &str) -> Result<Vec<PendingRecipient>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT email, attempts FROM recipients
-         WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'deferred') ORDER BY position",
+         WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'scheduled', 'deferred') ORDER BY position",
     )?;
     let rows = stmt.query_map(params![message_id, domain], |r| {
         Ok(PendingRecipient { email: r.get(0)?, attempts: r.get::<_, i64>(1)? as u32 })

@@ -77,6 +77,10 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     super::idempotency::migrate_idempotency(conn)?;
     super::suppression::migrate_suppression(conn)?;
+    super::messages::migrate_messages(conn)?;
+    super::ratelimit::migrate_ratelimit(conn)?;
+    super::domain::migrate_domain(conn)?;
+    super::template::migrate_template(conn)?;
     // Columns added after the first release: databases made before them gain them here.
     add_column(conn, "api_keys", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;

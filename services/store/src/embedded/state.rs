@@ -8,6 +8,7 @@ use postwire_proto::{Event, EventData, EventType, MessageView, RecipientStatus, 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_ms, now_ms, to_ms, SqliteStore};
+use crate::messages::shown_status;
 use crate::model::overall_status;
 use crate::{ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery};
 
@@ -137,15 +138,18 @@ impl State for SqliteStore {
                 "SELECT email, status, attempts, last_response, next_attempt_at FROM recipients
                  WHERE message_id = ?1 ORDER BY position",
             )?;
+            let now = now_ms();
             let recipients = stmt
                 .query_map([&id], |r| {
                     let status: String = r.get(1)?;
+                    let next_attempt_at: Option<i64> = r.get(4)?;
+                    let stored = RecipientStatus::parse(&status).unwrap_or(RecipientStatus::Queued);
                     Ok(RecipientView {
                         email: r.get(0)?,
-                        status: RecipientStatus::parse(&status).unwrap_or(RecipientStatus::Queued),
+                        status: shown_status(stored, next_attempt_at, now),
                         attempts: r.get::<_, i64>(2)? as u32,
                         last_response: r.get(3)?,
-                        next_attempt_at: r.get::<_, Option<i64>>(4)?.map(from_ms),
+                        next_attempt_at: next_attempt_at.map(from_ms),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

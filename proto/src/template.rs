@@ -1,0 +1,49 @@
+//! Bodies of `/v1/templates`: stored subject, text and HTML that a send fills in with its
+//! `variables` (see [`SendRequest::template_id`](crate::SendRequest::template_id)).
+//!
+//! Templates use Jinja syntax (`{{ name }}`, `{% if %}`, `{% for %}`, filters). A variable
+//! the template uses but the send does not define is an error, never an empty string; values
+//! placed into `html` are HTML-escaped, those in `subject` and `text` are not.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/templates` and `PUT /v1/templates/{id}` (which replaces every field).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRequest {
+    /// A label for people; need not be unique.
+    pub name: String,
+    /// The subject line, e.g. `"Welcome, {{ name }}"`.
+    #[serde(default)]
+    pub subject: String,
+    /// The plain-text body. A template needs `text`, `html` or both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The HTML body; variables are HTML-escaped when rendered into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+}
+
+/// A stored template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    /// `tpl_…`: pass as a send's `template_id`.
+    pub id: String,
+    pub name: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// When it was last created or replaced.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/templates`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub data: Vec<Template>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}

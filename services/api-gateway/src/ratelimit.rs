@@ -1,0 +1,156 @@
+//! Per-API-key rate limits, applied by the gateway (semantics in
+//! [`postwire_store::ratelimit`]).
+//!
+//! - Every authenticated `/v1` request costs one from `limits.per_key_per_second`, taken in
+//!   [`crate::auth`] right after the key is verified (sandbox keys included).
+//! - Every message about to be queued costs one from `limits.per_key_per_day`, taken after
+//!   validation, so only accepted messages count: a batch takes its valid items, all or none.
+//!   Messages that then fail to be stored are given back. An idempotent replay takes nothing.
+//!
+//! Over a limit the answer is `429` with `Retry-After` (whole seconds until the refusing
+//! window resets) and the draft-ietf-httpapi-ratelimit-headers fields describing **that
+//! window**: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and
+//! `RateLimit-Policy` (`{limit};w={window seconds}`: `w=1` for requests, `w=86400` for messages).
+
+use axum::http::{HeaderName, HeaderValue};
+use postwire_config::Limits;
+use postwire_store::ratelimit::{Cost, Decision, Granted, Limited, Quota, Window};
+
+use crate::error::ApiError;
+use crate::Gateway;
+
+/// `RateLimit-Limit`.
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`: seconds until the window resets.
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// `RateLimit-Policy`: the refusing window's quota, `{limit};w={seconds}`.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The configured limits.
+pub fn quota(limits: &Limits) -> Quota {
+    Quota { per_second: limits.per_key_per_second, per_day: limits.per_key_per_day }
+}
+
+/// Takes one request from `key_id`'s per-second window; 429 when it is used up.
+pub async fn admit_request(gw: &Gateway, key_id: &str) -> Result<(), ApiError> {
+    match gw.rate_limiter.acquire(key_id, quota(&gw.limits), Cost::REQUEST).await? {
+        Decision::Granted(_) => Ok(()),
+        Decision::Limited(l) => Err(ApiError::RateLimited(l)),
+    }
+}
+
+/// Messages taken from a key's day, to give back if they are not stored after all.
+#[derive(Debug, Clone)]
+#[must_use = "messages not stored must be given back"]
+pub struct Taken {
+    key_id: String,
+    granted: Option<Granted>,
+}
+
+/// Takes `n` messages from `key_id`'s day, all or none; 429 when they do not all fit.
+pub async fn take_messages(gw: &Gateway, key_id: &str, n: usize) -> Result<Taken, ApiError> {
+    let taken = |granted| Taken { key_id: key_id.to_string(), granted };
+    let Ok(n) = u32::try_from(n) else { return Err(ApiError::Internal("message count overflows".into())) };
+    if n == 0 {
+        return Ok(taken(None));
+    }
+    match gw.rate_limiter.acquire(key_id, quota(&gw.limits), Cost::messages(n)).await? {
+        Decision::Granted(g) => Ok(taken(Some(g))),
+        Decision::Limited(l) => Err(ApiError::RateLimited(l)),
+    }
+}
+
+impl Taken {
+    /// Gives back `n` of the messages (they were not stored). Best effort: a failure is
+    /// logged, and costs the key only quota.
+    pub async fn give_back(&self, gw: &Gateway, n: usize) {
+        let (Some(granted), Ok(n)) = (self.granted, u32::try_from(n)) else { return };
+        if n == 0 {
+            return;
+        }
+        if let Err(e) = gw.rate_limiter.release_messages(&self.key_id, granted.day, n).await {
+            tracing::warn!(error = %e, key_id = %self.key_id, "cannot give back unstored messages to the daily limit");
+        }
+    }
+}
+
+/// Whole seconds to wait: the window's reset, rounded up, at least 1.
+pub fn retry_after_secs(l: &Limited) -> u64 {
+    l.reset_after.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// The problem `detail` of a 429.
+pub fn detail(l: &Limited) -> String {
+    let wait = retry_after_secs(l);
+    match l.window {
+        Window::Second => format!(
+            "rate limit exceeded: this API key may make {} requests per second (limits.per_key_per_second); retry after {wait} s",
+            l.limit
+        ),
+        Window::Day if l.never_fits() => format!(
+            "this request would queue {} messages, more than this API key's daily limit of {} (limits.per_key_per_day); send fewer messages per request",
+            l.requested, l.limit
+        ),
+        Window::Day => format!(
+            "daily limit exceeded: this request would queue {} messages but {} of this API key's {} per UTC day remain (limits.per_key_per_day); nothing was queued; retry after {wait} s, or send fewer",
+            l.requested,
+            l.remaining(),
+            l.limit
+        ),
+    }
+}
+
+/// `Retry-After` and the `RateLimit-*` headers of a 429.
+pub fn headers(l: &Limited) -> [(HeaderName, HeaderValue); 5] {
+    let wait = retry_after_secs(l);
+    let num = |n: u64| HeaderValue::from(n);
+    let policy = HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.seconds())).expect("ASCII digits");
+    [
+        (axum::http::header::RETRY_AFTER, num(wait)),
+        (RATELIMIT_LIMIT, num(l.limit)),
+        (RATELIMIT_REMAINING, num(l.remaining())),
+        (RATELIMIT_RESET, num(wait)),
+        (RATELIMIT_POLICY, policy),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limited(window: Window, used: u64, requested: u64, reset_ms: u64) -> Limited {
+        Limited { window, limit: 10, used, requested, reset_after: Duration::from_millis(reset_ms) }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_never_zero() {
+        assert_eq!(retry_after_secs(&limited(Window::Second, 10, 1, 1)), 1);
+        assert_eq!(retry_after_secs(&limited(Window::Second, 10, 1, 1000)), 1);
+        assert_eq!(retry_after_secs(&limited(Window::Day, 8, 3, 3_600_001)), 3601);
+    }
+
+    #[test]
+    fn headers_describe_the_refusing_window() {
+        let h = headers(&limited(Window::Day, 8, 3, 61_500));
+        let get = |name: &HeaderName| h.iter().find(|(n, _)| n == name).unwrap().1.to_str().unwrap().to_string();
+        assert_eq!(get(&axum::http::header::RETRY_AFTER), "62");
+        assert_eq!(get(&RATELIMIT_LIMIT), "10");
+        assert_eq!(get(&RATELIMIT_REMAINING), "2");
+        assert_eq!(get(&RATELIMIT_RESET), "62");
+        assert_eq!(get(&RATELIMIT_POLICY), "10;w=86400");
+        let s = headers(&limited(Window::Second, 10, 1, 400));
+        assert_eq!(s[4].1, "10;w=1");
+    }
+
+    #[test]
+    fn details_say_what_was_refused_and_what_to_do() {
+        assert!(detail(&limited(Window::Second, 10, 1, 400)).contains("10 requests per second"));
+        let day = detail(&limited(Window::Day, 8, 3, 400));
+        assert!(day.contains("3 messages but 2 of this API key's 10"), "{day}");
+        assert!(detail(&limited(Window::Day, 0, 11, 400)).contains("more than this API key's daily limit of 10"));
+    }
+}

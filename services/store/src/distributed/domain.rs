@@ -155,46 +155,8 @@ mod tests {
     //! its own that is deleted when it ends.
 
     use super::*;
-    use crate::distributed::Options;
+    use crate::distributed::test_ns::TestNs;
     use crate::domain::contract;
-
-    struct TestNs {
-        options: Options,
-        store: DistributedStore,
-    }
-
-    impl TestNs {
-        async fn new() -> Self {
-            let amqp = std::env::var("POSTWIRE_TEST_AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-            let redis = std::env::var("POSTWIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            let ns = format!("pwtest_dom_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            let options = Options::new(&amqp, &redis, &ns);
-            let store = DistributedStore::connect(&options).await.expect("connect");
-            Self { options, store }
-        }
-
-        /// Another connection to the same namespace: what a worker process on another machine has.
-        async fn second_process(&self) -> DistributedStore {
-            DistributedStore::connect(&self.options).await.expect("connect")
-        }
-    }
-
-    impl Drop for TestNs {
-        fn drop(&mut self) {
-            let options = self.options.clone();
-            // A fresh runtime on its own thread: the test's runtime may be gone or panicking.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                rt.block_on(async {
-                    if let Ok(store) = DistributedStore::connect(&options).await {
-                        let _ = store.destroy_namespace().await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
 
     #[tokio::test]
     async fn distributed_domains_are_created_once_listed_and_deleted() {

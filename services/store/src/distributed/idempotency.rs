@@ -140,45 +140,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::distributed::Options;
+    use crate::distributed::test_ns::TestNs;
 
     const LEASE: Duration = Duration::from_secs(60);
     const TTL: Duration = Duration::from_secs(24 * 3600);
-
-    /// A store under a fresh namespace; the namespace is destroyed on drop, even on panic.
-    struct Scoped(Options);
-
-    impl Scoped {
-        async fn new() -> (Self, DistributedStore) {
-            let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
-            let ns = format!("pwtest_idem_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            let options = Options {
-                op_timeout: Duration::from_secs(3),
-                ..Options::new(
-                    &env("POSTWIRE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-                    &env("POSTWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-                    &ns,
-                )
-            };
-            let store = DistributedStore::connect(&options).await.expect("connect");
-            (Self(options), store)
-        }
-    }
-
-    impl Drop for Scoped {
-        fn drop(&mut self) {
-            let options = self.0.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                rt.block_on(async {
-                    if let Ok(store) = DistributedStore::connect(&options).await {
-                        let _ = store.destroy_namespace().await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
 
     fn token(begin: IdemBegin) -> String {
         match begin {
@@ -189,7 +154,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         let t = token(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
         assert_eq!(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
         assert_eq!(store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
@@ -204,7 +170,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         let first = token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
         store.idempotency_abandon("key_a", "k", &first).await.unwrap();
         let second = token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
@@ -216,7 +183,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         token(store.idempotency_begin("key_a", "lease", [1; 32], Duration::from_millis(20), TTL).await.unwrap());
         let t = token(store.idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(50)).await.unwrap());
         assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
@@ -227,7 +195,8 @@ mod tests {
 
     #[tokio::test]
     async fn of_concurrent_begins_with_one_key_exactly_one_starts() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         let store = Arc::new(store);
         let tasks: Vec<_> = (0..20)
             .map(|_| {

@@ -53,6 +53,8 @@ mod state;
 mod suppression;
 mod template;
 #[cfg(test)]
+mod test_ns;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -115,63 +115,35 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::distributed::Options;
+    use crate::distributed::test_ns::TestNs;
     use crate::ratelimit::contract;
-
-    /// A store under a fresh namespace; the namespace is destroyed on drop, even on panic.
-    struct Scoped(Options);
-
-    impl Scoped {
-        async fn new() -> (Self, DistributedStore) {
-            let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
-            let ns = format!("pwtest_rl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            let options = Options::new(
-                &env("POSTWIRE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-                &env("POSTWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-                &ns,
-            );
-            let store = DistributedStore::connect(&options).await.expect("connect");
-            (Self(options), store)
-        }
-    }
-
-    impl Drop for Scoped {
-        fn drop(&mut self) {
-            let options = self.0.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                rt.block_on(async {
-                    if let Ok(store) = DistributedStore::connect(&options).await {
-                        let _ = store.destroy_namespace().await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
 
     #[tokio::test]
     async fn distributed_requests_over_the_per_second_limit_wait_for_the_next_second() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         contract::requests_over_the_per_second_limit_wait_for_the_next_second(&store).await;
     }
 
     #[tokio::test]
     async fn distributed_messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         contract::messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(&store).await;
     }
 
     #[tokio::test]
     async fn distributed_concurrent_acquires_never_overrun_the_limit() {
-        let (_ns, store) = Scoped::new().await;
+        let ns = TestNs::new().await;
+        let store = ns.store.clone();
         contract::concurrent_acquires_never_overrun_the_limit(Arc::new(store)).await;
     }
 
     #[tokio::test]
     async fn two_stores_on_one_namespace_share_the_counters_and_counters_expire() {
-        let (ns, first) = Scoped::new().await;
-        let second = DistributedStore::connect(&ns.0).await.expect("connect");
+        let ns = TestNs::new().await;
+        let first = ns.store.clone();
+        let second = ns.second_process().await;
         let quota = Quota { per_second: 0, per_day: 3 };
         assert!(matches!(first.acquire("key_a", quota, Cost::messages(2)).await.unwrap(), Decision::Granted(_)));
         match second.acquire("key_a", quota, Cost::messages(2)).await.unwrap() {

@@ -12,9 +12,11 @@ pub mod tracking;
 pub mod webhooks;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::Query;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::error::ApiError;
 
@@ -45,4 +47,34 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
             ApiError::BadRequest(r.body_text())
         }
     })
+}
+
+/// Entries per page of a cursor-paginated list when `limit` is absent, and the most a page holds.
+pub(crate) const DEFAULT_LIMIT: usize = 50;
+pub(crate) const MAX_LIMIT: usize = 100;
+
+/// `?cursor=&limit=` of a cursor-paginated list (suppressions, templates).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The decoded cursor (`decode` gives `None` for one this list never handed out) and the page
+/// size; 422 naming the parameter when either is bad.
+pub(crate) fn page_params<C>(
+    params: Result<Query<PageParams>, QueryRejection>,
+    decode: impl FnOnce(&str) -> Option<C>,
+) -> Result<(Option<C>, usize), ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::field("(query)", e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::field("limit", format!("must be 1 to {MAX_LIMIT}")));
+    }
+    let cursor = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(raw) => Some(decode(raw).ok_or_else(|| ApiError::field("cursor", "not a cursor from this list"))?),
+        None => None,
+    };
+    Ok((cursor, limit))
 }

@@ -11,17 +11,12 @@ use axum::{Json, Router};
 use chrono::Utc;
 use postwire_proto::{CreateSuppression, RecipientStatus, SendResponse, Suppression, SuppressionList, SuppressionReason};
 use postwire_store::{NewSuppression, SuppressionCursor};
-use serde::Deserialize;
 
-use super::json_body;
+use super::{json_body, page_params, PageParams};
 use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::validate::EmailAddress;
 use crate::Gateway;
-
-/// Entries per page when `limit` is absent, and the most a page may hold.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 100;
 
 pub fn router() -> Router<Gateway> {
     Router::new()
@@ -48,13 +43,6 @@ pub(crate) async fn mark_suppressed(gw: &Gateway, response: &mut SendResponse) -
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
-}
-
 fn address(raw: &str) -> Result<EmailAddress, ApiError> {
     EmailAddress::parse(raw).map_err(|e| ApiError::field("email", e))
 }
@@ -75,18 +63,10 @@ fn address(raw: &str) -> Result<EmailAddress, ApiError> {
 pub async fn list_suppressions(
     State(gw): State<Gateway>,
     key: ApiKey,
-    params: Result<Query<ListParams>, QueryRejection>,
+    params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<SuppressionList>, ApiError> {
     key.require("read")?;
-    let Query(params) = params.map_err(|e| ApiError::field("(query)", e.body_text()))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::field("limit", format!("must be 1 to {MAX_LIMIT}")));
-    }
-    let cursor = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(raw) => Some(SuppressionCursor::decode(raw).ok_or_else(|| ApiError::field("cursor", "not a cursor from this list"))?),
-        None => None,
-    };
+    let (cursor, limit) = page_params(params, SuppressionCursor::decode)?;
     let page = gw.suppressions.list_suppressions(cursor.as_ref(), limit).await?;
     Ok(Json(SuppressionList { data: page.data, next_cursor: page.next.map(|c| c.encode()) }))
 }

@@ -14,17 +14,12 @@ use axum::{Json, Router};
 use chrono::Utc;
 use postwire_proto::{Template, TemplateList, TemplateRequest};
 use postwire_store::{ids, new_template, TemplateCursor};
-use serde::Deserialize;
 
-use super::json_body;
+use super::{json_body, page_params, PageParams};
 use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::template::check_template;
 use crate::Gateway;
-
-/// Templates per page when `limit` is absent, and the most a page may hold.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 100;
 
 pub fn router() -> Router<Gateway> {
     Router::new()
@@ -42,13 +37,6 @@ fn template_body(body: Result<Bytes, BytesRejection>) -> Result<TemplateRequest,
     let request: TemplateRequest = json_body(body)?;
     check_template(&request).map_err(ApiError::Invalid)?;
     Ok(request)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
 }
 
 /// Store a template. `subject`, `text` and `html` use Jinja syntax (`{{ name }}`,
@@ -91,18 +79,10 @@ pub async fn create_template(
 pub async fn list_templates(
     State(gw): State<Gateway>,
     key: ApiKey,
-    params: Result<Query<ListParams>, QueryRejection>,
+    params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<TemplateList>, ApiError> {
     key.require("read")?;
-    let Query(params) = params.map_err(|e| ApiError::field("(query)", e.body_text()))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::field("limit", format!("must be 1 to {MAX_LIMIT}")));
-    }
-    let cursor = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(raw) => Some(TemplateCursor::decode(raw).ok_or_else(|| ApiError::field("cursor", "not a cursor from this list"))?),
-        None => None,
-    };
+    let (cursor, limit) = page_params(params, TemplateCursor::decode)?;
     let page = gw.templates.list_templates(cursor.as_ref(), limit).await?;
     Ok(Json(TemplateList { data: page.data, next_cursor: page.next.map(|c| c.encode()) }))
 }

@@ -126,11 +126,7 @@ mod tests {
     use super::*;
     use crate::domain::contract;
 
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
-        (dir, store)
-    }
+    use crate::embedded::temp_store as open;
 
     #[tokio::test]
     async fn embedded_domains_are_created_once_listed_and_deleted() {

@@ -134,11 +134,7 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(60);
     const TTL: Duration = Duration::from_secs(24 * 3600);
 
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
-        (dir, store)
-    }
+    use crate::embedded::temp_store as open;
 
     fn token(begin: IdemBegin) -> String {
         match begin {

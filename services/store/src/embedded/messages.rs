@@ -174,11 +174,7 @@ mod tests {
     use super::*;
     use crate::messages::contract;
 
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
-        (dir, store)
-    }
+    use crate::embedded::temp_store as open;
 
     #[tokio::test]
     async fn embedded_scheduled_message_is_not_claimable_before_send_at() {

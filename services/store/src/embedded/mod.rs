@@ -30,6 +30,14 @@ mod tests;
 
 pub use ratelimit::LocalRateLimiter;
 
+/// A store in a fresh temporary directory, which lives as long as the returned guard.
+#[cfg(test)]
+pub(crate) fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open store");
+    (dir, store)
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 

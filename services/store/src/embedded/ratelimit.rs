@@ -113,11 +113,7 @@ mod tests {
     use crate::ratelimit::contract;
     use crate::Queue;
 
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
-        (dir, store)
-    }
+    use crate::embedded::temp_store as open;
 
     #[tokio::test]
     async fn embedded_requests_over_the_per_second_limit_wait_for_the_next_second() {

@@ -192,34 +192,29 @@ impl Suppressions for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::suppression::contract;
 
     #[tokio::test]
     async fn embedded_hard_bounce_suppresses_later_sends() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
+        let (_dir, store) = crate::embedded::temp_store();
         contract::hard_bounce_suppresses_later_sends(&store).await;
     }
 
     #[tokio::test]
     async fn embedded_only_flagged_bounces_list_the_address() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
+        let (_dir, store) = crate::embedded::temp_store();
         contract::only_flagged_bounces_list_the_address(&store).await;
     }
 
     #[tokio::test]
     async fn embedded_entries_page_newest_first() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
+        let (_dir, store) = crate::embedded::temp_store();
         contract::entries_page_newest_first(&store).await;
     }
 
     #[tokio::test]
     async fn embedded_suppressed_event_is_queued_for_webhooks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
+        let (_dir, store) = crate::embedded::temp_store();
         contract::suppressed_event_is_queued_for_webhooks(&store).await;
     }
 }

@@ -144,14 +144,8 @@ impl Templates for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::embedded::temp_store as store;
     use crate::template::contract;
-
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open store");
-        (dir, store)
-    }
 
     #[tokio::test]
     async fn embedded_template_round_trips_and_is_replaced_in_place() {

@@ -41,7 +41,9 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
     );
     let warm = load::closed_loop(&target, next, 1000, args.clients).await?;
     next += 1000 + warm.failures;
+    let cpu = Cpu::read(&svc);
     let open = load::open_loop(&target, next, args.offered_rate, seconds).await?;
+    let open_cpu = cpu.note(&svc, &open);
     next += open.accepted + open.failures;
     rows.push(Row::new(
         &section,
@@ -52,7 +54,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         ),
         format!("{:.0} msgs/s", open.rate()),
         &format!(
-            "{} (from the due time){}; RSS after: {}",
+            "{} (from the due time){}; {open_cpu}; RSS after: {}",
             open.latency_summary(),
             open.failure_note(),
             svc.rss_note()
@@ -64,7 +66,9 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         backend.name(),
         args.saturation_clients
     );
+    let cpu = Cpu::read(&svc);
     let saturated = load::saturate(&target, next, seconds, args.saturation_clients).await?;
+    let saturated_cpu = cpu.note(&svc, &saturated);
     next += saturated.accepted + saturated.failures;
     rows.push(Row::new(
         &section,
@@ -74,7 +78,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         ),
         format!("{:.0} msgs/s", saturated.rate()),
         &format!(
-            "{}{}; RSS after: {}",
+            "{}{}; {saturated_cpu}; RSS after: {}",
             saturated.latency_summary(),
             saturated.failure_note(),
             svc.rss_note()
@@ -82,6 +86,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
     ));
 
     eprintln!("ingest {}: batches of {}…", backend.name(), args.batch_size);
+    let cpu = Cpu::read(&svc);
     let batch = load::batches(
         &target,
         next,
@@ -90,6 +95,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         args.batch_clients,
     )
     .await?;
+    let batch_cpu = cpu.note(&svc, &batch);
     rows.push(Row::new(
         &section,
         format!(
@@ -98,7 +104,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         ),
         format!("{:.0} msgs/s", batch.rate()),
         &format!(
-            "{} messages; per batch {}{}; RSS after: {}",
+            "{} messages; per batch {}{}; {batch_cpu}; RSS after: {}",
             batch.accepted,
             batch.latency_summary(),
             batch.failure_note(),
@@ -192,6 +198,32 @@ pub async fn scale(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
         ),
     ));
     Ok(rows)
+}
+
+/// CPU used by the service and by this process (the load generator) from one reading to the next.
+struct Cpu {
+    service: f64,
+    generator: f64,
+}
+
+impl Cpu {
+    fn read(svc: &Service) -> Cpu {
+        Cpu {
+            service: svc.cpu_seconds(),
+            generator: service::cpu_seconds(std::process::id()).unwrap_or(0.0),
+        }
+    }
+
+    /// `"CPU, share of one core: service 95%, load generator 80%"` over the outcome's window.
+    fn note(&self, svc: &Service, outcome: &Outcome) -> String {
+        let now = Cpu::read(svc);
+        let window = (outcome.finished - outcome.started).as_secs_f64().max(1e-3);
+        format!(
+            "CPU, share of one core: service {:.0}%, load generator {:.0}%",
+            100.0 * (now.service - self.service) / window,
+            100.0 * (now.generator - self.generator) / window,
+        )
+    }
 }
 
 fn total_rss(svc: &Service) -> u64 {

@@ -65,7 +65,24 @@ impl Queue for SqliteStore {
             })
             .await?;
         // Parsed here, not in the closure: the writer thread is the one every commit waits for.
-        raw.into_iter().map(RawClaim::parse).collect()
+        // A job whose stored request no longer parses must not hold back its batch-mates: it is
+        // logged and left leased (it comes back when the lease expires), the others go out.
+        let mut jobs = Vec::with_capacity(raw.len());
+        let mut first_error = None;
+        for claim in raw {
+            let job_id = claim.job.job_id.clone();
+            match claim.parse() {
+                Ok(job) => jobs.push(job),
+                Err(error) => {
+                    tracing::error!(job = %job_id, %error, "a claimed job's stored request is unreadable");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if jobs.is_empty() => Err(error),
+            _ => Ok(jobs),
+        }
     }
 
     async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError> {

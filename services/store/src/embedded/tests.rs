@@ -526,3 +526,62 @@ async fn a_database_made_before_sandbox_keys_gains_the_columns_and_reads_old_row
     drop(store);
     SqliteStore::open(dir.path()).expect("migrating twice is harmless");
 }
+
+#[tokio::test]
+async fn claim_many_leases_each_due_job_once_up_to_the_limit() {
+    let (_dir, store) = open();
+    let msg = message(&["a@one.test", "b@two.test", "c@three.test", "d@four.test", "e@five.test"]);
+    let id = msg.id.clone();
+    store.accept(msg).await.unwrap();
+
+    let first = store.claim_many("w1", LONG_LEASE, 3).await.unwrap();
+    assert_eq!(first.len(), 3, "three of five due jobs were asked for");
+    let rest = store.claim_many("w2", LONG_LEASE, 10).await.unwrap();
+    assert_eq!(rest.len(), 2, "only the two unleased jobs are left");
+    assert!(store.claim_many("w3", LONG_LEASE, 10).await.unwrap().is_empty(), "every job is leased");
+
+    let all: Vec<&ClaimedJob> = first.iter().chain(&rest).collect();
+    let mut domains: Vec<&str> = all.iter().map(|j| j.domain.as_str()).collect();
+    domains.sort();
+    assert_eq!(domains, ["five.test", "four.test", "one.test", "three.test", "two.test"]);
+    let mut tokens: Vec<&str> = all.iter().map(|j| j.claim_token.as_str()).collect();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 5, "each job has its own claim token");
+    for job in &all {
+        // The request is parsed outside the writer thread and still arrives whole.
+        assert_eq!(job.message_id, id);
+        assert_eq!(job.request.subject, "hello");
+        assert_eq!(job.recipients.len(), 1);
+    }
+
+    // Each claim in the batch is a real lease: completing one releases only that job.
+    let job = &first[0];
+    let email = job.recipients[0].email.clone();
+    store.complete(job, vec![outcome(&email, DeliveryResult::Delivered)]).await.unwrap();
+    assert_eq!(store.depth().await.unwrap(), 4);
+    assert!(store.claim_many("w3", LONG_LEASE, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_job_whose_request_is_unreadable_does_not_hold_back_its_batch_mates() {
+    let (_dir, store) = open();
+    let good = message(&["a@one.test"]);
+    let bad = message(&["b@two.test"]);
+    let (good_id, bad_id) = (good.id.clone(), bad.id.clone());
+    store.accept(good).await.unwrap();
+    store.accept(bad).await.unwrap();
+    store
+        .write(move |conn| {
+            conn.execute("UPDATE messages SET request = 'not json' WHERE id = ?1", [bad_id])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    let claimed = store.claim_many("w", LONG_LEASE, 10).await.expect("the readable job is handed out");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].message_id, good_id);
+    // The unreadable job was leased with the batch: nothing is handed out again before its lease ends.
+    assert!(store.claim_many("w", LONG_LEASE, 10).await.unwrap().is_empty(), "it stays leased");
+}

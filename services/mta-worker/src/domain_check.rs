@@ -17,13 +17,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::TokioResolver;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::dmarc::{Dmarc, Policy};
 use mail_auth::spf::verify::SpfParameters;
@@ -74,34 +69,8 @@ impl DomainChecker {
     /// A checker asking the servers of `dns.*` (the system resolver when the list is empty), for
     /// a sending host that says `smtp.helo_name` in EHLO.
     pub fn from_settings(dns: &Dns, smtp: &Smtp) -> Result<Self, ResolveError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if dns.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(ResolveError::Config)?
-        } else {
-            let servers = dns
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            let mut builder = TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                provider,
-            );
-            // As in `resolve`: configured nameservers are authoritative; /etc/hosts must not shadow them.
-            builder.options_mut().use_hosts_file = ResolveHosts::Never;
-            builder
-        };
+        let mut builder = crate::resolve::resolver_builder(dns)?;
         let opts = builder.options_mut();
-        if let Some(timeout) = dns.timeout {
-            opts.timeout = timeout.std();
-        }
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         // Nothing cached: a check right after publishing must see the new record.
         opts.cache_size = 0;
         opts.positive_max_ttl = Some(Duration::ZERO);

@@ -27,6 +27,9 @@ pub enum ApiError {
     RateLimited(postwire_store::ratelimit::Limited),
     #[error("storage unavailable")]
     Unavailable(#[source] postwire_store::StoreError),
+    /// More requests than `limits.max_in_flight` + `limits.max_waiting` (see [`crate::capacity`]).
+    #[error("the server is over capacity; retry shortly")]
+    Overloaded,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -47,7 +50,7 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +80,9 @@ impl IntoResponse for ApiError {
             Self::RateLimited(limited) => Some(crate::ratelimit::headers(limited)),
             _ => None,
         };
+        // Every 503 is temporary: at capacity, or a backend down for a moment (it reconnects itself).
+        let retry_after = matches!(self, Self::Overloaded | Self::Unavailable(_))
+            .then(|| HeaderValue::from(crate::capacity::RETRY_AFTER_SECS));
         let (detail, errors) = match self {
             Self::Invalid(errors) => (Some("One or more fields are invalid; see `errors`.".to_string()), errors),
             Self::Internal(_) => (None, Vec::new()),
@@ -98,6 +104,9 @@ impl IntoResponse for ApiError {
         }
         for (name, value) in rate_limit_headers.into_iter().flatten() {
             response.headers_mut().insert(name, value);
+        }
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         response
     }

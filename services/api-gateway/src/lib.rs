@@ -13,8 +13,10 @@
 //! - [`openapi`]: the utoipa document.
 //! - [`template`]: template syntax checks, and rendering a send's `template_id` + `variables`.
 //! - [`ratelimit`]: per-API-key request and message limits (429 with `Retry-After`).
+//! - [`capacity`]: the bound on requests handled at once (503 with `Retry-After` beyond it).
 
 pub mod auth;
+pub mod capacity;
 pub mod error;
 pub mod idempotency;
 pub mod openapi;
@@ -63,10 +65,12 @@ pub struct Gateway {
     pub allow_private_targets: bool,
 }
 
-/// Every route, with request metrics and the body size limit applied.
+/// Every route, with request metrics and the body size limit applied, and the API's routes
+/// (all but health, metrics and the docs) under the in-flight limit ([`capacity`]).
 pub fn router(gw: Gateway) -> Router {
     let limit = usize::try_from(gw.limits.max_request_size.0).unwrap_or(usize::MAX);
-    Router::new()
+    let capacity = capacity::Capacity::from_limits(&gw.limits);
+    let api = Router::new()
         .merge(routes::messages::router())
         .merge(routes::search::router())
         .merge(routes::batch::router())
@@ -76,6 +80,9 @@ pub fn router(gw: Gateway) -> Router {
         .merge(routes::templates::router())
         .merge(routes::keys::router())
         .merge(routes::tracking::router())
+        .route_layer(middleware::from_fn_with_state(capacity, capacity::limit_in_flight));
+    Router::new()
+        .merge(api)
         .merge(routes::ops::router())
         .route_layer(middleware::from_fn_with_state(gw.clone(), record_metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -91,13 +98,18 @@ pub fn ops_router(gw: Gateway) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains open requests.
+///
+/// The router is made into a service once, here: handed to `axum::serve` as it is, axum
+/// rebuilds it (`with_state(())`) for every connection, cloning every route and the OpenAPI
+/// document, about 140 KB a connection, which thousands of connections opened at once by an
+/// overloaded client turned into hundreds of MB the allocator kept.
 pub async fn serve_router(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, router.into_make_service()).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
 pub async fn serve(listener: TcpListener, gw: Gateway, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(gw)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    serve_router(listener, router(gw), shutdown).await
 }
 
 async fn record_metrics(AxState(gw): AxState<Gateway>, req: Request, next: Next) -> Response {

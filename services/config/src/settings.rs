@@ -293,6 +293,14 @@ pub struct Limits {
     pub max_message_size: ByteSize,
     /// Largest HTTP request body accepted (413 above it).
     pub max_request_size: ByteSize,
+    /// API requests the gateway handles at once (every route but `/healthz`, `/readyz`,
+    /// `/metrics` and the docs). Further requests wait for a slot, their bodies unread, so the
+    /// gateway's memory stays bounded when it is offered more than it can take; 0 switches the
+    /// limit off.
+    pub max_in_flight: usize,
+    /// Requests that may wait for one of `max_in_flight`'s slots; beyond them a request is
+    /// refused at once with 503 and `Retry-After: 1` (load shedding). 0: none wait.
+    pub max_waiting: usize,
 }
 
 impl Default for Limits {
@@ -304,6 +312,8 @@ impl Default for Limits {
             max_attachments: 20,
             max_message_size: ByteSize(10_000_000),
             max_request_size: ByteSize(25_000_000),
+            max_in_flight: 256,
+            max_waiting: 1024,
         }
     }
 }

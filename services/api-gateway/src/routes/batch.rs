@@ -57,6 +57,8 @@ struct RawBatch {
                 ("RateLimit-Reset" = u64, description = "Seconds until that window resets"),
                 ("RateLimit-Policy" = String, description = "`{limit};w=1` (requests per second) or `{limit};w=86400` (messages per UTC day)"),
             )),
+        (status = 503, description = "The gateway is at capacity (`limits.max_in_flight` busy and `limits.max_waiting` waiting) or a backend is unreachable; nothing was queued", body = postwire_proto::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
     security(("bearer" = []))
 )]

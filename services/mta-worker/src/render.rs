@@ -184,7 +184,9 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
     let mut builder = MessageBuilder::new()
         .from(address(from))
         .message_id(MessageId::new(job.message_id_header.as_str()))
-        .date(Date::new(job.created_at.timestamp()));
+        // RFC 5322 §3.6.1: the moment the message was ready to go — for a scheduled send, its
+        // `send_at`, so the recipient sees when it was meant to arrive, not when it was queued.
+        .date(Date::new(req.send_at.filter(|at| *at > job.created_at).unwrap_or(job.created_at).timestamp()));
     check_value("subject", &req.subject)?;
     builder = builder.subject(Text::new(req.subject.as_str()));
     if !req.to.is_empty() {
@@ -525,5 +527,26 @@ mod tests {
         let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
         assert!(!s.contains("evil@x"));
+    }
+
+    #[test]
+    fn a_scheduled_message_is_dated_at_its_send_at() {
+        let at = chrono::Utc.with_ymd_and_hms(2024, 5, 3, 9, 30, 0).unwrap();
+        let req = SendRequest {
+            from: "a@sender.test".into(),
+            to: vec!["b@rcpt.test".into()],
+            subject: "later".into(),
+            text: Some("hi".into()),
+            send_at: Some(at),
+            ..SendRequest::default()
+        };
+        let render = |req: SendRequest| {
+            let out = renderer().render(&job(req, &["b@rcpt.test"])).unwrap();
+            String::from_utf8(out[0].bytes.clone()).unwrap()
+        };
+        let scheduled = render(req.clone());
+        assert!(scheduled.contains("Date: Fri, 3 May 2024 09:30:00"), "{scheduled}");
+        let now = render(SendRequest { send_at: None, ..req });
+        assert!(now.contains("Date: Wed, 1 May 2024 12:00:00"), "{now}");
     }
 }

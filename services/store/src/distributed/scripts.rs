@@ -311,3 +311,32 @@ return 1
 "#,
     )
 });
+
+/// A newest-first page of a list kept as a sorted-set index (score: creation time in ms) plus a
+/// hash of JSON values (suppressions, templates). KEYS: index, hash. ARGV: max score (`+inf` or
+/// the cursor's ms), the cursor's member or `''`, how many. Members scored exactly the cursor's
+/// ms are skipped up to and including the cursor's member (equal scores come in reverse member
+/// order), so a page never repeats or skips an entry that shares a millisecond with the cursor.
+pub(crate) static PAGE_NEWEST_FIRST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local want, cursor_member = tonumber(ARGV[3]), ARGV[2]
+local cursor_ms = tonumber(ARGV[1])
+local out, offset = {}, 0
+while #out < want do
+  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 200)
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local member, score = page[i], tonumber(page[i + 1])
+    if cursor_member == '' or score < cursor_ms or member < cursor_member then
+      local v = redis.call('HGET', KEYS[2], member)
+      if v then out[#out + 1] = v end
+      if #out >= want then break end
+    end
+  end
+  offset = offset + 200
+end
+return out
+"#,
+    )
+});

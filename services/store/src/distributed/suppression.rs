@@ -15,7 +15,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
-use super::scripts::HELPERS;
+use super::scripts::{HELPERS, PAGE_NEWEST_FIRST};
 use super::DistributedStore;
 use crate::embedded::{from_ms, now_ms, to_ms};
 use crate::suppression::suppressed_response;
@@ -96,33 +96,6 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 1 then
   return {1, ARGV[3]}
 end
 return {0, redis.call('HGET', KEYS[1], ARGV[1])}
-"#,
-    )
-});
-
-/// Newest-first page. KEYS: index, list. ARGV: max score (`+inf` or the cursor's ms), cursor
-/// email or `''`, how many. Entries scored exactly the cursor's ms are skipped up to and
-/// including the cursor's address (equal scores come in reverse address order).
-static LIST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local want, cursor_email = tonumber(ARGV[3]), ARGV[2]
-local cursor_ms = tonumber(ARGV[1])
-local out, offset = {}, 0
-while #out < want do
-  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 200)
-  if #page == 0 then break end
-  for i = 1, #page, 2 do
-    local email, score = page[i], tonumber(page[i + 1])
-    if cursor_email == '' or score < cursor_ms or email < cursor_email then
-      local v = redis.call('HGET', KEYS[2], email)
-      if v then out[#out + 1] = v end
-      if #out >= want then break end
-    end
-  end
-  offset = offset + 200
-end
-return out
 "#,
     )
 });
@@ -217,7 +190,7 @@ impl Suppressions for DistributedStore {
         let mut con = self.redis().await?;
         let raw: Vec<String> = self
             .run_redis(
-                LIST.key(index_key(ns))
+                PAGE_NEWEST_FIRST.key(index_key(ns))
                     .key(list_key(ns))
                     .arg(max)
                     .arg(cursor_email)

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use postwire_proto::{Template, TemplateRequest};
 use redis::Script;
 
+use super::scripts::PAGE_NEWEST_FIRST;
 use super::DistributedStore;
 use crate::embedded::to_ms;
 use crate::template::replaced;
@@ -33,34 +34,6 @@ static REPLACE: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
-"#,
-    )
-});
-
-/// Newest-first page. KEYS: index, templates. ARGV: max score (`+inf` or the cursor's ms),
-/// cursor id or `''`, how many. Ids scored exactly the cursor's ms are skipped up to and
-/// including the cursor's id (equal scores come in reverse id order). The same walk as the
-/// suppression list's.
-static LIST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local want, cursor_id = tonumber(ARGV[3]), ARGV[2]
-local cursor_ms = tonumber(ARGV[1])
-local out, offset = {}, 0
-while #out < want do
-  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', offset, 200)
-  if #page == 0 then break end
-  for i = 1, #page, 2 do
-    local id, score = page[i], tonumber(page[i + 1])
-    if cursor_id == '' or score < cursor_ms or id < cursor_id then
-      local v = redis.call('HGET', KEYS[2], id)
-      if v then out[#out + 1] = v end
-      if #out >= want then break end
-    end
-  end
-  offset = offset + 200
-end
-return out
 "#,
     )
 });
@@ -101,7 +74,7 @@ impl Templates for DistributedStore {
         let mut con = self.redis().await?;
         let raw: Vec<String> = self
             .run_redis(
-                LIST.key(keys.templates_index())
+                PAGE_NEWEST_FIRST.key(keys.templates_index())
                     .key(keys.templates())
                     .arg(max)
                     .arg(cursor_id)

@@ -21,7 +21,7 @@ use super::{body_bytes, json_body};
 use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::idempotency::idempotent;
-use crate::validate::validate_send;
+use super::messages::Refused;
 use crate::Gateway;
 
 pub fn router() -> Router<Gateway> {
@@ -153,11 +153,8 @@ async fn prepare(
             message: e.into_inner().to_string(),
         }]
     })?;
-    let request = crate::template::render_send(gw.templates.as_ref(), templates, request, gw.limits.max_message_size.0)
-        .await
-        .map_err(crate::template::RenderError::into_field_errors)?;
-    let mut message = validate_send(request, &gw.limits, &key.id)?;
-    message.sandbox = key.sandbox;
-    let response = super::messages::accepted_response(&message);
-    Ok((message, response))
+    super::messages::prepare_send(gw, key, request, templates).await.map_err(|refused| match refused {
+        Refused::Render(e) => e.into_field_errors(),
+        Refused::Invalid(errors) => errors,
+    })
 }

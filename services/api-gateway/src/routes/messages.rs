@@ -8,13 +8,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use postwire_proto::{MessageView, RecipientStatus, RecipientSummary, SendRequest, SendResponse};
+use postwire_proto::{FieldError, MessageView, RecipientStatus, RecipientSummary, SendRequest, SendResponse};
 use postwire_store::{Cancel, NewMessage};
 
 use super::{body_bytes, json_body};
 use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::idempotency::idempotent;
+use crate::template::{render_send, RenderError, TemplateCache};
 use crate::validate::{validate_send, TOO_LARGE_FIELD};
 use crate::Gateway;
 
@@ -66,16 +67,14 @@ pub async fn send_message(
 
 async fn accept_message(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
     let request: SendRequest = json_body(Ok(body))?;
-    let mut templates = crate::template::TemplateCache::default();
-    let request = crate::template::render_send(gw.templates.as_ref(), &mut templates, request, gw.limits.max_message_size.0).await?;
-    let mut message = validate_send(request, &gw.limits, &key.id).map_err(|errors| {
-        match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
+    let mut templates = TemplateCache::default();
+    let (message, mut response) = prepare_send(&gw, &key, request, &mut templates).await.map_err(|refused| match refused {
+        Refused::Render(e) => e.into(),
+        Refused::Invalid(errors) => match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
             Some(e) => ApiError::TooLarge(e.message.clone()),
             None => ApiError::Invalid(errors),
-        }
+        },
     })?;
-    message.sandbox = key.sandbox;
-    let mut response = accepted_response(&message);
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
     let taken = crate::ratelimit::take_messages(&gw, &key.id, 1).await?;
     if let Err(e) = gw.queue.accept(message).await {
@@ -103,6 +102,31 @@ pub async fn get_message(
 ) -> Result<Json<MessageView>, ApiError> {
     key.require("read")?;
     gw.state.message(&id).await?.map(Json).ok_or(ApiError::NotFound)
+}
+
+/// Why a send was refused before anything was queued.
+pub(crate) enum Refused {
+    /// Its template could not be rendered (unknown, missing variable, too large, store down).
+    Render(RenderError),
+    /// Invalid fields, each listed (`TOO_LARGE_FIELD` when over `limits.max_message_size`).
+    Invalid(Vec<FieldError>),
+}
+
+/// What every send goes through before it is queued, alone or as a batch item: its template
+/// rendered, the result validated into the message to store, and the 202 body to answer.
+pub(crate) async fn prepare_send(
+    gw: &Gateway,
+    key: &ApiKey,
+    request: SendRequest,
+    templates: &mut TemplateCache,
+) -> Result<(NewMessage, SendResponse), Refused> {
+    let request = render_send(gw.templates.as_ref(), templates, request, gw.limits.max_message_size.0)
+        .await
+        .map_err(Refused::Render)?;
+    let mut message = validate_send(request, &gw.limits, &key.id).map_err(Refused::Invalid)?;
+    message.sandbox = key.sandbox;
+    let response = accepted_response(&message);
+    Ok((message, response))
 }
 
 /// The 202 body for a validated message before suppression screening: every recipient

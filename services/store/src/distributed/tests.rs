@@ -10,14 +10,17 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use postwire_proto::{Event, EventType, RecipientStatus, SendRequest};
+use postwire_proto::{Event, EventType, RecipientStatus};
 
 use super::{DistributedStore, Options};
 use crate::embedded::to_ms;
 use crate::{
-    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewMessage, NewRecipient, NewWebhook, Queue,
+    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue,
     RecipientOutcome, State, StoreError, WebhookAttempt, WebhookDelivery,
 };
+
+// The message builder of the shared capability contracts, so every store test sends alike.
+use crate::suppression::contract::message;
 
 const LONG_LEASE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -66,29 +69,6 @@ impl Drop for Ns {
             });
         })
         .join();
-    }
-}
-
-fn message(recipients: &[&str]) -> NewMessage {
-    let id = ids::new_id("msg");
-    NewMessage {
-        message_id_header: format!("{id}@postwire.test"),
-        id,
-        created_at: Utc::now(),
-        request: SendRequest {
-            from: "sender@postwire.test".into(),
-            to: recipients.iter().map(|r| r.to_string()).collect(),
-            subject: "hello".into(),
-            text: Some("hi".into()),
-            tags: vec!["welcome".into()],
-            ..SendRequest::default()
-        },
-        recipients: recipients
-            .iter()
-            .map(|r| NewRecipient { email: r.to_string(), domain: r.rsplit('@').next().unwrap().to_string() })
-            .collect(),
-        key_id: "key_test".into(),
-        sandbox: false,
     }
 }
 

@@ -6,14 +6,17 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use postwire_proto::{Event, EventType, RecipientStatus, SendRequest};
+use postwire_proto::{Event, EventType, RecipientStatus};
 use tempfile::TempDir;
 
 use super::{to_ms, SqliteStore};
 use crate::{
-    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewMessage, NewRecipient, NewWebhook, Queue,
+    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue,
     RecipientOutcome, State, WebhookAttempt, WebhookDelivery,
 };
+
+// The message builder of the shared capability contracts, so every store test sends alike.
+use crate::suppression::contract::message;
 
 const LONG_LEASE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -22,29 +25,6 @@ fn open() -> (TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path()).expect("open store");
     (dir, store)
-}
-
-fn message(recipients: &[&str]) -> NewMessage {
-    let id = ids::new_id("msg");
-    NewMessage {
-        message_id_header: format!("{id}@postwire.test"),
-        id,
-        created_at: Utc::now(),
-        request: SendRequest {
-            from: "sender@postwire.test".into(),
-            to: recipients.iter().map(|r| r.to_string()).collect(),
-            subject: "hello".into(),
-            text: Some("hi".into()),
-            tags: vec!["welcome".into()],
-            ..SendRequest::default()
-        },
-        recipients: recipients
-            .iter()
-            .map(|r| NewRecipient { email: r.to_string(), domain: r.rsplit('@').next().unwrap().to_string() })
-            .collect(),
-        key_id: "key_test".into(),
-        sandbox: false,
-    }
 }
 
 fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {

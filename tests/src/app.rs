@@ -112,9 +112,8 @@ impl TestApp {
                 eprintln!("test app stopped with an error: {e}");
             }
         });
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
         Ok(TestApp {
             base,
             addr,
@@ -223,10 +222,7 @@ impl TestApp {
         let status = r.status();
         let body: Value = r.json().await?;
         anyhow::ensure!(status == 201, "create webhook: {status} {body}");
-        Ok((
-            body["id"].as_str().unwrap().to_string(),
-            body["secret"].as_str().unwrap().to_string(),
-        ))
+        Ok((body["id"].as_str().unwrap().to_string(), body["secret"].as_str().unwrap().to_string()))
     }
 }
 
@@ -266,7 +262,10 @@ impl World {
     pub fn write_config(&self, http_port: u16, distributed: bool) -> PathBuf {
         let config = self.path().join("postwire.toml");
         let backend = if distributed {
-            format!("backend = \"distributed\"\nnamespace = \"pwtest-{:016x}\"\n", rand::random::<u64>())
+            format!(
+                "backend = \"distributed\"\nnamespace = \"pwtest-{:016x}\"\n",
+                rand::random::<u64>()
+            )
         } else {
             String::new()
         };

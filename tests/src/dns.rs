@@ -139,12 +139,7 @@ impl DnsServer {
     /// How many queries (of any type, over either transport) have asked about `name`.
     pub fn queries_for(&self, name: &str) -> u32 {
         let name = normalize(name);
-        self.lock()
-            .queries
-            .iter()
-            .filter(|((n, _), _)| *n == name)
-            .map(|(_, count)| *count)
-            .sum()
+        self.lock().queries.iter().filter(|((n, _), _)| *n == name).map(|(_, count)| *count).sum()
     }
 
     /// How many queries of type `rtype` have asked about `name`.
@@ -158,9 +153,7 @@ impl DnsServer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Zone> {
-        self.zone
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.zone.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -200,9 +193,10 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
         let Ok(request) = Message::from_vec(&buf[..len]) else {
             continue; // not DNS: ignore, as a real server would
         };
-        let limit = request.edns.as_ref().map_or(CLASSIC_UDP_LIMIT, |e| {
-            usize::from(e.max_payload()).max(CLASSIC_UDP_LIMIT)
-        });
+        let limit = request
+            .edns
+            .as_ref()
+            .map_or(CLASSIC_UDP_LIMIT, |e| usize::from(e.max_payload()).max(CLASSIC_UDP_LIMIT));
         let response = answer(&request, &zone);
         let Ok(mut bytes) = response.to_vec() else {
             continue;
@@ -365,18 +359,13 @@ mod tests {
         let mut query = Message::query();
         query.metadata.recursion_desired = true;
         query.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-        socket
-            .send_to(&query.to_vec().unwrap(), server)
-            .await
-            .unwrap();
+        socket.send_to(&query.to_vec().unwrap(), server).await.unwrap();
         let mut buf = vec![0u8; 4096];
-        let (len, _) = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            socket.recv_from(&mut buf),
-        )
-        .await
-        .expect("DNS answer in time")
-        .unwrap();
+        let (len, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv_from(&mut buf))
+                .await
+                .expect("DNS answer in time")
+                .unwrap();
         let response = Message::from_vec(&buf[..len]).unwrap();
         assert_eq!(response.metadata.id, query.metadata.id);
         response
@@ -387,10 +376,7 @@ mod tests {
         let dns = DnsServer::start().await;
         dns.add_txt("big.example.test", &"x".repeat(700));
         let udp = ask_udp(dns.addr(), "big.example.test.", RecordType::TXT).await;
-        assert!(
-            udp.metadata.truncation,
-            "no EDNS: over 512 bytes must set TC"
-        );
+        assert!(udp.metadata.truncation, "no EDNS: over 512 bytes must set TC");
 
         let mut stream = TcpStream::connect(dns.addr()).await.unwrap();
         let mut query = Message::query();
@@ -413,9 +399,7 @@ mod tests {
             conn.port = server.addr().port();
         }
         let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
-        Resolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .build()
-            .unwrap()
+        Resolver::builder_with_config(config, TokioRuntimeProvider::default()).build().unwrap()
     }
 
     #[tokio::test]
@@ -434,13 +418,7 @@ mod tests {
             })
             .collect();
         mx.sort();
-        assert_eq!(
-            mx,
-            vec![
-                (10, "mx1.example.test.".into()),
-                (20, "mx2.example.test.".into())
-            ]
-        );
+        assert_eq!(mx, vec![(10, "mx1.example.test.".into()), (20, "mx2.example.test.".into())]);
         assert_eq!(dns.queries_for("EXAMPLE.test"), 1);
         assert_eq!(dns.queries_for_type("example.test", RecordType::A), 0);
     }
@@ -466,9 +444,7 @@ mod tests {
         dns.set_null_mx("nomail.test");
         let response = ask_udp(dns.addr(), "nomail.test.", RecordType::MX).await;
         assert_eq!(response.answers.len(), 1);
-        let RData::MX(mx) = &response.answers[0].data else {
-            panic!("expected MX")
-        };
+        let RData::MX(mx) = &response.answers[0].data else { panic!("expected MX") };
         assert_eq!(mx.preference, 0);
         assert!(mx.exchange.is_root());
     }
@@ -481,10 +457,7 @@ mod tests {
         dns.add_a("mx.example.test", Ipv4Addr::new(127, 0, 0, 3));
         let resolver = resolver_for(&dns);
 
-        let txt = resolver
-            .txt_lookup("s1._domainkey.example.test.")
-            .await
-            .unwrap();
+        let txt = resolver.txt_lookup("s1._domainkey.example.test.").await.unwrap();
         let records: Vec<&TXT> = txt
             .answers()
             .iter()

@@ -10,8 +10,16 @@ use std::process::{Child, Command, Stdio};
 /// If it has not been built (`cargo build --workspace` before the tests).
 pub fn postwire_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target profile directory").join("postwire");
-    assert!(bin.exists(), "{} not found: run `cargo build --workspace` before the tests", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile directory")
+        .join("postwire");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --workspace` before the tests",
+        bin.display()
+    );
     bin
 }
 

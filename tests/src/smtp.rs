@@ -166,9 +166,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -181,9 +179,7 @@ pub struct SmtpServer {
 
 impl fmt::Debug for SmtpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SmtpServer")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("SmtpServer").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -302,10 +298,7 @@ fn tls_acceptor(hostname: &str) -> anyhow::Result<(TlsAcceptor, CertificateDer<'
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(vec![certified.cert.der().clone()], key)?;
-    Ok((
-        TlsAcceptor::from(Arc::new(config)),
-        certified.cert.der().clone(),
-    ))
+    Ok((TlsAcceptor::from(Arc::new(config)), certified.cert.der().clone()))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -362,8 +355,7 @@ impl Session {
     async fn serve(&mut self) -> anyhow::Result<()> {
         let script = self.shared.script.clone();
         let (code, text) = &script.greeting;
-        self.reply(*code, &format!("{} {text}", script.hostname))
-            .await?;
+        self.reply(*code, &format!("{} {text}", script.hostname)).await?;
         if script.drop_after_greeting || *code == 421 {
             return Ok(());
         }
@@ -372,15 +364,10 @@ impl Session {
             let Some(line) = self.read_line().await? else {
                 return Ok(());
             };
-            let line = String::from_utf8_lossy(&line)
-                .trim_end_matches(['\r', '\n'])
-                .to_owned();
+            let line = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
             self.shared.lock().commands.push(line.clone());
-            let next = if refused {
-                self.refused(&line).await?
-            } else {
-                self.command(&line).await?
-            };
+            let next =
+                if refused { self.refused(&line).await? } else { self.command(&line).await? };
             if let Next::Close = next {
                 return Ok(());
             }
@@ -457,8 +444,7 @@ impl Session {
         }
         self.reply(220, "2.0.0 Ready to start TLS").await?;
         if self.shared.script.broken_tls {
-            self.write(b"\x15\x03\x03\x00\x02\x02\x28this is not TLS\r\n")
-                .await?;
+            self.write(b"\x15\x03\x03\x00\x02\x02\x28this is not TLS\r\n").await?;
             return Ok(Next::Close);
         }
         let Some(acceptor) = self.shared.tls.clone() else {
@@ -501,10 +487,7 @@ impl Session {
         let addr = address(path);
         let nth = {
             let mut state = self.shared.lock();
-            let seen = state
-                .rcpt_seen
-                .entry(addr.to_ascii_lowercase())
-                .or_insert(0);
+            let seen = state.rcpt_seen.entry(addr.to_ascii_lowercase()).or_insert(0);
             *seen += 1;
             *seen
         };
@@ -522,8 +505,7 @@ impl Session {
         if self.rcpt_to.is_empty() {
             return self.reply(554, "5.5.1 No valid recipients").await;
         }
-        self.reply(354, "Start mail input; end with <CRLF>.<CRLF>")
-            .await?;
+        self.reply(354, "Start mail input; end with <CRLF>.<CRLF>").await?;
         let mut data = Vec::new();
         let mut bare_lf = false;
         loop {
@@ -595,8 +577,7 @@ impl Session {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| s[prefix.len()..].trim_start())
+    head.eq_ignore_ascii_case(prefix).then(|| s[prefix.len()..].trim_start())
 }
 
 /// The address inside `<...>` (parameters after it ignored), or the first word without brackets.

@@ -17,10 +17,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         loop {
             let mut line = String::new();
             let read = tokio::time::timeout(WAIT, self.io.read_line(&mut line)).await;
-            assert!(
-                read.unwrap().unwrap() > 0,
-                "closed while waiting for a reply"
-            );
+            assert!(read.unwrap().unwrap() > 0, "closed while waiting for a reply");
             text.push_str(&line[4..]);
             if line.as_bytes()[3] == b' ' {
                 return (line[..3].parse().unwrap(), text);
@@ -57,15 +54,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
 async fn connect(addr: SocketAddr) -> Client<TcpStream> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    Client {
-        io: BufReader::new(stream),
-    }
+    Client { io: BufReader::new(stream) }
 }
 
 async fn start(script: Script) -> SmtpServer {
-    SmtpServer::start(Ipv4Addr::LOCALHOST, 0, script)
-        .await
-        .unwrap()
+    SmtpServer::start(Ipv4Addr::LOCALHOST, 0, script).await.unwrap()
 }
 
 /// Connects, EHLOs, sends STARTTLS and runs a handshake trusting only `roots`.
@@ -96,25 +89,16 @@ async fn a_plain_session_records_each_message_with_dot_stuffing_undone() {
     let (code, ehlo) = c.cmd("EHLO client.test").await;
     assert_eq!(code, 250);
     assert!(ehlo.contains("8BITMIME") && ehlo.contains("SIZE") && !ehlo.contains("STARTTLS"));
-    assert_eq!(
-        c.cmd("MAIL FROM:<bounce@sender.test> BODY=8BITMIME")
-            .await
-            .0,
-        250
-    );
+    assert_eq!(c.cmd("MAIL FROM:<bounce@sender.test> BODY=8BITMIME").await.0, 250);
     assert_eq!(c.cmd("RCPT TO:<alice@example.test>").await.0, 250);
     assert_eq!(c.cmd("rcpt to: <bob@example.test>").await.0, 250);
     assert_eq!(c.cmd("DATA").await.0, 354);
-    c.send(b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\n")
-        .await;
+    c.send(b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\n").await;
     assert_eq!(c.reply().await.0, 250);
     // A second transaction on the same connection.
     assert_eq!(c.cmd("RSET").await.0, 250);
     assert_eq!(c.cmd("NOOP").await.0, 250);
-    assert_eq!(
-        c.transaction("", "carol@example.test", b"x\r\n.\r\n").await,
-        250
-    );
+    assert_eq!(c.transaction("", "carol@example.test", b"x\r\n.\r\n").await, 250);
     assert_eq!(c.cmd("QUIT").await.0, 221);
 
     let got = server.wait_for_messages(2, WAIT).await.unwrap();
@@ -122,10 +106,7 @@ async fn a_plain_session_records_each_message_with_dot_stuffing_undone() {
     assert_eq!(got[0].rcpt_to, ["alice@example.test", "bob@example.test"]);
     assert_eq!(got[0].data, b"Subject: hi\r\n\r\n.leading dot\r\nbody\r\n");
     assert_eq!((got[0].helo.as_str(), got[0].tls), ("client.test", false));
-    assert_eq!(
-        (got[1].mail_from.as_str(), got[1].data.as_slice()),
-        ("", &b"x\r\n"[..])
-    );
+    assert_eq!((got[1].mail_from.as_str(), got[1].data.as_slice()), ("", &b"x\r\n"[..]));
     assert_eq!(got[0].connection, got[1].connection);
     assert_eq!(server.connections(), 1);
     assert!(!server.saw_bare_lf());
@@ -146,11 +127,7 @@ async fn rcpt_replies_follow_the_script_per_address_and_attempt() {
         c.cmd("MAIL FROM:<s@sender.test>").await;
         assert_eq!(c.cmd("RCPT TO:<alice@example.test>").await.0, alice);
         assert_eq!(c.cmd("RCPT TO:<bob@example.test>").await.0, 550);
-        assert_eq!(
-            c.cmd("DATA").await.0,
-            data,
-            "554 when no recipient was accepted"
-        );
+        assert_eq!(c.cmd("DATA").await.0, data, "554 when no recipient was accepted");
     }
     assert_eq!(server.rcpt_attempts("Alice@example.test"), 2);
     assert_eq!(server.connections(), 2);
@@ -163,22 +140,12 @@ async fn starttls_restarts_the_session_and_the_message_is_marked_tls() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.certificate().unwrap()).unwrap();
     let tls = starttls(&server, roots).await.unwrap();
-    let mut c = Client {
-        io: BufReader::new(tls),
-    };
-    assert_eq!(
-        c.cmd("MAIL FROM:<s@sender.test>").await.0,
-        503,
-        "EHLO again first"
-    );
+    let mut c = Client { io: BufReader::new(tls) };
+    assert_eq!(c.cmd("MAIL FROM:<s@sender.test>").await.0, 503, "EHLO again first");
     let (code, ehlo) = c.cmd("EHLO again.test").await;
     assert_eq!(code, 250);
     assert!(!ehlo.contains("STARTTLS"));
-    assert_eq!(
-        c.transaction("s@sender.test", "a@example.test", b"hi\r\n.\r\n")
-            .await,
-        250
-    );
+    assert_eq!(c.transaction("s@sender.test", "a@example.test", b"hi\r\n.\r\n").await, 250);
     let got = server.wait_for_messages(1, WAIT).await.unwrap();
     assert!(got[0].tls);
     assert_eq!(got[0].helo, "again.test");
@@ -187,9 +154,7 @@ async fn starttls_restarts_the_session_and_the_message_is_marked_tls() {
 #[tokio::test]
 async fn broken_tls_fails_the_client_handshake() {
     let server = start(Script::default().broken_tls()).await;
-    assert!(starttls(&server, rustls::RootCertStore::empty())
-        .await
-        .is_err());
+    assert!(starttls(&server, rustls::RootCertStore::empty()).await.is_err());
 }
 
 #[tokio::test]
@@ -199,10 +164,7 @@ async fn a_bare_lf_in_data_is_recorded() {
     c.reply().await;
     c.cmd("HELO client.test").await;
     let raw = b"line one\nline two\r\n.\r\n";
-    assert_eq!(
-        c.transaction("s@sender.test", "a@example.test", raw).await,
-        250
-    );
+    assert_eq!(c.transaction("s@sender.test", "a@example.test", raw).await, 250);
     assert!(server.saw_bare_lf());
 }
 
@@ -232,11 +194,7 @@ async fn data_replies_can_reject_a_message_and_nothing_is_recorded() {
     let mut c = connect(server.addr()).await;
     c.reply().await;
     c.cmd("EHLO client.test").await;
-    assert_eq!(
-        c.transaction("s@sender.test", "a@example.test", b"x\r\n.\r\n")
-            .await,
-        452
-    );
+    assert_eq!(c.transaction("s@sender.test", "a@example.test", b"x\r\n.\r\n").await, 452);
     assert!(server.received().is_empty());
     let short = Duration::from_millis(50);
     assert!(server.wait_for_messages(1, short).await.is_err());
@@ -247,12 +205,8 @@ async fn servers_on_several_loopback_addresses_share_one_port() {
     let port = pick_free_port();
     let one = Ipv4Addr::new(127, 0, 0, 1);
     let two = Ipv4Addr::new(127, 0, 0, 2);
-    let a = SmtpServer::start(one, port, Script::default())
-        .await
-        .unwrap();
-    let b = SmtpServer::start(two, port, Script::default())
-        .await
-        .unwrap();
+    let a = SmtpServer::start(one, port, Script::default()).await.unwrap();
+    let b = SmtpServer::start(two, port, Script::default()).await.unwrap();
     assert_eq!(a.addr().port(), b.addr().port());
     let mut c = connect(b.addr()).await;
     assert_eq!(c.reply().await.0, 220);

@@ -46,9 +46,7 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// The value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 
     /// The body parsed as JSON.
@@ -74,9 +72,7 @@ pub struct WebhookReceiver {
 
 impl fmt::Debug for WebhookReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookReceiver")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("WebhookReceiver").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -91,9 +87,8 @@ impl WebhookReceiver {
 
     /// Like [`WebhookReceiver::start`], returning the bind error instead of panicking.
     pub async fn try_start() -> anyhow::Result<WebhookReceiver> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .context("bind webhook receiver")?;
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("bind webhook receiver")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
@@ -101,9 +96,7 @@ impl WebhookReceiver {
             delay: Mutex::new(Arc::new(|_| Duration::ZERO)),
             count: watch::Sender::new(0),
         });
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(Arc::clone(&shared));
+        let app = axum::Router::new().fallback(record).with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -222,16 +215,10 @@ pub fn verify_standard_webhook(
         standardwebhooks::Webhook::new(secret).context("webhook secret is not whsec_<base64>")?;
     let mut headers = HeaderMap::new();
     for (name, value) in &req.headers {
-        headers.insert(
-            HeaderName::from_bytes(name.as_bytes())?,
-            HeaderValue::from_str(value)?,
-        );
+        headers.insert(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_str(value)?);
     }
     webhook.verify(&req.body, &headers).with_context(|| {
-        format!(
-            "Standard Webhooks verification failed for {} {}",
-            req.method, req.path
-        )
+        format!("Standard Webhooks verification failed for {} {}", req.method, req.path)
     })?;
     req.json()
 }
@@ -244,10 +231,7 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(5);
 
     fn secret() -> String {
-        format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
-        )
+        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]))
     }
 
     /// Posts `body` signed the Standard Webhooks way with `secret`.
@@ -292,10 +276,8 @@ mod tests {
         let receiver = WebhookReceiver::start().await;
         post_signed(&receiver.url(), &secret(), r#"{"a":1}"#).await;
         let mut got = receiver.wait_for_requests(1, WAIT).await.unwrap();
-        let other = format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode([9u8; 32])
-        );
+        let other =
+            format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([9u8; 32]));
         assert!(verify_standard_webhook(&other, &got[0]).is_err());
         got[0].body = br#"{"a":2}"#.to_vec();
         assert!(verify_standard_webhook(&secret(), &got[0]).is_err());
@@ -311,18 +293,12 @@ mod tests {
         }
         assert_eq!(statuses, vec![503, 503, 204]);
         let got = receiver.requests();
-        assert_eq!(
-            got.iter().map(|r| r.status).collect::<Vec<_>>(),
-            vec![503, 503, 204]
-        );
+        assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), vec![503, 503, 204]);
     }
 
     #[tokio::test]
     async fn waiting_for_more_requests_than_arrive_fails_at_the_deadline() {
         let receiver = WebhookReceiver::start().await;
-        assert!(receiver
-            .wait_for_requests(1, Duration::from_millis(50))
-            .await
-            .is_err());
+        assert!(receiver.wait_for_requests(1, Duration::from_millis(50)).await.is_err());
     }
 }

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use postwire_config::Backend;
-use postwire_e2e::process::{postwire, Proc};
 use postwire_e2e::app::{simple_message, TestApp, World};
+use postwire_e2e::process::{postwire, Proc};
 use postwire_e2e::smtp::{pick_free_port, Script, SmtpServer};
 use serde_json::{json, Value};
 
@@ -27,7 +27,10 @@ fn role(config: &Path, role: &str, metrics_port: Option<u16>) -> Proc {
     Proc::spawn(cmd)
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + SOON;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
@@ -43,7 +46,10 @@ async fn get_json(client: &reqwest::Client, url: &str, key: &str) -> Option<Valu
 fn check_sink(server: &SmtpServer, subjects: &[String]) -> usize {
     let received = server.received();
     let subject_of = |data: &[u8]| {
-        String::from_utf8_lossy(data).lines().find_map(|l| l.strip_prefix("Subject: ").map(str::to_string)).unwrap_or_default()
+        String::from_utf8_lossy(data)
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+            .unwrap_or_default()
     };
     let mut duplicates = 0;
     for s in subjects {
@@ -61,7 +67,9 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
     let world = World::new().await;
     world.dns.add_mx("scale.test", 10, "mx.scale.test");
     world.dns.add_a("mx.scale.test", Ipv4Addr::new(127, 0, 0, 50));
-    let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 50), world.smtp_port, Script::default()).await.unwrap();
+    let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 50), world.smtp_port, Script::default())
+        .await
+        .unwrap();
     let http_port = pick_free_port();
     let config = world.write_config(http_port, true);
     let out = postwire(&config).args(["keys", "create", "--name", "crash"]).output().unwrap();
@@ -75,8 +83,14 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
     let _worker_b = role(&config, "mta-worker", Some(port_b));
     let base = format!("http://127.0.0.1:{http_port}");
     let client = reqwest::Client::new();
-    wait_until("the gateway", || async { client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) }).await;
-    wait_until("worker B's metrics", || async { client.get(format!("http://127.0.0.1:{port_b}/metrics")).send().await.is_ok() }).await;
+    wait_until("the gateway", || async {
+        client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    wait_until("worker B's metrics", || async {
+        client.get(format!("http://127.0.0.1:{port_b}/metrics")).send().await.is_ok()
+    })
+    .await;
 
     let mut ids = Vec::new();
     let mut subjects = Vec::new();
@@ -84,7 +98,13 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
         let subject = format!("scale {i}");
         let mut body = simple_message(&[&format!("u{i}@scale.test")]);
         body["subject"] = json!(subject);
-        let r = client.post(format!("{base}/v1/messages")).bearer_auth(&key).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
         ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
         subjects.push(subject);
@@ -100,7 +120,14 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
         .await;
     }
     let duplicates = check_sink(&sink, &subjects);
-    let metrics = client.get(format!("http://127.0.0.1:{port_b}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port_b}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let delivered_by_b: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("postwire_deliveries_total{result=\"delivered\"} "))
@@ -108,12 +135,19 @@ async fn a_killed_worker_loses_nothing_and_the_other_worker_finishes_its_jobs() 
         .parse()
         .unwrap();
     assert!(delivered_by_b > 0.0, "the surviving worker must have taken over jobs");
-    assert!(metrics.contains("postwire_queue_depth"), "workers export queue depth read from the broker");
+    assert!(
+        metrics.contains("postwire_queue_depth"),
+        "workers export queue depth read from the broker"
+    );
     println!("worker killed mid-batch: 60 accepted, 60 delivered, {duplicates} duplicates at the sink; worker B delivered {delivered_by_b}");
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).status().expect("rabbitmqctl runs");
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
     assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
 
@@ -123,7 +157,9 @@ async fn a_rabbitmq_restart_loses_nothing_and_the_api_answers_503_while_it_is_do
     let world = World::new().await;
     world.dns.add_mx("amqp.test", 10, "mx.amqp.test");
     world.dns.add_a("mx.amqp.test", Ipv4Addr::new(127, 0, 0, 51));
-    let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 51), world.smtp_port, Script::default()).await.unwrap();
+    let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 51), world.smtp_port, Script::default())
+        .await
+        .unwrap();
     let mut settings = world.settings();
     settings.storage.backend = Backend::Distributed;
     settings.storage.namespace = format!("pwcrash-{:016x}", rand::random::<u64>());
@@ -147,7 +183,10 @@ async fn a_rabbitmq_restart_loses_nothing_and_the_api_answers_503_while_it_is_do
         let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 503);
         let body = ready.text().await.unwrap().to_lowercase();
-        assert!(body.contains("rabbitmq") || body.contains("amqp"), "readyz names the missing backend: {body}");
+        assert!(
+            body.contains("rabbitmq") || body.contains("amqp"),
+            "readyz names the missing backend: {body}"
+        );
     };
     let outcome = tokio::time::timeout(SOON, down).await;
     rabbitmqctl(&["start_app"]);
@@ -183,16 +222,34 @@ async fn a_redis_restart_loses_nothing_with_append_only_persistence() {
     std::fs::create_dir_all(&redis_dir).unwrap();
     let start_redis = || {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .arg("--dir")
-            .arg(&redis_dir);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &redis_port.to_string(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&redis_dir);
         Proc::spawn(cmd)
     };
     let mut redis = start_redis();
-    let script = Script::default().rcpt_reply(|_, nth| if nth == 1 { (451, "4.7.1 later".into()) } else { (250, "2.1.5 ok".into()) });
+    let script = Script::default().rcpt_reply(|_, nth| {
+        if nth == 1 {
+            (451, "4.7.1 later".into())
+        } else {
+            (250, "2.1.5 ok".into())
+        }
+    });
     world.dns.add_mx("redis.test", 10, "mx.redis.test");
     world.dns.add_a("mx.redis.test", Ipv4Addr::new(127, 0, 0, 52));
-    let sink = SmtpServer::start(Ipv4Addr::new(127, 0, 0, 52), world.smtp_port, script).await.unwrap();
+    let sink =
+        SmtpServer::start(Ipv4Addr::new(127, 0, 0, 52), world.smtp_port, script).await.unwrap();
     let mut settings = world.settings();
     settings.storage.backend = Backend::Distributed;
     settings.storage.namespace = format!("pwcrash-{:016x}", rand::random::<u64>());

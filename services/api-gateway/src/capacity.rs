@@ -75,7 +75,8 @@ impl Capacity {
         }
         // Counted out again however the wait ends, the client hanging up included.
         let _waiting = Waiting(&slots.waiting);
-        let permit = slots.free.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let permit =
+            slots.free.clone().acquire_owned().await.expect("the semaphore is never closed");
         Ok(Slot { _permit: Some(permit) })
     }
 }
@@ -89,7 +90,11 @@ impl Drop for Waiting<'_> {
 }
 
 /// Middleware: runs the request in a slot, or answers 503 when there is no room to wait.
-pub async fn limit_in_flight(State(capacity): State<Capacity>, req: Request, next: Next) -> Response {
+pub async fn limit_in_flight(
+    State(capacity): State<Capacity>,
+    req: Request,
+    next: Next,
+) -> Response {
     match capacity.admit().await {
         Ok(_slot) => next.run(req).await,
         Err(e) => e.into_response(),
@@ -141,7 +146,10 @@ mod tests {
         let gave_up = tokio::time::timeout(Duration::from_millis(10), capacity.admit()).await;
         assert!(gave_up.is_err(), "no slot while the first is held");
         assert_eq!(waiting(&capacity), 0);
-        assert!(tokio::time::timeout(Duration::from_millis(10), capacity.admit()).await.is_err(), "room to wait again");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), capacity.admit()).await.is_err(),
+            "room to wait again"
+        );
     }
 
     #[tokio::test]
@@ -172,11 +180,17 @@ mod tests {
                     }
                 }),
             )
-            .route_layer(axum::middleware::from_fn_with_state(Capacity::new(1, 0), limit_in_flight));
+            .route_layer(axum::middleware::from_fn_with_state(
+                Capacity::new(1, 0),
+                limit_in_flight,
+            ));
         let request = || axum::http::Request::get("/slow").body(Body::empty()).unwrap();
 
         let first = tokio::spawn(app.clone().oneshot(request()));
-        tokio::time::timeout(Duration::from_secs(5), inside).await.expect("the first request runs").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), inside)
+            .await
+            .expect("the first request runs")
+            .unwrap();
         let refused = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");

@@ -84,7 +84,9 @@ impl IntoResponse for ApiError {
         let retry_after = matches!(self, Self::Overloaded | Self::Unavailable(_))
             .then(|| HeaderValue::from(crate::capacity::RETRY_AFTER_SECS));
         let (detail, errors) = match self {
-            Self::Invalid(errors) => (Some("One or more fields are invalid; see `errors`.".to_string()), errors),
+            Self::Invalid(errors) => {
+                (Some("One or more fields are invalid; see `errors`.".to_string()), errors)
+            }
             Self::Internal(_) => (None, Vec::new()),
             other => (Some(other.to_string()), Vec::new()),
         };
@@ -100,7 +102,9 @@ impl IntoResponse for ApiError {
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         for (name, value) in rate_limit_headers.into_iter().flatten() {
             response.headers_mut().insert(name, value);

@@ -42,7 +42,10 @@ pub struct IdempotencyKey(String);
 impl IdempotencyKey {
     pub fn parse(raw: &[u8]) -> Result<Self, String> {
         if raw.is_empty() || raw.len() > 255 {
-            return Err(format!("the Idempotency-Key header must be 1 to 255 characters, not {}", raw.len()));
+            return Err(format!(
+                "the Idempotency-Key header must be 1 to 255 characters, not {}",
+                raw.len()
+            ));
         }
         if !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
             return Err("the Idempotency-Key header must be printable ASCII".into());
@@ -56,7 +59,9 @@ impl IdempotencyKey {
         let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
         let Some(value) = values.next() else { return Ok(None) };
         if values.next().is_some() {
-            return Err(ApiError::BadRequest("send one Idempotency-Key header, not several".into()));
+            return Err(ApiError::BadRequest(
+                "send one Idempotency-Key header, not several".into(),
+            ));
         }
         Self::parse(value.as_bytes()).map(Some).map_err(ApiError::BadRequest)
     }
@@ -115,7 +120,10 @@ where
         };
         let outcome = if replayable(parts.status) {
             let text = String::from_utf8_lossy(&bytes).into_owned();
-            store.idempotency_finish(&key_id, idem.as_str(), &token, parts.status.as_u16(), text).await.map(drop)
+            store
+                .idempotency_finish(&key_id, idem.as_str(), &token, parts.status.as_u16(), text)
+                .await
+                .map(drop)
         } else {
             store.idempotency_abandon(&key_id, idem.as_str(), &token).await
         };
@@ -133,13 +141,15 @@ where
 fn replayable(status: StatusCode) -> bool {
     status.is_success()
         || (status.is_client_error()
-            && ![StatusCode::REQUEST_TIMEOUT, StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS].contains(&status))
+            && ![StatusCode::REQUEST_TIMEOUT, StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS]
+                .contains(&status))
 }
 
 /// A stored answer, sent again.
 fn replayed(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+    let content_type =
+        if status.is_success() { "application/json" } else { "application/problem+json" };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

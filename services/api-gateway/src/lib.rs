@@ -103,12 +103,22 @@ pub fn ops_router(gw: Gateway) -> Router {
 /// rebuilds it (`with_state(())`) for every connection, cloning every route and the OpenAPI
 /// document, about 140 KB a connection, which thousands of connections opened at once by an
 /// overloaded client turned into hundreds of MB the allocator kept.
-pub async fn serve_router(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service()).with_graceful_shutdown(shutdown.cancelled_owned()).await
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
-pub async fn serve(listener: TcpListener, gw: Gateway, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    gw: Gateway,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     serve_router(listener, router(gw), shutdown).await
 }
 
@@ -120,10 +130,7 @@ async fn record_metrics(AxState(gw): AxState<Gateway>, req: Request, next: Next)
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(req).await;
-    gw.metrics
-        .http_requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
-        .inc();
+    gw.metrics.http_requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
     gw.metrics
         .http_request_duration
         .with_label_values(&[route.as_str()])

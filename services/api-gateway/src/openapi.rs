@@ -5,7 +5,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::routes::{batch, domains, keys, messages, ops, search, suppressions, templates, webhooks};
+use crate::routes::{
+    batch, domains, keys, messages, ops, search, suppressions, templates, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -65,7 +67,12 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("API key from `postwire keys create`")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("API key from `postwire keys create`"))
+                    .build(),
+            ),
         );
     }
 }
@@ -87,7 +94,9 @@ pub fn docs_router() -> Router {
     Router::new()
         .route(
             "/openapi.json",
-            axum::routing::get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], spec) }),
+            axum::routing::get(move || async move {
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], spec)
+            }),
         )
         .merge(SwaggerUi::new("/docs").config(Config::from("/openapi.json").validator_url("none")))
 }

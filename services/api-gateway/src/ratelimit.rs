@@ -52,7 +52,9 @@ pub struct Taken {
 /// Takes `n` messages from `key_id`'s day, all or none; 429 when they do not all fit.
 pub async fn take_messages(gw: &Gateway, key_id: &str, n: usize) -> Result<Taken, ApiError> {
     let taken = |granted| Taken { key_id: key_id.to_string(), granted };
-    let Ok(n) = u32::try_from(n) else { return Err(ApiError::Internal("message count overflows".into())) };
+    let Ok(n) = u32::try_from(n) else {
+        return Err(ApiError::Internal("message count overflows".into()));
+    };
     if n == 0 {
         return Ok(taken(None));
     }
@@ -106,7 +108,8 @@ pub fn detail(l: &Limited) -> String {
 pub fn headers(l: &Limited) -> [(HeaderName, HeaderValue); 5] {
     let wait = retry_after_secs(l);
     let num = |n: u64| HeaderValue::from(n);
-    let policy = HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.seconds())).expect("ASCII digits");
+    let policy = HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.seconds()))
+        .expect("ASCII digits");
     [
         (axum::http::header::RETRY_AFTER, num(wait)),
         (RATELIMIT_LIMIT, num(l.limit)),
@@ -136,7 +139,9 @@ mod tests {
     #[test]
     fn headers_describe_the_refusing_window() {
         let h = headers(&limited(Window::Day, 8, 3, 61_500));
-        let get = |name: &HeaderName| h.iter().find(|(n, _)| n == name).unwrap().1.to_str().unwrap().to_string();
+        let get = |name: &HeaderName| {
+            h.iter().find(|(n, _)| n == name).unwrap().1.to_str().unwrap().to_string()
+        };
         assert_eq!(get(&axum::http::header::RETRY_AFTER), "62");
         assert_eq!(get(&RATELIMIT_LIMIT), "10");
         assert_eq!(get(&RATELIMIT_REMAINING), "2");
@@ -151,6 +156,7 @@ mod tests {
         assert!(detail(&limited(Window::Second, 10, 1, 400)).contains("10 requests per second"));
         let day = detail(&limited(Window::Day, 8, 3, 400));
         assert!(day.contains("3 messages but 2 of this API key's 10"), "{day}");
-        assert!(detail(&limited(Window::Day, 0, 11, 400)).contains("more than this API key's daily limit of 10"));
+        assert!(detail(&limited(Window::Day, 0, 11, 400))
+            .contains("more than this API key's daily limit of 10"));
     }
 }

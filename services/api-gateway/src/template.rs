@@ -37,7 +37,9 @@ const HTML: &str = "html";
 fn environment<'s>() -> Environment<'s> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|name| if name == HTML { AutoEscape::Html } else { AutoEscape::None });
+    env.set_auto_escape_callback(
+        |name| if name == HTML { AutoEscape::Html } else { AutoEscape::None },
+    );
     env.set_fuel(Some(FUEL));
     env.set_keep_trailing_newline(true);
     // Errors carry the failing expression's source range, to name a missing variable.
@@ -56,8 +58,13 @@ pub fn check_template(request: &TemplateRequest) -> Result<(), Vec<FieldError>> 
     let name = request.name.trim();
     if name.is_empty() {
         errors.push(field("name", "is required"));
-    } else if request.name.chars().count() > MAX_NAME_CHARS || request.name.chars().any(char::is_control) {
-        errors.push(field("name", format!("at most {MAX_NAME_CHARS} characters, without control characters")));
+    } else if request.name.chars().count() > MAX_NAME_CHARS
+        || request.name.chars().any(char::is_control)
+    {
+        errors.push(field(
+            "name",
+            format!("at most {MAX_NAME_CHARS} characters, without control characters"),
+        ));
     }
     if request.subject.contains(['\r', '\n', '\0']) {
         errors.push(field(SUBJECT, "must not contain CR, LF or NUL"));
@@ -67,7 +74,11 @@ pub fn check_template(request: &TemplateRequest) -> Result<(), Vec<FieldError>> 
         errors.push(field(TEXT, "a template needs a `text` or an `html` body"));
     }
     let env = environment();
-    let parts = [(SUBJECT, Some(&request.subject)), (TEXT, request.text.as_ref()), (HTML, request.html.as_ref())];
+    let parts = [
+        (SUBJECT, Some(&request.subject)),
+        (TEXT, request.text.as_ref()),
+        (HTML, request.html.as_ref()),
+    ];
     for (part, source) in parts {
         if let Some(source) = source {
             if let Err(e) = env.template_from_named_str(part, source) {
@@ -96,10 +107,12 @@ pub enum RenderError {
 impl From<RenderError> for ApiError {
     fn from(e: RenderError) -> Self {
         match e {
-            RenderError::Invalid(errors) => match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
-                Some(e) => ApiError::TooLarge(e.message.clone()),
-                None => ApiError::Invalid(errors),
-            },
+            RenderError::Invalid(errors) => {
+                match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
+                    Some(e) => ApiError::TooLarge(e.message.clone()),
+                    None => ApiError::Invalid(errors),
+                }
+            }
             RenderError::Store(e) => e.into(),
         }
     }
@@ -112,7 +125,10 @@ impl RenderError {
             RenderError::Invalid(errors) => errors,
             RenderError::Store(e) => {
                 tracing::warn!(error = %e, "batch: a message's template could not be read");
-                vec![field("(message)", "not queued: storage is unavailable; send this message again")]
+                vec![field(
+                    "(message)",
+                    "not queued: storage is unavailable; send this message again",
+                )]
             }
         }
     }
@@ -126,7 +142,11 @@ pub struct TemplateCache {
 }
 
 impl TemplateCache {
-    async fn get(&mut self, store: &dyn Templates, id: &str) -> Result<Option<&Template>, StoreError> {
+    async fn get(
+        &mut self,
+        store: &dyn Templates,
+        id: &str,
+    ) -> Result<Option<&Template>, StoreError> {
         if !self.seen.contains_key(id) {
             let found = store.template(id).await?;
             self.seen.insert(id.to_string(), found);
@@ -148,7 +168,10 @@ pub async fn render_send(
         if request.variables.is_empty() {
             return Ok(request);
         }
-        return Err(RenderError::Invalid(vec![field("variables", "only used with a `template_id`")]));
+        return Err(RenderError::Invalid(vec![field(
+            "variables",
+            "only used with a `template_id`",
+        )]));
     };
     let mut errors = Vec::new();
     let given = [
@@ -157,7 +180,10 @@ pub async fn render_send(
         (HTML, request.html.is_some()),
     ];
     for (part, _) in given.iter().filter(|(_, given)| *given) {
-        errors.push(field(*part, format!("not allowed with `template_id`: the template provides the {part}")));
+        errors.push(field(
+            *part,
+            format!("not allowed with `template_id`: the template provides the {part}"),
+        ));
     }
     let Some(template) = cache.get(store, &template_id).await? else {
         errors.push(field("template_id", format!("no template with id `{template_id}`")));
@@ -207,15 +233,21 @@ fn render_part(
     })?;
     let mut out = Capped { bytes: Vec::new(), max: max_size, exceeded: false };
     match template.render_captured_to(context, &mut out) {
-        Ok(_) => String::from_utf8(out.bytes).map_err(|_| vec![field("variables", "rendered invalid UTF-8")]),
+        Ok(_) => String::from_utf8(out.bytes)
+            .map_err(|_| vec![field("variables", "rendered invalid UTF-8")]),
         Err(_) if out.exceeded => Err(vec![field(
             TOO_LARGE_FIELD,
-            format!("the template's {part} renders to more than the {max_size}-byte message size limit"),
+            format!(
+                "the template's {part} renders to more than the {max_size}-byte message size limit"
+            ),
         )]),
         Err(e) if e.kind() == ErrorKind::UndefinedError => {
             let missing = missing_variables(env, &template, &e, variables);
             if missing.is_empty() {
-                return Err(vec![field("variables", format!("the template's {part} uses an undefined value: {e}"))]);
+                return Err(vec![field(
+                    "variables",
+                    format!("the template's {part} uses an undefined value: {e}"),
+                )]);
             }
             Err(missing
                 .into_iter()
@@ -224,7 +256,10 @@ fn render_part(
                 })
                 .collect())
         }
-        Err(e) => Err(vec![field("variables", format!("the template's {part} could not be rendered: {e}"))]),
+        Err(e) => Err(vec![field(
+            "variables",
+            format!("the template's {part} could not be rendered: {e}"),
+        )]),
     }
 }
 
@@ -247,7 +282,8 @@ fn missing_variables(
         })
         .collect();
     missing.sort();
-    let failing = error.template_source().zip(error.range()).and_then(|(source, range)| source.get(range));
+    let failing =
+        error.template_source().zip(error.range()).and_then(|(source, range)| source.get(range));
     if let Some(failing) = failing {
         let mentioned: Vec<String> = missing
             .iter()
@@ -264,7 +300,9 @@ fn missing_variables(
 /// Whether the dotted `path` leads to a value through `variables`' objects.
 fn defines(variables: &BTreeMap<String, serde_json::Value>, path: &str) -> bool {
     let mut segments = path.split('.');
-    let Some(mut value) = segments.next().and_then(|root| variables.get(root)) else { return false };
+    let Some(mut value) = segments.next().and_then(|root| variables.get(root)) else {
+        return false;
+    };
     for segment in segments {
         match value.get(segment) {
             Some(inner) if value.is_object() => value = inner,

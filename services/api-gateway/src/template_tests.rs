@@ -29,11 +29,20 @@ impl Templates for Memory {
         Ok(self.templates.lock().unwrap().iter().find(|t| t.id == id).cloned())
     }
 
-    async fn list_templates(&self, _: Option<&TemplateCursor>, _: usize) -> Result<TemplatePage, StoreError> {
+    async fn list_templates(
+        &self,
+        _: Option<&TemplateCursor>,
+        _: usize,
+    ) -> Result<TemplatePage, StoreError> {
         unimplemented!("not used by rendering")
     }
 
-    async fn replace_template(&self, _: &str, _: TemplateRequest, _: DateTime<Utc>) -> Result<Option<Template>, StoreError> {
+    async fn replace_template(
+        &self,
+        _: &str,
+        _: TemplateRequest,
+        _: DateTime<Utc>,
+    ) -> Result<Option<Template>, StoreError> {
         unimplemented!("not used by rendering")
     }
 
@@ -78,7 +87,8 @@ fn fields(errors: &[FieldError]) -> Vec<&str> {
 #[tokio::test]
 async fn html_is_escaped_and_subject_and_text_are_not() {
     let store = store_with("Hi {{ name }}", Some("Dear {{ name }},\n"), Some("<p>{{ name }}</p>"));
-    let out = render(&store, send(serde_json::json!({"name": "<b>Tom & Jerry</b>"}))).await.unwrap();
+    let out =
+        render(&store, send(serde_json::json!({"name": "<b>Tom & Jerry</b>"}))).await.unwrap();
     assert_eq!(out.subject, "Hi <b>Tom & Jerry</b>");
     assert_eq!(out.text.as_deref(), Some("Dear <b>Tom & Jerry</b>,\n"), "trailing newline kept");
     assert_eq!(out.html.as_deref(), Some("<p>&lt;b&gt;Tom &amp; Jerry&lt;&#x2f;b&gt;</p>"));
@@ -89,24 +99,43 @@ async fn html_is_escaped_and_subject_and_text_are_not() {
 #[tokio::test]
 async fn a_missing_variable_is_named_never_rendered_empty() {
     let store = store_with("Hi {{ name }}", Some("Code: {{ code }} for {{ user.first }}"), None);
-    let errors = render(&store, send(serde_json::json!({"name": "x", "user": {"last": "y"}}))).await.unwrap_err();
+    let errors = render(&store, send(serde_json::json!({"name": "x", "user": {"last": "y"}})))
+        .await
+        .unwrap_err();
     assert_eq!(fields(&errors), ["variables.code"], "{errors:?}");
     assert!(errors[0].message.contains("`code`"), "{}", errors[0].message);
 
-    let errors = render(&store, send(serde_json::json!({"code": 1, "user": {"last": "y"}}))).await.unwrap_err();
-    assert_eq!(fields(&errors), ["variables.name", "variables.user.first"], "every part is checked: {errors:?}");
+    let errors = render(&store, send(serde_json::json!({"code": 1, "user": {"last": "y"}})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&errors),
+        ["variables.name", "variables.user.first"],
+        "every part is checked: {errors:?}"
+    );
 
-    let errors = render(&store, send(serde_json::json!({"name": "x", "code": 1, "user": {"last": "y"}}))).await.unwrap_err();
+    let errors =
+        render(&store, send(serde_json::json!({"name": "x", "code": 1, "user": {"last": "y"}})))
+            .await
+            .unwrap_err();
     assert_eq!(fields(&errors), ["variables.user.first"], "{errors:?}");
 }
 
 #[tokio::test]
 async fn a_variable_tested_with_is_defined_may_be_left_out() {
-    let store = store_with("Hi", Some("{% if promo is defined %}{{ promo }} {% endif %}{{ code | upper }}"), None);
+    let store = store_with(
+        "Hi",
+        Some("{% if promo is defined %}{{ promo }} {% endif %}{{ code | upper }}"),
+        None,
+    );
     let out = render(&store, send(serde_json::json!({"code": "ab"}))).await.unwrap();
     assert_eq!(out.text.as_deref(), Some("AB"));
     let errors = render(&store, send(serde_json::json!({"promo": "x"}))).await.unwrap_err();
-    assert_eq!(fields(&errors), ["variables.code"], "only the variable that failed is blamed: {errors:?}");
+    assert_eq!(
+        fields(&errors),
+        ["variables.code"],
+        "only the variable that failed is blamed: {errors:?}"
+    );
 }
 
 #[tokio::test]
@@ -136,30 +165,41 @@ async fn template_fields_conflict_with_the_requests_own() {
     let errors = render(&store, request).await.unwrap_err();
     assert_eq!(fields(&errors), ["variables"]);
 
-    let plain = SendRequest { template_id: None, subject: "s".into(), ..send(serde_json::json!({})) };
+    let plain =
+        SendRequest { template_id: None, subject: "s".into(), ..send(serde_json::json!({})) };
     assert_eq!(render(&store, plain.clone()).await.unwrap(), plain, "no template: unchanged");
 }
 
 #[tokio::test]
 async fn an_unknown_template_is_refused_on_template_id() {
     let store = store_with("Hi", Some("x"), None);
-    let request = SendRequest { template_id: Some("tpl_nope".into()), ..send(serde_json::json!({})) };
+    let request =
+        SendRequest { template_id: Some("tpl_nope".into()), ..send(serde_json::json!({})) };
     let errors = render(&store, request).await.unwrap_err();
     assert_eq!(fields(&errors), ["template_id"]);
 }
 
 #[tokio::test]
 async fn a_runaway_template_is_stopped() {
-    let store = store_with("Hi", Some("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"), None);
+    let store = store_with(
+        "Hi",
+        Some("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"),
+        None,
+    );
     let errors = render(&store, send(serde_json::json!({}))).await.unwrap_err();
     assert_eq!(fields(&errors), ["variables"], "{errors:?}");
     assert!(errors[0].message.contains("fuel"), "{}", errors[0].message);
 
     let store = store_with("Hi", Some("{{ 'x' * n }}"), None);
-    let errors = render_send(&store, &mut TemplateCache::default(), send(serde_json::json!({"n": 2000})), 1000)
-        .await
-        .map_err(RenderError::into_field_errors)
-        .unwrap_err();
+    let errors = render_send(
+        &store,
+        &mut TemplateCache::default(),
+        send(serde_json::json!({"n": 2000})),
+        1000,
+    )
+    .await
+    .map_err(RenderError::into_field_errors)
+    .unwrap_err();
     assert_eq!(fields(&errors), [TOO_LARGE_FIELD], "{errors:?}");
 }
 
@@ -168,7 +208,8 @@ async fn a_batch_reads_each_template_once() {
     let store = store_with("Hi {{ n }}", Some("x"), None);
     let mut cache = TemplateCache::default();
     for n in 0..5 {
-        let out = render_send(&store, &mut cache, send(serde_json::json!({"n": n})), MAX).await.unwrap();
+        let out =
+            render_send(&store, &mut cache, send(serde_json::json!({"n": n})), MAX).await.unwrap();
         assert_eq!(out.subject, format!("Hi {n}"));
     }
     assert_eq!(*store.reads.lock().unwrap(), 1);
@@ -176,7 +217,12 @@ async fn a_batch_reads_each_template_once() {
 
 #[test]
 fn syntax_errors_are_reported_on_their_field() {
-    let ok = TemplateRequest { name: "n".into(), subject: "Hi {{ a }}".into(), text: Some("{{ b }}".into()), html: None };
+    let ok = TemplateRequest {
+        name: "n".into(),
+        subject: "Hi {{ a }}".into(),
+        text: Some("{{ b }}".into()),
+        html: None,
+    };
     assert_eq!(check_template(&ok), Ok(()));
 
     let bad = TemplateRequest {
@@ -189,6 +235,11 @@ fn syntax_errors_are_reported_on_their_field() {
     assert_eq!(fields(&errors), ["name", "subject", "text", "html"]);
     assert!(errors[1].message.contains("syntax error"), "{}", errors[1].message);
 
-    let no_body = TemplateRequest { name: "n".into(), subject: "s\r\nBcc: x".into(), text: None, html: Some(String::new()) };
+    let no_body = TemplateRequest {
+        name: "n".into(),
+        subject: "s\r\nBcc: x".into(),
+        text: None,
+        html: Some(String::new()),
+    };
     assert_eq!(fields(&check_template(&no_body).unwrap_err()), ["subject", "text"]);
 }

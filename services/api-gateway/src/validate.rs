@@ -14,8 +14,20 @@ use postwire_store::{ids, NewMessage, NewRecipient};
 
 /// Header names the API sets itself; callers use the dedicated fields instead.
 const RESERVED_HEADERS: [&str; 14] = [
-    "from", "to", "cc", "bcc", "subject", "date", "message-id", "reply-to", "mime-version",
-    "content-type", "content-transfer-encoding", "dkim-signature", "return-path", "received",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "dkim-signature",
+    "return-path",
+    "received",
 ];
 
 /// A parsed mailbox: optional display name and an address.
@@ -132,7 +144,11 @@ fn has_forbidden_chars(s: &str) -> bool {
 
 /// Validates a send request. On success returns the message to queue, with its request
 /// rewritten into canonical form; on failure every bad field is listed.
-pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Result<NewMessage, Vec<FieldError>> {
+pub fn validate_send(
+    mut req: SendRequest,
+    limits: &Limits,
+    key_id: &str,
+) -> Result<NewMessage, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut err = |field: String, message: String| errors.push(FieldError { field, message });
 
@@ -202,7 +218,9 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
             err(field, format!("`{name}` is set by Postwire; use the request's own field"));
         } else if has_forbidden_chars(value) {
             err(field, "header values must not contain CR, LF or NUL".into());
-        } else if req.unsubscribe_url.is_some() && name.to_ascii_lowercase().starts_with("list-unsubscribe") {
+        } else if req.unsubscribe_url.is_some()
+            && name.to_ascii_lowercase().starts_with("list-unsubscribe")
+        {
             err(field, format!("`{name}` is set from `unsubscribe_url`; send one or the other"));
         }
     }
@@ -214,7 +232,11 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
     if req.attachments.len() > limits.max_attachments {
         err(
             "attachments".into(),
-            format!("at most {} attachments per message (got {})", limits.max_attachments, req.attachments.len()),
+            format!(
+                "at most {} attachments per message (got {})",
+                limits.max_attachments,
+                req.attachments.len()
+            ),
         );
     }
 
@@ -222,15 +244,27 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
         + req.text.as_deref().map_or(0, encoded_body_len)
         + req.html.as_deref().map_or(0, encoded_body_len);
     for (i, a) in req.attachments.iter().enumerate() {
-        if a.filename.trim().is_empty() || has_forbidden_chars(&a.filename) || a.filename.contains('"') {
-            err(format!("attachments[{i}].filename"), "must be a non-empty name without CR, LF, NUL or `\"`".into());
+        if a.filename.trim().is_empty()
+            || has_forbidden_chars(&a.filename)
+            || a.filename.contains('"')
+        {
+            err(
+                format!("attachments[{i}].filename"),
+                "must be a non-empty name without CR, LF, NUL or `\"`".into(),
+            );
         }
         let ct_ok = a.content_type.split_once('/').is_some_and(|(t, s)| {
-            let token = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+            let token = |x: &str| {
+                !x.is_empty()
+                    && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+            };
             token(t) && token(s)
         });
         if !ct_ok {
-            err(format!("attachments[{i}].content_type"), "must be a MIME type like `application/pdf`".into());
+            err(
+                format!("attachments[{i}].content_type"),
+                "must be a MIME type like `application/pdf`".into(),
+            );
         }
         match base64::engine::general_purpose::STANDARD.decode(a.content.as_bytes()) {
             Ok(bytes) => size += base64_wrapped_len(bytes.len() as u64),
@@ -239,7 +273,10 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
     }
     for (i, tag) in req.tags.iter().enumerate() {
         if tag.is_empty() || tag.len() > 128 || tag.chars().any(char::is_control) {
-            err(format!("tags[{i}]"), "tags are 1 to 128 characters without control characters".into());
+            err(
+                format!("tags[{i}]"),
+                "tags are 1 to 128 characters without control characters".into(),
+            );
         }
     }
     if let Err(e) = check_send_at(&mut req.send_at, Utc::now()) {
@@ -265,7 +302,15 @@ pub fn validate_send(mut req: SendRequest, limits: &Limits, key_id: &str) -> Res
     let id = ids::new_id("msg");
     let message_id_header = format!("{}@{}", id.trim_start_matches("msg_"), from.address.domain());
     // `sandbox` is the caller's to set from the key (see `routes::messages`).
-    Ok(NewMessage { id, created_at: Utc::now(), request: req, message_id_header, recipients, key_id: key_id.into(), sandbox: false })
+    Ok(NewMessage {
+        id,
+        created_at: Utc::now(),
+        request: req,
+        message_id_header,
+        recipients,
+        key_id: key_id.into(),
+        sandbox: false,
+    })
 }
 
 /// Pseudo-field marking a size-limit violation, which the API answers with 413.
@@ -274,10 +319,16 @@ pub const TOO_LARGE_FIELD: &str = "(message size)";
 /// Scheduled send: `send_at` at most [`MAX_SCHEDULE_AHEAD`](postwire_store::messages::MAX_SCHEDULE_AHEAD)
 /// (7 days) after `now`. One not at least a second ahead (now, or in the past) is dropped:
 /// the message is sent at once.
-pub fn check_send_at(send_at: &mut Option<chrono::DateTime<Utc>>, now: chrono::DateTime<Utc>) -> Result<(), String> {
+pub fn check_send_at(
+    send_at: &mut Option<chrono::DateTime<Utc>>,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), String> {
     let Some(at) = *send_at else { return Ok(()) };
     if at > now + postwire_store::messages::MAX_SCHEDULE_AHEAD {
-        return Err(format!("must be at most 7 days ahead (at or before {})", (now + postwire_store::messages::MAX_SCHEDULE_AHEAD).to_rfc3339()));
+        return Err(format!(
+            "must be at most 7 days ahead (at or before {})",
+            (now + postwire_store::messages::MAX_SCHEDULE_AHEAD).to_rfc3339()
+        ));
     }
     if at < now + chrono::TimeDelta::seconds(1) {
         *send_at = None;
@@ -295,7 +346,10 @@ pub const MAX_UNSUBSCRIBE_URL: usize = 2048;
 /// Nothing that could end the `<…>` or the header line is allowed.
 pub fn check_unsubscribe_url(raw: &str) -> Result<(), String> {
     if raw.len() > MAX_UNSUBSCRIBE_URL {
-        return Err(format!("must be at most {MAX_UNSUBSCRIBE_URL} characters (got {})", raw.len()));
+        return Err(format!(
+            "must be at most {MAX_UNSUBSCRIBE_URL} characters (got {})",
+            raw.len()
+        ));
     }
     if raw.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>') {
         return Err("must not contain spaces, control characters (CR, LF, NUL), `<` or `>`".into());
@@ -309,9 +363,14 @@ pub fn check_unsubscribe_url(raw: &str) -> Result<(), String> {
         "https" => Err("must name a host".into()),
         "mailto" => {
             let address = url.path().split('?').next().unwrap_or_default();
-            EmailAddress::parse(address).map(drop).map_err(|e| format!("mailto: needs one address: {e}"))
+            EmailAddress::parse(address)
+                .map(drop)
+                .map_err(|e| format!("mailto: needs one address: {e}"))
         }
-        "http" => Err("must be https: (RFC 8058 one-click unsubscribe needs an HTTPS URI), not http:".into()),
+        "http" => {
+            Err("must be https: (RFC 8058 one-click unsubscribe needs an HTTPS URI), not http:"
+                .into())
+        }
         other => Err(format!("must be an https: or mailto: URL, not {other}:")),
     }
 }
@@ -340,12 +399,17 @@ fn encoded_body_len(body: &str) -> u64 {
 fn rendered_overhead(req: &SendRequest) -> u64 {
     const GENERATED: u64 = 1_500;
     const PER_PART: u64 = 200;
-    let addresses: usize = req.to.iter().chain(&req.cc).chain(&req.reply_to).map(|a| a.len() + 2).sum();
+    let addresses: usize =
+        req.to.iter().chain(&req.cc).chain(&req.reply_to).map(|a| a.len() + 2).sum();
     let headers: usize = req.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    let parts = usize::from(req.text.is_some()) + usize::from(req.html.is_some()) + req.attachments.len();
-    let names: usize = req.attachments.iter().map(|a| 2 * a.filename.len() + a.content_type.len()).sum();
+    let parts =
+        usize::from(req.text.is_some()) + usize::from(req.html.is_some()) + req.attachments.len();
+    let names: usize =
+        req.attachments.iter().map(|a| 2 * a.filename.len() + a.content_type.len()).sum();
     let unsubscribe = req.unsubscribe_url.as_ref().map_or(0, |u| u.len() + 80);
-    GENERATED + PER_PART * parts as u64 + (req.subject.len() * 2 + addresses + headers + names + unsubscribe) as u64
+    GENERATED
+        + PER_PART * parts as u64
+        + (req.subject.len() * 2 + addresses + headers + names + unsubscribe) as u64
 }
 
 #[cfg(test)]
@@ -355,9 +419,25 @@ mod tests {
     #[test]
     fn mailbox_forms_parse_to_canonical() {
         assert_eq!(Mailbox::parse("a@Example.COM").unwrap().canonical(), "a@example.com");
-        assert_eq!(Mailbox::parse("Ann Lee <ann@example.com>").unwrap().canonical(), "Ann Lee <ann@example.com>");
-        assert_eq!(Mailbox::parse("\"Lee, Ann\" <ann@example.com>").unwrap().canonical(), "Lee, Ann <ann@example.com>");
-        for bad in ["", "ann", "ann@", "@example.com", "a b@example.com", "a..b@example.com", "a@localhost", "x <a@b.com", "a@-b.com"] {
+        assert_eq!(
+            Mailbox::parse("Ann Lee <ann@example.com>").unwrap().canonical(),
+            "Ann Lee <ann@example.com>"
+        );
+        assert_eq!(
+            Mailbox::parse("\"Lee, Ann\" <ann@example.com>").unwrap().canonical(),
+            "Lee, Ann <ann@example.com>"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "a b@example.com",
+            "a..b@example.com",
+            "a@localhost",
+            "x <a@b.com",
+            "a@-b.com",
+        ] {
             assert!(Mailbox::parse(bad).is_err(), "{bad} should be refused");
         }
         assert!(Mailbox::parse("Evil\r\nBcc: x@y.com <a@b.com>").is_err());
@@ -424,10 +504,15 @@ mod tests {
         r.unsubscribe_url = Some("https://example.com/u".into());
         r.headers.insert("List-Unsubscribe-Post".into(), "List-Unsubscribe=One-Click".into());
         let limits = Limits { max_attachments: 1, ..Limits::default() };
-        let file = postwire_proto::Attachment { filename: "a.txt".into(), content_type: "text/plain".into(), content: "aGk=".into() };
+        let file = postwire_proto::Attachment {
+            filename: "a.txt".into(),
+            content_type: "text/plain".into(),
+            content: "aGk=".into(),
+        };
         r.attachments = vec![file.clone(), file];
         let errors = validate_send(r, &limits, "k").unwrap_err();
-        let fields: Vec<_> = errors.iter().map(|e| (e.field.as_str(), e.message.as_str())).collect();
+        let fields: Vec<_> =
+            errors.iter().map(|e| (e.field.as_str(), e.message.as_str())).collect();
         assert_eq!(fields[0].0, "headers.List-Unsubscribe-Post");
         assert_eq!(fields[1], ("attachments", "at most 1 attachments per message (got 2)"));
     }
@@ -440,8 +525,13 @@ mod tests {
         let mut r = req();
         // 9 000 bytes of content: under a 10 000-byte limit raw, over it as base64.
         let content = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 9_000]);
-        r.attachments = vec![postwire_proto::Attachment { filename: "f.bin".into(), content_type: "application/octet-stream".into(), content }];
-        let limits = Limits { max_message_size: postwire_config::ByteSize(10_000), ..Limits::default() };
+        r.attachments = vec![postwire_proto::Attachment {
+            filename: "f.bin".into(),
+            content_type: "application/octet-stream".into(),
+            content,
+        }];
+        let limits =
+            Limits { max_message_size: postwire_config::ByteSize(10_000), ..Limits::default() };
         let errors = validate_send(r, &limits, "k").unwrap_err();
         assert_eq!(errors[0].field, TOO_LARGE_FIELD);
         assert!(errors[0].message.contains("the limit is 10000 bytes"), "{}", errors[0].message);
@@ -456,7 +546,9 @@ mod tests {
         let mut edge = Some(now + chrono::TimeDelta::days(7));
         assert!(check_send_at(&mut edge, now).is_ok());
         assert!(edge.is_some());
-        for due in [now, now - chrono::TimeDelta::days(1), now + chrono::TimeDelta::milliseconds(500)] {
+        for due in
+            [now, now - chrono::TimeDelta::days(1), now + chrono::TimeDelta::milliseconds(500)]
+        {
             let mut at = Some(due);
             assert!(check_send_at(&mut at, now).is_ok());
             assert_eq!(at, None, "{due} is sent at once");

@@ -47,9 +47,10 @@ fn load_with_env(
     origin: &str,
     env: impl Iterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigError> {
-    let mut root: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax { path: origin.into(), message: e.to_string() })?;
+    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: origin.into(),
+        message: e.to_string(),
+    })?;
     for (var, value) in env {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
         apply_override(&mut root, &var, rest, &value)?;
@@ -58,17 +59,26 @@ fn load_with_env(
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         // toml's message may repeat the location on later lines; the key is named already.
-        let message = e.into_inner().to_string().lines().next().unwrap_or_default().trim().to_string();
+        let message =
+            e.into_inner().to_string().lines().next().unwrap_or_default().trim().to_string();
         ConfigError::Key { key: if key == "." { "(root)".into() } else { key }, message }
     })
 }
 
 /// Sets `section.key` (or a top-level key) from an environment variable. The value is read
 /// as a TOML value when it parses as one (`25`, `true`, `["a","b"]`), else as a plain string.
-fn apply_override(root: &mut toml::Table, var: &str, rest: &str, value: &str) -> Result<(), ConfigError> {
+fn apply_override(
+    root: &mut toml::Table,
+    var: &str,
+    rest: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
     let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(ConfigError::Env { var: var.into(), message: "expected POSTWIRE__SECTION__KEY".into() });
+        return Err(ConfigError::Env {
+            var: var.into(),
+            message: "expected POSTWIRE__SECTION__KEY".into(),
+        });
     }
     let parsed = format!("v = {value}")
         .parse::<toml::Table>()
@@ -78,9 +88,8 @@ fn apply_override(root: &mut toml::Table, var: &str, rest: &str, value: &str) ->
     let (last, sections) = parts.split_last().expect("split yields at least one part");
     let mut table = root;
     for section in sections {
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry =
+            table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
             var: var.into(),
             message: format!("`{section}` is not a section"),

@@ -69,7 +69,11 @@ impl FromStr for ByteSize {
             "kib" => 1 << 10,
             "mib" => 1 << 20,
             "gib" => 1 << 30,
-            other => return Err(format!("`{s}`: unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)")),
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)"
+                ))
+            }
         };
         n.checked_mul(mult).map(Self).ok_or_else(|| format!("`{s}` is too large"))
     }

@@ -12,8 +12,8 @@ use std::time::Instant;
 use postwire_telemetry::Metrics;
 
 use crate::disposition::{disposition, Action, Failure};
-use crate::resolve::{MxHost, MxResolver};
 use crate::pool::SmtpPool;
+use crate::resolve::{MxHost, MxResolver};
 use crate::session::{Answer, Transaction};
 
 /// What became of one recipient in this attempt.
@@ -77,10 +77,8 @@ impl Deliverer {
         messages: &[Outgoing],
     ) -> Vec<RecipientVerdict> {
         let mut verdicts = Vec::new();
-        let mut pending: HashSet<String> = messages
-            .iter()
-            .flat_map(|m| m.recipients.iter().cloned())
-            .collect();
+        let mut pending: HashSet<String> =
+            messages.iter().flat_map(|m| m.recipients.iter().cloned()).collect();
         let mut last_error: Option<(String, String)> = None;
 
         'hosts: for host in hosts {
@@ -92,31 +90,19 @@ impl Deliverer {
                 let recipient_lists: Vec<Vec<String>> = messages
                     .iter()
                     .map(|m| {
-                        m.recipients
-                            .iter()
-                            .filter(|r| pending.contains(*r))
-                            .cloned()
-                            .collect()
+                        m.recipients.iter().filter(|r| pending.contains(*r)).cloned().collect()
                     })
                     .collect();
                 let transactions: Vec<Transaction<'_>> = messages
                     .iter()
                     .zip(&recipient_lists)
                     .filter(|(_, r)| !r.is_empty())
-                    .map(|(m, r)| Transaction {
-                        recipients: r,
-                        message: &m.bytes,
-                    })
+                    .map(|(m, r)| Transaction { recipients: r, message: &m.bytes })
                     .collect();
 
                 let started = Instant::now();
-                let attempt = self
-                    .pool
-                    .deliver(ip, &host.name, sender, &transactions)
-                    .await;
-                self.metrics
-                    .smtp_transaction_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                let attempt = self.pool.deliver(ip, &host.name, sender, &transactions).await;
+                self.metrics.smtp_transaction_seconds.observe(started.elapsed().as_secs_f64());
 
                 for (email, answer) in attempt.answers {
                     pending.remove(&email);
@@ -206,8 +192,5 @@ pub fn settle_all<'a>(
     mx_host: Option<&str>,
 ) -> Vec<RecipientVerdict> {
     let text = failure.to_string();
-    recipients
-        .into_iter()
-        .map(|r| failed(r.clone(), failure, false, &text, mx_host))
-        .collect()
+    recipients.into_iter().map(|r| failed(r.clone(), failure, false, &text, mx_host)).collect()
 }

@@ -40,22 +40,13 @@ pub struct Disposition {
 
 impl Disposition {
     const fn retry() -> Self {
-        Self {
-            action: Action::Retry,
-            next_host: false,
-        }
+        Self { action: Action::Retry, next_host: false }
     }
     const fn bounce() -> Self {
-        Self {
-            action: Action::Bounce,
-            next_host: false,
-        }
+        Self { action: Action::Bounce, next_host: false }
     }
     const fn next_host() -> Self {
-        Self {
-            action: Action::Retry,
-            next_host: true,
-        }
+        Self { action: Action::Retry, next_host: true }
     }
 }
 
@@ -144,10 +135,7 @@ mod tests {
     use crate::session::Stage;
 
     fn reply(code: u16, text: &str) -> Reply {
-        Reply {
-            code,
-            text: text.into(),
-        }
+        Reply { code, text: text.into() }
     }
 
     #[test]
@@ -156,16 +144,10 @@ mod tests {
             ResolveError::NullMx { domain: "d".into() },
             ResolveError::NoSuchDomain { domain: "d".into() },
         ] {
-            assert_eq!(
-                disposition(&Failure::Resolve(e), false),
-                Disposition::bounce()
-            );
+            assert_eq!(disposition(&Failure::Resolve(e), false), Disposition::bounce());
         }
         let e = ResolveError::NoAddresses { domain: "d".into() };
-        assert_eq!(
-            disposition(&Failure::Resolve(e), false),
-            Disposition::retry()
-        );
+        assert_eq!(disposition(&Failure::Resolve(e), false), Disposition::retry());
     }
 
     #[test]
@@ -174,33 +156,16 @@ mod tests {
             addr: "127.0.0.1:25".parse().unwrap(),
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
-        assert_eq!(
-            disposition(&Failure::Session(refused), false),
-            Disposition::next_host()
-        );
-        let greeting = SessionError::Greeting {
-            reply: reply(554, "go away"),
-        };
-        assert_eq!(
-            disposition(&Failure::Session(greeting), false),
-            Disposition::next_host()
-        );
+        assert_eq!(disposition(&Failure::Session(refused), false), Disposition::next_host());
+        let greeting = SessionError::Greeting { reply: reply(554, "go away") };
+        assert_eq!(disposition(&Failure::Session(greeting), false), Disposition::next_host());
     }
 
     #[test]
     fn a_drop_after_acceptance_is_retried_later_not_on_another_host() {
-        let lost = || SessionError::ConnectionLost {
-            stage: Stage::DataEnd,
-            reason: "eof".into(),
-        };
-        assert_eq!(
-            disposition(&Failure::Session(lost()), false),
-            Disposition::next_host()
-        );
-        assert_eq!(
-            disposition(&Failure::Session(lost()), true),
-            Disposition::retry()
-        );
+        let lost = || SessionError::ConnectionLost { stage: Stage::DataEnd, reason: "eof".into() };
+        assert_eq!(disposition(&Failure::Session(lost()), false), Disposition::next_host());
+        assert_eq!(disposition(&Failure::Session(lost()), true), Disposition::retry());
     }
 
     #[test]

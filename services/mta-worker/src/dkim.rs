@@ -68,18 +68,10 @@ pub enum DkimError {
     },
     /// The file is not a PEM private key of the configured algorithm.
     #[error("DKIM key {path} is not a valid {algorithm} private key: {reason}")]
-    ParseKey {
-        path: PathBuf,
-        algorithm: &'static str,
-        reason: String,
-    },
+    ParseKey { path: PathBuf, algorithm: &'static str, reason: String },
     /// Signing failed (no signable header, crypto failure).
     #[error("DKIM signing with {domain}/{selector} failed: {reason}")]
-    Sign {
-        domain: String,
-        selector: String,
-        reason: String,
-    },
+    Sign { domain: String, selector: String, reason: String },
     /// The signing task panicked or was cancelled.
     #[error("DKIM signing task failed: {0}")]
     Task(String),
@@ -89,11 +81,7 @@ pub enum DkimError {
     /// A key from the store does not parse (it was checked when it was stored, so this is
     /// corruption or a key of an algorithm this build cannot sign with).
     #[error("the stored DKIM key of {domain} ({selector}) is unusable: {reason}")]
-    StoredKey {
-        domain: String,
-        selector: String,
-        reason: String,
-    },
+    StoredKey { domain: String, selector: String, reason: String },
 }
 
 enum Key {
@@ -157,10 +145,8 @@ impl DkimSigners {
         let signers = keys
             .iter()
             .map(|k| {
-                let pem = std::fs::read(&k.private_key).map_err(|source| DkimError::ReadKey {
-                    path: k.private_key.clone(),
-                    source,
-                })?;
+                let pem = std::fs::read(&k.private_key)
+                    .map_err(|source| DkimError::ReadKey { path: k.private_key.clone(), source })?;
                 Signer::from_pem(&k.domain, &k.selector, k.algorithm, &pem).map_err(|reason| {
                     DkimError::ParseKey {
                         path: k.private_key.clone(),
@@ -170,10 +156,7 @@ impl DkimSigners {
                 })
             })
             .collect::<Result<Vec<_>, DkimError>>()?;
-        Ok(Self {
-            signers: Arc::new(signers),
-            store: None,
-        })
+        Ok(Self { signers: Arc::new(signers), store: None })
     }
 
     /// Also signs with the keys of sending domains in `domains`, which take precedence over
@@ -185,9 +168,7 @@ impl DkimSigners {
 
     /// True when at least one key is configured for `domain`.
     pub fn has_key_for(&self, domain: &str) -> bool {
-        self.signers
-            .iter()
-            .any(|s| s.domain.eq_ignore_ascii_case(domain))
+        self.signers.iter().any(|s| s.domain.eq_ignore_ascii_case(domain))
     }
 
     /// The `DKIM-Signature` header lines (CRLF-terminated) for `message`, one per key of
@@ -198,11 +179,7 @@ impl DkimSigners {
         message: &[u8],
     ) -> Result<Vec<u8>, DkimError> {
         let mut out = Vec::new();
-        for signer in self
-            .signers
-            .iter()
-            .filter(|s| s.domain.eq_ignore_ascii_case(from_domain))
-        {
+        for signer in self.signers.iter().filter(|s| s.domain.eq_ignore_ascii_case(from_domain)) {
             let sig = signer.sign(message)?;
             out.extend_from_slice(without_fold_before_final_semicolon(sig.to_header()).as_bytes());
         }
@@ -256,12 +233,7 @@ fn parse_key(
     Ok(match algorithm {
         DkimAlgorithm::RsaSha256 => {
             let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| e.to_string())?;
-            Key::Rsa(
-                DkimSigner::from_key(key)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(headers),
-            )
+            Key::Rsa(DkimSigner::from_key(key).domain(domain).selector(selector).headers(headers))
         }
         DkimAlgorithm::Ed25519Sha256 => {
             let PrivateKeyDer::Pkcs8(der) = der else {
@@ -272,10 +244,7 @@ fn parse_key(
             let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
                 .map_err(|e| e.to_string())?;
             Key::Ed25519(
-                DkimSigner::from_key(key)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(headers),
+                DkimSigner::from_key(key).domain(domain).selector(selector).headers(headers),
             )
         }
     })
@@ -327,15 +296,9 @@ mod tests {
 
     fn pem(label: &str, der: &[u8]) -> String {
         let body = b64(der);
-        let lines: Vec<&str> = body
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-            lines.join("\n")
-        )
+        let lines: Vec<&str> =
+            body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
     }
 
     fn key_file(dir: &std::path::Path, name: &str, contents: &str) -> PathBuf {
@@ -414,11 +377,8 @@ mod tests {
             },
         ];
         let signers = DkimSigners::from_settings(&keys).unwrap();
-        let signed = signers
-            .sign("sender.test", vec![MESSAGE.as_bytes().to_vec()])
-            .await
-            .unwrap()
-            .remove(0);
+        let signed =
+            signers.sign("sender.test", vec![MESSAGE.as_bytes().to_vec()]).await.unwrap().remove(0);
         let text = String::from_utf8(signed.clone()).unwrap();
         assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
         assert!(text.contains("c=relaxed/relaxed"));
@@ -447,10 +407,7 @@ mod tests {
         // Tampering with the body breaks both.
         let tampered = String::from_utf8(signed).unwrap().replace("Hello", "Jello");
         let results = verify(tampered.as_bytes(), &zone).await;
-        assert!(
-            results.iter().all(|r| !matches!(r, DkimResult::Pass)),
-            "{results:?}"
-        );
+        assert!(results.iter().all(|r| !matches!(r, DkimResult::Pass)), "{results:?}");
         std::fs::remove_dir_all(dir).ok();
     }
 
@@ -468,15 +425,9 @@ mod tests {
             private_key: key_file(&dir, "rsa1.pem", &pkcs1),
         }];
         let signers = DkimSigners::from_settings(&keys).unwrap();
-        let out = signers
-            .sign("elsewhere.test", vec![MESSAGE.as_bytes().to_vec()])
-            .await
-            .unwrap();
+        let out = signers.sign("elsewhere.test", vec![MESSAGE.as_bytes().to_vec()]).await.unwrap();
         assert_eq!(out[0], MESSAGE.as_bytes());
-        let out = signers
-            .sign("sender.test", vec![MESSAGE.as_bytes().to_vec()])
-            .await
-            .unwrap();
+        let out = signers.sign("sender.test", vec![MESSAGE.as_bytes().to_vec()]).await.unwrap();
         let head = String::from_utf8_lossy(&out[0]);
         assert!(
             head.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=s1; d=sender.test;"),
@@ -494,10 +445,7 @@ mod tests {
             algorithm: DkimAlgorithm::RsaSha256,
             private_key: dir.join("nope.pem"),
         };
-        assert!(matches!(
-            DkimSigners::from_settings(&[missing]),
-            Err(DkimError::ReadKey { .. })
-        ));
+        assert!(matches!(DkimSigners::from_settings(&[missing]), Err(DkimError::ReadKey { .. })));
         let garbled = DkimKey {
             domain: "d.test".into(),
             selector: "s".into(),
@@ -508,10 +456,7 @@ mod tests {
                 "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
             ),
         };
-        assert!(matches!(
-            DkimSigners::from_settings(&[garbled]),
-            Err(DkimError::ParseKey { .. })
-        ));
+        assert!(matches!(DkimSigners::from_settings(&[garbled]), Err(DkimError::ParseKey { .. })));
         std::fs::remove_dir_all(dir).ok();
     }
 }

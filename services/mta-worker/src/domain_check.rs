@@ -108,24 +108,9 @@ impl DomainChecker {
             reason,
         };
         vec![
-            record(
-                RecordPurpose::Dkim,
-                dkim_name,
-                dkim_record.to_string(),
-                dkim,
-            ),
-            record(
-                RecordPurpose::Spf,
-                domain.to_string(),
-                self.spf_suggestion(),
-                spf,
-            ),
-            record(
-                RecordPurpose::Dmarc,
-                dmarc_name,
-                DMARC_SUGGESTION.to_string(),
-                dmarc,
-            ),
+            record(RecordPurpose::Dkim, dkim_name, dkim_record.to_string(), dkim),
+            record(RecordPurpose::Spf, domain.to_string(), self.spf_suggestion(), spf),
+            record(RecordPurpose::Dmarc, dmarc_name, DMARC_SUGGESTION.to_string(), dmarc),
         ]
     }
 
@@ -136,10 +121,7 @@ impl DomainChecker {
     ) -> Verdict {
         match tokio::time::timeout(self.deadline, check).await {
             Ok(verdict) => verdict,
-            Err(_) => fail(format!(
-                "no DNS answer for {name} within {}s",
-                self.deadline.as_secs()
-            )),
+            Err(_) => fail(format!("no DNS answer for {name} within {}s", self.deadline.as_secs())),
         }
     }
 
@@ -149,11 +131,8 @@ impl DomainChecker {
             Ok(Txt::Absent) => return missing(format!("no TXT record at {name}")),
             Err(e) => return fail(format!("DNS lookup of {name} failed: {e}")),
         };
-        let keys: Vec<Vec<(String, String)>> = records
-            .iter()
-            .map(|r| tags(r))
-            .filter(|t| t.iter().any(|(k, _)| k == "p"))
-            .collect();
+        let keys: Vec<Vec<(String, String)>> =
+            records.iter().map(|r| tags(r)).filter(|t| t.iter().any(|(k, _)| k == "p")).collect();
         let published = match keys.as_slice() {
             [] => return missing(format!("no DKIM key record (v=DKIM1; k=…; p=…) at {name}")),
             [one] => one,
@@ -169,23 +148,17 @@ impl DomainChecker {
             set.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
         };
         if let Some(v) = tag(published, "v").filter(|v| v != "DKIM1") {
-            return fail(format!(
-                "the record at {name} has v={v}; it must be v=DKIM1"
-            ));
+            return fail(format!("the record at {name} has v={v}; it must be v=DKIM1"));
         }
         let published_p = tag(published, "p").unwrap_or_default();
         if published_p.is_empty() {
             return fail(format!("the key at {name} is revoked (empty p=)"));
         }
         if Some(published_p) != tag(&expected, "p") {
-            return fail(format!(
-                "the key published at {name} is not this domain's key"
-            ));
+            return fail(format!("the key published at {name} is not this domain's key"));
         }
         // k= defaults to rsa (RFC 6376 §3.6.1).
-        let published_k = tag(published, "k")
-            .unwrap_or_else(|| "rsa".into())
-            .to_ascii_lowercase();
+        let published_k = tag(published, "k").unwrap_or_else(|| "rsa".into()).to_ascii_lowercase();
         let expected_k = tag(&expected, "k").unwrap_or_else(|| "rsa".into());
         if published_k != expected_k {
             return fail(format!(
@@ -205,25 +178,15 @@ impl DomainChecker {
         match spf {
             0 => return missing(format!("no SPF record (v=spf1 …) at {domain}")),
             1 => {}
-            n => {
-                return fail(format!(
-                    "{n} SPF records at {domain}; RFC 7208 §4.5 allows one"
-                ))
-            }
+            n => return fail(format!("{n} SPF records at {domain}; RFC 7208 §4.5 allows one")),
         }
         let addresses = match self.addresses(&self.helo_name).await {
             Ok(a) if !a.is_empty() => a,
             Ok(_) => {
-                return fail(format!(
-                    "smtp.helo_name {} has no address to check",
-                    self.helo_name
-                ))
+                return fail(format!("smtp.helo_name {} has no address to check", self.helo_name))
             }
             Err(e) => {
-                return fail(format!(
-                    "cannot resolve smtp.helo_name {}: {e}",
-                    self.helo_name
-                ))
+                return fail(format!("cannot resolve smtp.helo_name {}: {e}", self.helo_name))
             }
         };
         let sender = format!("postmaster@{domain}");
@@ -232,11 +195,7 @@ impl DomainChecker {
                 SpfParameters::verify_mail_from(ip, &self.helo_name, &self.helo_name, &sender);
             let result = self.auth.verify_spf(params).await.result();
             if result != SpfResult::Pass {
-                return fail(format!(
-                    "{} for {ip} ({})",
-                    spf_name(result),
-                    self.helo_name
-                ));
+                return fail(format!("{} for {ip} ({})", spf_name(result), self.helo_name));
             }
         }
         pass()
@@ -291,11 +250,7 @@ impl DomainChecker {
                         _ => None,
                     })
                     .collect();
-                Ok(if records.is_empty() {
-                    Txt::Absent
-                } else {
-                    Txt::Found(records)
-                })
+                Ok(if records.is_empty() { Txt::Absent } else { Txt::Found(records) })
             }
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Txt::Absent),
             Err(e) => Err(e),
@@ -317,10 +272,7 @@ fn tags(record: &str) -> Vec<(String, String)> {
         .split(';')
         .filter_map(|t| t.split_once('='))
         .map(|(k, v)| {
-            (
-                k.trim().to_ascii_lowercase(),
-                v.chars().filter(|c| !c.is_whitespace()).collect(),
-            )
+            (k.trim().to_ascii_lowercase(), v.chars().filter(|c| !c.is_whitespace()).collect())
         })
         .collect()
 }

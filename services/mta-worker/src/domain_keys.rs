@@ -45,11 +45,7 @@ struct Cache {
 
 impl Cache {
     fn start_generation(&mut self, generation: u64) {
-        self.previous = self
-            .by_domain
-            .drain()
-            .filter_map(|(d, e)| e.map(|e| (d, e)))
-            .collect();
+        self.previous = self.by_domain.drain().filter_map(|(d, e)| e.map(|e| (d, e))).collect();
         self.generation = Some(generation);
     }
 }
@@ -62,10 +58,7 @@ pub(crate) struct StoreSigners {
 
 impl StoreSigners {
     pub(crate) fn new(domains: Arc<dyn Domains>) -> Self {
-        Self {
-            domains,
-            cache: Mutex::new(Cache::default()),
-        }
+        Self { domains, cache: Mutex::new(Cache::default()) }
     }
 
     /// The signer of `domain`'s store key, or `None` when the store has no key for it.
@@ -138,12 +131,7 @@ impl StoreSigners {
     #[cfg(test)]
     fn parsed(&self) -> Vec<*const Signer> {
         let cache = self.cache.lock().expect("domain key cache");
-        cache
-            .by_domain
-            .values()
-            .flatten()
-            .map(|e| Arc::as_ptr(&e.signer))
-            .collect()
+        cache.by_domain.values().flatten().map(|e| Arc::as_ptr(&e.signer)).collect()
     }
 }
 
@@ -207,10 +195,7 @@ mod tests {
         }
         async fn domains_generation(&self) -> Result<u64, StoreError> {
             if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable {
-                    backend: "redis",
-                    reason: "down".into(),
-                });
+                return Err(StoreError::Unavailable { backend: "redis", reason: "down".into() });
             }
             Ok(*self.generation.lock().unwrap())
         }
@@ -228,11 +213,7 @@ mod tests {
             "a negative answer is cached within a generation"
         );
         store.add("brand.test", "s1");
-        let signer = signers
-            .signer("Brand.Test")
-            .await
-            .unwrap()
-            .expect("the new key");
+        let signer = signers.signer("Brand.Test").await.unwrap().expect("the new key");
         let header =
             String::from_utf8(signer.header(b"From: a@brand.test\r\n\r\nhi\r\n").unwrap()).unwrap();
         assert!(header.contains("s=s1; d=brand.test"), "{header}");
@@ -246,10 +227,7 @@ mod tests {
         let first = signers.signer("brand.test").await.unwrap().unwrap();
         store.add("other.test", "o1");
         let again = signers.signer("brand.test").await.unwrap().unwrap();
-        assert!(
-            Arc::ptr_eq(&first, &again),
-            "the key did not change, so it is not parsed again"
-        );
+        assert!(Arc::ptr_eq(&first, &again), "the key did not change, so it is not parsed again");
         assert_eq!(signers.parsed().len(), 1);
         store.delete_domain("brand.test").await.unwrap();
         assert!(signers.signer("brand.test").await.unwrap().is_none());
@@ -261,9 +239,6 @@ mod tests {
         let signers = StoreSigners::new(store.clone());
         store.add("brand.test", "s1");
         store.down.store(true, Ordering::SeqCst);
-        assert!(matches!(
-            signers.signer("brand.test").await,
-            Err(DkimError::KeyLookup { .. })
-        ));
+        assert!(matches!(signers.signer("brand.test").await, Err(DkimError::KeyLookup { .. })));
     }
 }

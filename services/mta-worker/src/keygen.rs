@@ -25,9 +25,7 @@ pub struct DkimKeyPair {
 impl std::fmt::Debug for DkimKeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The private key never reaches a log line.
-        f.debug_struct("DkimKeyPair")
-            .field("txt_value", &self.txt_value)
-            .finish_non_exhaustive()
+        f.debug_struct("DkimKeyPair").field("txt_value", &self.txt_value).finish_non_exhaustive()
     }
 }
 
@@ -39,10 +37,7 @@ pub enum KeyError {
     Generate(String),
     /// The PEM is not a private key of the expected algorithm.
     #[error("not a valid {algorithm} private key in PEM: {reason}")]
-    Parse {
-        algorithm: &'static str,
-        reason: String,
-    },
+    Parse { algorithm: &'static str, reason: String },
     /// An RSA key shorter than [`MIN_RSA_BITS`].
     #[error("the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required (RFC 8301)")]
     TooShort { bits: usize },
@@ -79,26 +74,14 @@ pub fn generate(algorithm: DkimAlgorithm) -> Result<DkimKeyPair, KeyError> {
             use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
             let key =
                 rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| fail(&e))?;
-            let private_pem = key
-                .to_pkcs8_pem(LineEnding::LF)
-                .map_err(|e| fail(&e))?
-                .to_string();
-            let public = key
-                .to_public_key()
-                .to_public_key_der()
-                .map_err(|e| fail(&e))?;
-            Ok(DkimKeyPair {
-                private_pem,
-                txt_value: txt_value(algorithm, public.as_bytes()),
-            })
+            let private_pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| fail(&e))?.to_string();
+            let public = key.to_public_key().to_public_key_der().map_err(|e| fail(&e))?;
+            Ok(DkimKeyPair { private_pem, txt_value: txt_value(algorithm, public.as_bytes()) })
         }
         DkimAlgorithm::Ed25519Sha256 => {
             use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey};
             let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-            let private_pem = key
-                .to_pkcs8_pem(LineEnding::LF)
-                .map_err(|e| fail(&e))?
-                .to_string();
+            let private_pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| fail(&e))?.to_string();
             Ok(DkimKeyPair {
                 private_pem,
                 txt_value: txt_value(algorithm, key.verifying_key().as_bytes()),
@@ -111,10 +94,7 @@ pub fn generate(algorithm: DkimAlgorithm) -> Result<DkimKeyPair, KeyError> {
 /// (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`); Ed25519 keys are PKCS#8 (v1 or v2). The PEM
 /// is kept as given, after checking that the signer accepts it too.
 pub fn import(algorithm: DkimAlgorithm, pem: &str) -> Result<DkimKeyPair, KeyError> {
-    let fail = |reason: String| KeyError::Parse {
-        algorithm: algorithm.as_str(),
-        reason,
-    };
+    let fail = |reason: String| KeyError::Parse { algorithm: algorithm.as_str(), reason };
     let pem = pem.trim();
     let public = match algorithm {
         DkimAlgorithm::RsaSha256 => {
@@ -145,10 +125,7 @@ pub fn import(algorithm: DkimAlgorithm, pem: &str) -> Result<DkimKeyPair, KeyErr
     // The signer parses keys with other code (mail-auth): what it refuses would fail every send.
     crate::dkim::Signer::from_pem("example.com", "check", algorithm, pem.as_bytes())
         .map_err(fail)?;
-    Ok(DkimKeyPair {
-        private_pem: format!("{pem}\n"),
-        txt_value: txt_value(algorithm, &public),
-    })
+    Ok(DkimKeyPair { private_pem: format!("{pem}\n"), txt_value: txt_value(algorithm, &public) })
 }
 
 /// The TXT record in zone-file form, its value split into ≤255-byte strings (RFC 1035 §3.3.14).
@@ -158,10 +135,7 @@ pub fn zone_record(domain: &str, selector: &str, txt_value: &str) -> String {
         .chunks(255)
         .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
         .collect();
-    format!(
-        "{selector}._domainkey.{domain}. IN TXT {}",
-        chunks.join(" ")
-    )
+    format!("{selector}._domainkey.{domain}. IN TXT {}", chunks.join(" "))
 }
 
 #[cfg(test)]
@@ -173,13 +147,7 @@ mod tests {
         let pair = generate(DkimAlgorithm::Ed25519Sha256).unwrap();
         assert!(pair.private_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         let p = pair.txt_value.split("p=").nth(1).unwrap();
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD
-                .decode(p)
-                .unwrap()
-                .len(),
-            32
-        );
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(p).unwrap().len(), 32);
     }
 
     #[test]
@@ -207,10 +175,7 @@ mod tests {
         let pem = key.to_pkcs1_pem(LineEnding::LF).unwrap();
         let imported = import(DkimAlgorithm::RsaSha256, &pem).unwrap();
         let spki = key.to_public_key().to_public_key_der().unwrap();
-        assert_eq!(
-            imported.txt_value,
-            format!("v=DKIM1; k=rsa; p={}", b64(spki.as_bytes()))
-        );
+        assert_eq!(imported.txt_value, format!("v=DKIM1; k=rsa; p={}", b64(spki.as_bytes())));
     }
 
     #[test]

@@ -99,11 +99,7 @@ impl SmtpPool {
     /// A pool for sessions with `opts`. Starts a task that closes idle connections, so it must
     /// be called inside a tokio runtime; the task ends with the last clone of the pool.
     pub fn new(opts: SmtpOptions, limits: PoolLimits) -> Self {
-        let inner = Arc::new(Inner {
-            opts,
-            limits,
-            hosts: Mutex::new(HashMap::new()),
-        });
+        let inner = Arc::new(Inner { opts, limits, hosts: Mutex::new(HashMap::new()) });
         if !limits.idle_timeout.is_zero() {
             tokio::spawn(sweep(Arc::downgrade(&inner)));
         }
@@ -146,8 +142,7 @@ impl SmtpPool {
             }
         };
         attempt.encrypted = conn.is_encrypted();
-        match session::run_transactions(&mut conn, opts, sender, transactions, &mut attempt).await
-        {
+        match session::run_transactions(&mut conn, opts, sender, transactions, &mut attempt).await {
             Ok(()) => self.put_back(&entry, conn, ip, opened),
             // Dropped without QUIT: after a timeout or a garbled reply the peer may never answer.
             Err(e) => attempt.failure = Some(e),

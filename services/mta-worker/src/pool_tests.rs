@@ -157,31 +157,19 @@ fn pool(peer: &Peer, max_per_host: usize, idle_timeout: Duration) -> SmtpPool {
         command_timeout: Duration::from_secs(5),
         data_timeout: Duration::from_secs(5),
     };
-    SmtpPool::new(
-        opts,
-        PoolLimits {
-            max_per_host,
-            idle_timeout,
-        },
-    )
+    SmtpPool::new(opts, PoolLimits { max_per_host, idle_timeout })
 }
 
 async fn send(pool: &SmtpPool, recipient: &str) -> HostAttempt {
     let recipients = vec![recipient.to_owned()];
-    let tx = [Transaction {
-        recipients: &recipients,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &recipients, message: MESSAGE }];
     pool.deliver(LOCAL, HOST, "s@sender.test", &tx).await
 }
 
 fn delivered(attempt: &HostAttempt) -> bool {
     attempt.failure.is_none()
         && !attempt.answers.is_empty()
-        && attempt
-            .answers
-            .iter()
-            .all(|(_, a)| matches!(a, Answer::Delivered(_)))
+        && attempt.answers.iter().all(|(_, a)| matches!(a, Answer::Delivered(_)))
 }
 
 #[tokio::test]
@@ -212,16 +200,15 @@ async fn two_jobs_to_the_same_host_are_two_transactions_on_one_connection() {
 
 #[tokio::test]
 async fn a_connection_that_broke_is_dropped_not_reused() {
-    let peer = Peer::start(Behaviour {
-        garble_first_end: true,
-        ..Default::default()
-    })
-    .await;
+    let peer = Peer::start(Behaviour { garble_first_end: true, ..Default::default() }).await;
     let pool = pool(&peer, 4, Duration::from_secs(30));
 
     let first = send(&pool, "a@rcpt.test").await;
     assert!(
-        matches!(first.failure, Some(SessionError::ConnectionLost { stage: crate::session::Stage::DataEnd, .. })),
+        matches!(
+            first.failure,
+            Some(SessionError::ConnectionLost { stage: crate::session::Stage::DataEnd, .. })
+        ),
         "{:?}",
         first.failure
     );
@@ -236,16 +223,11 @@ async fn a_connection_that_broke_is_dropped_not_reused() {
 
 #[tokio::test]
 async fn a_pooled_connection_the_server_closed_is_replaced_without_failing_the_delivery() {
-    let peer = Peer::start(Behaviour {
-        close_after_first_end: true,
-        ..Default::default()
-    })
-    .await;
+    let peer = Peer::start(Behaviour { close_after_first_end: true, ..Default::default() }).await;
     let pool = pool(&peer, 4, Duration::from_secs(30));
 
     assert!(delivered(&send(&pool, "a@rcpt.test").await));
-    peer.wait_until("the server closed the first connection", |s| s.open == 0)
-        .await;
+    peer.wait_until("the server closed the first connection", |s| s.open == 0).await;
     let second = send(&pool, "b@rcpt.test").await;
     assert!(delivered(&second), "{second:?}");
     assert_eq!(peer.accepted(), 2);
@@ -268,11 +250,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_host_cap_holds_and_waiting_jobs_reuse_the_capped_connections() {
-    let peer = Peer::start(Behaviour {
-        gated: true,
-        ..Default::default()
-    })
-    .await;
+    let peer = Peer::start(Behaviour { gated: true, ..Default::default() }).await;
     let pool = pool(&peer, 2, Duration::from_secs(30));
 
     let jobs: Vec<_> = (0..6)
@@ -282,8 +260,7 @@ async fn the_per_host_cap_holds_and_waiting_jobs_reuse_the_capped_connections() 
         })
         .collect();
     // Two sessions reach the end of DATA and are held there; the other four must wait for them.
-    peer.wait_until("two sessions are held at end of data", |s| s.waiting == 2)
-        .await;
+    peer.wait_until("two sessions are held at end of data", |s| s.waiting == 2).await;
     assert_eq!(peer.accepted(), 2, "a third connection was opened past the cap");
     assert_eq!(pool.open_connections(HOST), 2);
 

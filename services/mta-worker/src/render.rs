@@ -61,23 +61,15 @@ pub struct Mailbox {
 impl Mailbox {
     /// The part after the last `@`, lower-cased.
     pub fn domain(&self) -> String {
-        self.email
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default()
+        self.email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
     }
 }
 
 /// Parses `"Name" <addr>`, `Name <addr>` or `addr`.
 pub fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, RenderError> {
-    let bad = || RenderError::Address {
-        field,
-        value: value.to_owned(),
-    };
+    let bad = || RenderError::Address { field, value: value.to_owned() };
     if has_line_break(value) {
-        return Err(RenderError::HeaderInjection {
-            name: field.to_owned(),
-        });
+        return Err(RenderError::HeaderInjection { name: field.to_owned() });
     }
     let value = value.trim();
     let (name, email) = match (value.rfind('<'), value.ends_with('>')) {
@@ -95,10 +87,7 @@ pub fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, Render
                 && !domain.is_empty()
                 && !email.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') =>
         {
-            Ok(Mailbox {
-                name,
-                email: email.to_owned(),
-            })
+            Ok(Mailbox { name, email: email.to_owned() })
         }
         _ => Err(bad()),
     }
@@ -140,10 +129,7 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn new(tracking: TrackingKeys, public_url: impl Into<String>) -> Self {
-        Self {
-            tracking,
-            public_url: public_url.into().trim_end_matches('/').to_owned(),
-        }
+        Self { tracking, public_url: public_url.into().trim_end_matches('/').to_owned() }
     }
 
     /// The copies to send for `job`: one per recipient when tracking applies, else one.
@@ -169,10 +155,7 @@ impl Renderer {
                     req.track_clicks,
                 );
                 let bytes = render_one(job, Some(Cow::Owned(instrumented)))?;
-                Ok(RenderedMessage {
-                    recipients: vec![rcpt],
-                    bytes,
-                })
+                Ok(RenderedMessage { recipients: vec![rcpt], bytes })
             })
             .collect()
     }
@@ -186,7 +169,9 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         .message_id(MessageId::new(job.message_id_header.as_str()))
         // RFC 5322 §3.6.1: the moment the message was ready to go — for a scheduled send, its
         // `send_at`, so the recipient sees when it was meant to arrive, not when it was queued.
-        .date(Date::new(req.send_at.filter(|at| *at > job.created_at).unwrap_or(job.created_at).timestamp()));
+        .date(Date::new(
+            req.send_at.filter(|at| *at > job.created_at).unwrap_or(job.created_at).timestamp(),
+        ));
     check_value("subject", &req.subject)?;
     builder = builder.subject(Text::new(req.subject.as_str()));
     if !req.to.is_empty() {
@@ -202,7 +187,8 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         check_value(name, name)?;
         check_value(name, value)?;
         let lower = name.to_ascii_lowercase();
-        let generated_unsubscribe = req.unsubscribe_url.is_some() && lower.starts_with("list-unsubscribe");
+        let generated_unsubscribe =
+            req.unsubscribe_url.is_some() && lower.starts_with("list-unsubscribe");
         if RESERVED_HEADERS.contains(&lower.as_str()) || generated_unsubscribe {
             tracing::warn!(message_id = %job.message_id, header = %name, "custom header would override a generated one; dropped");
             continue;
@@ -217,7 +203,8 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         check_value("unsubscribe_url", url)?;
         builder = builder.header("List-Unsubscribe", Raw::new(list_unsubscribe(url)));
         if url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("https:")) {
-            builder = builder.header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"));
+            builder =
+                builder.header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"));
         }
     }
     if let Some(text) = &req.text {
@@ -231,10 +218,7 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         check_value("attachment content_type", &a.content_type)?;
         let content = base64::engine::general_purpose::STANDARD
             .decode(a.content.trim())
-            .map_err(|source| RenderError::Attachment {
-                filename: a.filename.clone(),
-                source,
-            })?;
+            .map_err(|source| RenderError::Attachment { filename: a.filename.clone(), source })?;
         builder = builder.attachment(a.content_type.as_str(), a.filename.as_str(), content);
     }
     Ok(to_crlf(&builder.write_to_vec()?))
@@ -276,9 +260,7 @@ fn has_line_break(s: &str) -> bool {
 /// Defensive: the API refuses these already, but a header must never carry a line break.
 fn check_value(name: &str, value: &str) -> Result<(), RenderError> {
     if has_line_break(value) {
-        return Err(RenderError::HeaderInjection {
-            name: name.to_owned(),
-        });
+        return Err(RenderError::HeaderInjection { name: name.to_owned() });
     }
     Ok(())
 }
@@ -321,10 +303,7 @@ mod tests {
             domain: "rcpt.test".into(),
             recipients: recipients
                 .iter()
-                .map(|e| PendingRecipient {
-                    email: e.to_string(),
-                    attempts: 0,
-                })
+                .map(|e| PendingRecipient { email: e.to_string(), attempts: 0 })
                 .collect(),
             sandbox: false,
         }
@@ -346,13 +325,7 @@ mod tests {
     #[test]
     fn mailboxes_parse_with_and_without_display_names() {
         let m = parse_mailbox("from", "\"Ann Smith\" <ann@Example.TEST>").unwrap();
-        assert_eq!(
-            m,
-            Mailbox {
-                name: Some("Ann Smith".into()),
-                email: "ann@Example.TEST".into()
-            }
-        );
+        assert_eq!(m, Mailbox { name: Some("Ann Smith".into()), email: "ann@Example.TEST".into() });
         assert_eq!(m.domain(), "example.test");
         assert_eq!(parse_mailbox("to", "bob@x.test").unwrap().name, None);
         assert!(parse_mailbox("to", "no-at-sign").is_err());
@@ -389,10 +362,7 @@ mod tests {
 
     #[test]
     fn to_crlf_rewrites_every_line_ending_kind() {
-        assert_eq!(
-            to_crlf(b"a\nb\rc\r\nd\n\r\n.\r"),
-            b"a\r\nb\r\nc\r\nd\r\n\r\n.\r\n".to_vec()
-        );
+        assert_eq!(to_crlf(b"a\nb\rc\r\nd\n\r\n.\r"), b"a\r\nb\r\nc\r\nd\r\n\r\n.\r\n".to_vec());
         assert_eq!(to_crlf(b"\r\r\n\n"), b"\r\n\r\n\r\n".to_vec());
     }
 
@@ -415,10 +385,7 @@ mod tests {
             ..Default::default()
         };
         let out = renderer()
-            .render(&job(
-                req,
-                &["to@rcpt.test", "cc@rcpt.test", "hidden@rcpt.test"],
-            ))
+            .render(&job(req, &["to@rcpt.test", "cc@rcpt.test", "hidden@rcpt.test"]))
             .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].recipients.len(), 3);
@@ -433,10 +400,7 @@ mod tests {
         assert!(s.contains("cc@rcpt.test"));
         assert!(s.contains("Reply-To: <help@sender.test>"), "{s}");
         assert!(s.contains("X-Campaign: spring\r\n"));
-        assert!(
-            !s.contains("hidden@rcpt.test"),
-            "bcc leaked into headers:\n{s}"
-        );
+        assert!(!s.contains("hidden@rcpt.test"), "bcc leaked into headers:\n{s}");
         assert!(!s.to_ascii_lowercase().contains("\r\nbcc:"));
         assert!(s.contains("multipart/mixed") && s.contains("a.txt"));
     }
@@ -464,9 +428,7 @@ mod tests {
             track_clicks: true,
             ..Default::default()
         };
-        let out = renderer()
-            .render(&job(req, &["a@rcpt.test", "b@rcpt.test"]))
-            .unwrap();
+        let out = renderer().render(&job(req, &["a@rcpt.test", "b@rcpt.test"])).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].recipients, vec!["a@rcpt.test".to_string()]);
         assert_eq!(out[1].recipients, vec!["b@rcpt.test".to_string()]);
@@ -509,7 +471,10 @@ mod tests {
         req.unsubscribe_url = Some(format!("https://app.test/{}", "a".repeat(2000)));
         let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
-        assert!(s.split("\r\n").all(|line| line.len() <= 998), "a header line is over 998 characters");
+        assert!(
+            s.split("\r\n").all(|line| line.len() <= 998),
+            "a header line is over 998 characters"
+        );
         let head = s.split("\r\n\r\n").next().unwrap().replace("\r\n\t", " ").replace("\r\n ", " ");
         let value = head.lines().find_map(|l| l.strip_prefix("List-Unsubscribe: ")).unwrap();
         assert_eq!(value.replace(' ', ""), format!("<https://app.test/{}>", "a".repeat(2000)));

@@ -96,17 +96,10 @@ impl MxResolver {
                 })
                 .collect::<Vec<_>>(),
             Err(e) if e.is_nx_domain() => {
-                return Err(ResolveError::NoSuchDomain {
-                    domain: domain.into(),
-                })
+                return Err(ResolveError::NoSuchDomain { domain: domain.into() })
             }
             Err(e) if e.is_no_records_found() => Vec::new(),
-            Err(source) => {
-                return Err(ResolveError::MxLookup {
-                    name: domain.into(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ResolveError::MxLookup { name: domain.into(), source }),
         };
 
         if exchanges.is_empty() {
@@ -114,23 +107,12 @@ impl MxResolver {
             let addresses = match self.addresses(&name).await {
                 Ok(a) => a,
                 Err(e) if e.is_no_records_found() => Vec::new(),
-                Err(source) => {
-                    return Err(ResolveError::MxLookup {
-                        name: domain.into(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(ResolveError::MxLookup { name: domain.into(), source }),
             };
             if addresses.is_empty() {
-                return Err(ResolveError::NoMailHost {
-                    domain: domain.into(),
-                });
+                return Err(ResolveError::NoMailHost { domain: domain.into() });
             }
-            return Ok(vec![MxHost {
-                name: trim_dot(&name),
-                preference: 0,
-                addresses,
-            }]);
+            return Ok(vec![MxHost { name: trim_dot(&name), preference: 0, addresses }]);
         }
 
         let ordered = order_exchanges(domain, exchanges, &mut rand::thread_rng())?;
@@ -138,11 +120,9 @@ impl MxResolver {
         let mut last_temporary = None;
         for (preference, exchange) in ordered {
             match self.addresses(&exchange).await {
-                Ok(addresses) if !addresses.is_empty() => hosts.push(MxHost {
-                    name: trim_dot(&exchange),
-                    preference,
-                    addresses,
-                }),
+                Ok(addresses) if !addresses.is_empty() => {
+                    hosts.push(MxHost { name: trim_dot(&exchange), preference, addresses })
+                }
                 Ok(_) => {}
                 Err(e) if e.is_no_records_found() => {}
                 Err(source) => last_temporary = Some((trim_dot(&exchange), source)),
@@ -151,9 +131,7 @@ impl MxResolver {
         match (hosts.is_empty(), last_temporary) {
             (false, _) => Ok(hosts),
             (true, Some((name, source))) => Err(ResolveError::MxLookup { name, source }),
-            (true, None) => Err(ResolveError::NoAddresses {
-                domain: domain.into(),
-            }),
+            (true, None) => Err(ResolveError::NoAddresses { domain: domain.into() }),
         }
     }
 
@@ -178,9 +156,7 @@ pub fn order_exchanges(
     // RFC 7505 §3: a null MX is the only MX of its domain. If one is mixed with real hosts the
     // domain is misconfigured; the real hosts are still worth trying.
     if exchanges.len() == 1 && exchanges[0].1.is_root() {
-        return Err(ResolveError::NullMx {
-            domain: domain.into(),
-        });
+        return Err(ResolveError::NullMx { domain: domain.into() });
     }
     exchanges.retain(|(_, name)| !name.is_root());
     exchanges.shuffle(rng);
@@ -190,10 +166,8 @@ pub fn order_exchanges(
 }
 
 fn fqdn(domain: &str) -> Result<Name, ResolveError> {
-    let mut name =
-        Name::from_utf8(domain.trim_end_matches('.')).map_err(|_| ResolveError::InvalidDomain {
-            domain: domain.into(),
-        })?;
+    let mut name = Name::from_utf8(domain.trim_end_matches('.'))
+        .map_err(|_| ResolveError::InvalidDomain { domain: domain.into() })?;
     name.set_fqdn(true);
     Ok(name)
 }
@@ -205,7 +179,9 @@ fn trim_dot(name: &Name) -> String {
 /// A resolver builder for `dns.*`: the listed nameservers (UDP and TCP on the given port; they are
 /// authoritative for the zones they serve, so /etc/hosts must not shadow them), or the system
 /// configuration when the list is empty; `dns.timeout` per query; A and AAAA both looked up.
-pub(crate) fn resolver_builder(dns: &Dns) -> Result<ResolverBuilder<TokioRuntimeProvider>, ResolveError> {
+pub(crate) fn resolver_builder(
+    dns: &Dns,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, ResolveError> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if dns.nameservers.is_empty() {
         TokioResolver::builder(provider).map_err(ResolveError::Config)?
@@ -221,7 +197,10 @@ pub(crate) fn resolver_builder(dns: &Dns) -> Result<ResolverBuilder<TokioRuntime
                 NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
             })
             .collect();
-        let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider);
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            provider,
+        );
         builder.options_mut().use_hosts_file = ResolveHosts::Never;
         builder
     };
@@ -243,12 +222,8 @@ mod tests {
 
     #[test]
     fn single_null_mx_is_refused_without_any_host() {
-        let err = order_exchanges(
-            "nomail.test",
-            vec![(0, Name::root())],
-            &mut rand::thread_rng(),
-        )
-        .unwrap_err();
+        let err = order_exchanges("nomail.test", vec![(0, Name::root())], &mut rand::thread_rng())
+            .unwrap_err();
         assert!(matches!(err, ResolveError::NullMx { .. }), "{err}");
     }
 
@@ -282,10 +257,7 @@ mod tests {
             seen_a_first |= out[1].1 == name("a.test.");
             seen_b_first |= out[1].1 == name("b.test.");
         }
-        assert!(
-            seen_a_first && seen_b_first,
-            "equal preferences were never shuffled"
-        );
+        assert!(seen_a_first && seen_b_first, "equal preferences were never shuffled");
     }
 
     #[test]

@@ -51,10 +51,7 @@ impl std::fmt::Display for Reply {
 impl Reply {
     fn from_response(r: &Response) -> Self {
         let code = r.code().to_string().parse().unwrap_or(0);
-        Self {
-            code,
-            text: r.message().collect::<Vec<_>>().join(" ").trim().to_owned(),
-        }
+        Self { code, text: r.message().collect::<Vec<_>>().join(" ").trim().to_owned() }
     }
 }
 
@@ -197,10 +194,9 @@ impl StepError {
     fn in_stage(self, stage: Stage) -> SessionError {
         match self {
             // A negative reply where the session cannot go on (e.g. RSET refused).
-            StepError::Reply(reply) => SessionError::ConnectionLost {
-                stage,
-                reason: reply.to_string(),
-            },
+            StepError::Reply(reply) => {
+                SessionError::ConnectionLost { stage, reason: reply.to_string() }
+            }
             StepError::Timeout => SessionError::Timeout { stage },
             StepError::Lost(reason) => SessionError::ConnectionLost { stage, reason },
         }
@@ -319,10 +315,7 @@ pub(crate) async fn open(
     };
     drop(conn);
     if opts.tls == TlsMode::Required {
-        return Err(SessionError::TlsHandshake {
-            host: host.into(),
-            reason,
-        });
+        return Err(SessionError::TlsHandshake { host: host.into(), reason });
     }
     tracing::info!(%addr, host, %reason, "STARTTLS failed; delivering in plain text");
     connect_plain(opts, addr).await
@@ -382,9 +375,8 @@ async fn transaction(
     tx: &Transaction<'_>,
     attempt: &mut HostAttempt,
 ) -> Result<bool, SessionError> {
-    let from: Address = sender.parse().map_err(|_| SessionError::BadSender {
-        address: sender.into(),
-    })?;
+    let from: Address =
+        sender.parse().map_err(|_| SessionError::BadSender { address: sender.into() })?;
     let info = conn.server_info();
     let mut params = Vec::new();
     if !tx.message.is_ascii() && info.supports_feature(Extension::EightBitMime) {
@@ -398,21 +390,14 @@ async fn transaction(
                     code: 553,
                     text: "5.6.7 the server does not support SMTPUTF8 addresses".into(),
                 };
-                attempt
-                    .answers
-                    .push((r.clone(), Answer::RcptRejected(reply)));
+                attempt.answers.push((r.clone(), Answer::RcptRejected(reply)));
             }
             return Ok(true);
         }
         params.push(MailParameter::SmtpUtfEight);
     }
 
-    match step(
-        opts.command_timeout,
-        conn.command(Mail::new(Some(from), params)),
-    )
-    .await
-    {
+    match step(opts.command_timeout, conn.command(Mail::new(Some(from), params))).await {
         Ok(_) => {}
         Err(StepError::Reply(reply)) => return Err(SessionError::MailFrom { reply }),
         Err(e) => return Err(e.in_stage(Stage::MailFrom)),
@@ -421,25 +406,15 @@ async fn transaction(
     let mut accepted: Vec<&String> = Vec::new();
     for rcpt in tx.recipients {
         let Ok(address) = rcpt.parse::<Address>() else {
-            let reply = Reply {
-                code: 553,
-                text: "5.1.3 invalid recipient address".into(),
-            };
-            attempt
-                .answers
-                .push((rcpt.clone(), Answer::RcptRejected(reply)));
+            let reply = Reply { code: 553, text: "5.1.3 invalid recipient address".into() };
+            attempt.answers.push((rcpt.clone(), Answer::RcptRejected(reply)));
             continue;
         };
-        match step(
-            opts.command_timeout,
-            conn.command(Rcpt::new(address, vec![])),
-        )
-        .await
-        {
+        match step(opts.command_timeout, conn.command(Rcpt::new(address, vec![]))).await {
             Ok(_) => accepted.push(rcpt),
-            Err(StepError::Reply(reply)) => attempt
-                .answers
-                .push((rcpt.clone(), Answer::RcptRejected(reply))),
+            Err(StepError::Reply(reply)) => {
+                attempt.answers.push((rcpt.clone(), Answer::RcptRejected(reply)))
+            }
             Err(e) => {
                 attempt.in_doubt = accepted.into_iter().cloned().collect();
                 return Err(e.in_stage(Stage::RcptTo));
@@ -454,9 +429,7 @@ async fn transaction(
         Ok(_) => {}
         Err(StepError::Reply(reply)) => {
             for r in accepted {
-                attempt
-                    .answers
-                    .push((r.clone(), Answer::DataRejected(reply.clone())));
+                attempt.answers.push((r.clone(), Answer::DataRejected(reply.clone())));
             }
             return Ok(false);
         }
@@ -472,17 +445,13 @@ async fn transaction(
         Ok(resp) => {
             let reply = Reply::from_response(&resp);
             for r in accepted {
-                attempt
-                    .answers
-                    .push((r.clone(), Answer::Delivered(reply.clone())));
+                attempt.answers.push((r.clone(), Answer::Delivered(reply.clone())));
             }
             Ok(true)
         }
         Err(StepError::Reply(reply)) => {
             for r in accepted {
-                attempt
-                    .answers
-                    .push((r.clone(), Answer::DataRejected(reply.clone())));
+                attempt.answers.push((r.clone(), Answer::DataRejected(reply.clone())));
             }
             Ok(true)
         }

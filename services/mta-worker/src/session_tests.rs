@@ -27,20 +27,14 @@ const MESSAGE: &[u8] = b"From: s@sender.test\r\nTo: a@rcpt.test\r\nSubject: t\r\
 async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients() {
     let script = Script {
         rcpt: HashMap::from([
-            (
-                "b@rcpt.test".to_string(),
-                "550 5.1.1 no such user".to_string(),
-            ),
+            ("b@rcpt.test".to_string(), "550 5.1.1 no such user".to_string()),
             ("c@rcpt.test".to_string(), "451 4.7.1 try later".to_string()),
         ]),
         ..Default::default()
     };
     let peer = SmtpPeer::start(LOCAL, script).await;
     let r = rcpts(&["a@rcpt.test", "b@rcpt.test", "c@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Opportunistic),
         LOCAL,
@@ -53,17 +47,11 @@ async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients(
     let answers: HashMap<_, _> = attempt.answers.into_iter().collect();
     assert_eq!(
         answers["a@rcpt.test"],
-        Answer::Delivered(Reply {
-            code: 250,
-            text: "2.0.0 queued as X1".into()
-        })
+        Answer::Delivered(Reply { code: 250, text: "2.0.0 queued as X1".into() })
     );
     assert_eq!(
         answers["b@rcpt.test"].clone(),
-        Answer::RcptRejected(Reply {
-            code: 550,
-            text: "5.1.1 no such user".into()
-        })
+        Answer::RcptRejected(Reply { code: 550, text: "5.1.1 no such user".into() })
     );
     match &answers["c@rcpt.test"] {
         Answer::RcptRejected(r) => assert_eq!(r.to_string(), "451 4.7.1 try later"),
@@ -72,21 +60,11 @@ async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients(
     let seen = peer.seen();
     assert_eq!(seen.len(), 1);
     assert!(
-        seen[0]
-            .commands
-            .iter()
-            .any(|c| c == "MAIL FROM:<s@sender.test>"),
+        seen[0].commands.iter().any(|c| c == "MAIL FROM:<s@sender.test>"),
         "{:?}",
         seen[0].commands
     );
-    assert_eq!(
-        seen[0]
-            .commands
-            .iter()
-            .filter(|c| c.starts_with("RCPT TO"))
-            .count(),
-        3
-    );
+    assert_eq!(seen[0].commands.iter().filter(|c| c.starts_with("RCPT TO")).count(), 3);
     assert_eq!(seen[0].commands.last().unwrap(), "QUIT");
 }
 
@@ -94,10 +72,7 @@ async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients(
 async fn lines_starting_with_a_dot_are_stuffed_on_the_wire_and_nothing_ends_data_early() {
     let peer = SmtpPeer::start(LOCAL, Script::default()).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Disabled),
         LOCAL,
@@ -109,14 +84,8 @@ async fn lines_starting_with_a_dot_are_stuffed_on_the_wire_and_nothing_ends_data
     assert!(attempt.failure.is_none());
     let seen = peer.seen();
     let wire = String::from_utf8(seen[0].messages[0].clone()).unwrap();
-    assert!(
-        wire.contains("\r\nhello\r\n..\r\n..leading dot\r\nend\r\n"),
-        "{wire:?}"
-    );
-    assert!(
-        !wire.ends_with("\r\n\r\n"),
-        "no blank line is added before the terminator: {wire:?}"
-    );
+    assert!(wire.contains("\r\nhello\r\n..\r\n..leading dot\r\nend\r\n"), "{wire:?}");
+    assert!(!wire.ends_with("\r\n\r\n"), "no blank line is added before the terminator: {wire:?}");
 }
 
 #[tokio::test]
@@ -127,10 +96,7 @@ async fn data_is_not_sent_when_every_recipient_is_refused() {
     };
     let peer = SmtpPeer::start(LOCAL, script).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Disabled),
         LOCAL,
@@ -150,24 +116,11 @@ async fn per_recipient_transactions_share_one_connection_with_rset_after_an_abor
         ..Default::default()
     };
     let peer = SmtpPeer::start(LOCAL, script).await;
-    let (a, b, c) = (
-        rcpts(&["a@rcpt.test"]),
-        rcpts(&["b@rcpt.test"]),
-        rcpts(&["c@rcpt.test"]),
-    );
+    let (a, b, c) = (rcpts(&["a@rcpt.test"]), rcpts(&["b@rcpt.test"]), rcpts(&["c@rcpt.test"]));
     let tx = [
-        Transaction {
-            recipients: &a,
-            message: MESSAGE,
-        },
-        Transaction {
-            recipients: &b,
-            message: MESSAGE,
-        },
-        Transaction {
-            recipients: &c,
-            message: MESSAGE,
-        },
+        Transaction { recipients: &a, message: MESSAGE },
+        Transaction { recipients: &b, message: MESSAGE },
+        Transaction { recipients: &c, message: MESSAGE },
     ];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Disabled),
@@ -179,20 +132,12 @@ async fn per_recipient_transactions_share_one_connection_with_rset_after_an_abor
     .await;
     assert!(attempt.failure.is_none());
     assert_eq!(
-        attempt
-            .answers
-            .iter()
-            .filter(|(_, a)| matches!(a, Answer::Delivered(_)))
-            .count(),
+        attempt.answers.iter().filter(|(_, a)| matches!(a, Answer::Delivered(_))).count(),
         2
     );
     let seen = peer.seen();
     assert_eq!(seen.len(), 1, "one connection for all transactions");
-    let cmds: Vec<&str> = seen[0]
-        .commands
-        .iter()
-        .map(|c| c.split(':').next().unwrap())
-        .collect();
+    let cmds: Vec<&str> = seen[0].commands.iter().map(|c| c.split(':').next().unwrap()).collect();
     assert_eq!(
         cmds,
         [
@@ -216,17 +161,11 @@ async fn per_recipient_transactions_share_one_connection_with_rset_after_an_abor
 async fn a_negative_greeting_fails_the_session() {
     let peer = SmtpPeer::start(
         LOCAL,
-        Script {
-            greeting: "554 5.3.2 not now".into(),
-            ..Default::default()
-        },
+        Script { greeting: "554 5.3.2 not now".into(), ..Default::default() },
     )
     .await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Disabled),
         LOCAL,
@@ -250,38 +189,20 @@ async fn a_refused_connection_is_a_connect_failure() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
-    let attempt = deliver_to_host(
-        &opts(port, TlsMode::Disabled),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
-    assert!(
-        matches!(attempt.failure, Some(SessionError::Connect { .. })),
-        "{:?}",
-        attempt.failure
-    );
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(port, TlsMode::Disabled), LOCAL, "mx.test", "s@sender.test", &tx)
+            .await;
+    assert!(matches!(attempt.failure, Some(SessionError::Connect { .. })), "{:?}", attempt.failure);
 }
 
 #[tokio::test]
 async fn a_failed_opportunistic_tls_handshake_falls_back_to_plain_text_on_a_new_connection() {
-    let script = Script {
-        extensions: vec!["STARTTLS".into()],
-        break_tls: true,
-        ..Default::default()
-    };
+    let script =
+        Script { extensions: vec!["STARTTLS".into()], break_tls: true, ..Default::default() };
     let peer = SmtpPeer::start(LOCAL, script).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Opportunistic),
         LOCAL,
@@ -307,10 +228,7 @@ async fn a_failed_opportunistic_tls_handshake_falls_back_to_plain_text_on_a_new_
 async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
     let peer = SmtpPeer::start(LOCAL, Script::default()).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Required),
         LOCAL,
@@ -326,11 +244,8 @@ async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
     );
     assert!(peer.seen()[0].messages.is_empty());
 
-    let broken = Script {
-        extensions: vec!["STARTTLS".into()],
-        break_tls: true,
-        ..Default::default()
-    };
+    let broken =
+        Script { extensions: vec!["STARTTLS".into()], break_tls: true, ..Default::default() };
     let peer = SmtpPeer::start(LOCAL, broken).await;
     let attempt = deliver_to_host(
         &opts(peer.addr.port(), TlsMode::Required),
@@ -350,29 +265,14 @@ async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
 
 #[tokio::test]
 async fn a_missing_end_of_data_reply_times_out_and_leaves_accepted_recipients_in_doubt() {
-    let peer = SmtpPeer::start(
-        LOCAL,
-        Script {
-            end_reply: None,
-            ..Default::default()
-        },
-    )
-    .await;
+    let peer = SmtpPeer::start(LOCAL, Script { end_reply: None, ..Default::default() }).await;
     let r = rcpts(&["a@rcpt.test", "b@rcpt.test"]);
-    let tx = [Transaction {
-        recipients: &r,
-        message: MESSAGE,
-    }];
+    let tx = [Transaction { recipients: &r, message: MESSAGE }];
     let mut o = opts(peer.addr.port(), TlsMode::Disabled);
     o.data_timeout = Duration::from_millis(300);
     let attempt = deliver_to_host(&o, LOCAL, "mx.test", "s@sender.test", &tx).await;
     assert!(
-        matches!(
-            attempt.failure,
-            Some(SessionError::Timeout {
-                stage: Stage::DataEnd
-            })
-        ),
+        matches!(attempt.failure, Some(SessionError::Timeout { stage: Stage::DataEnd })),
         "{:?}",
         attempt.failure
     );

@@ -92,8 +92,7 @@ async fn serve(
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    w.write_all(format!("{}\r\n", script.greeting).as_bytes())
-        .await?;
+    w.write_all(format!("{}\r\n", script.greeting).as_bytes()).await?;
     if !script.greeting.starts_with('2') {
         return Ok(());
     }
@@ -123,14 +122,9 @@ async fn serve(
         } else if upper.starts_with("RCPT TO") {
             let addr = cmd[cmd.find('<').map_or(0, |i| i + 1)..cmd.rfind('>').unwrap_or(cmd.len())]
                 .to_ascii_lowercase();
-            script
-                .rcpt
-                .get(&addr)
-                .cloned()
-                .unwrap_or_else(|| "250 2.1.5 ok".into())
+            script.rcpt.get(&addr).cloned().unwrap_or_else(|| "250 2.1.5 ok".into())
         } else if upper == "DATA" {
-            w.write_all(format!("{}\r\n", script.data_reply).as_bytes())
-                .await?;
+            w.write_all(format!("{}\r\n", script.data_reply).as_bytes()).await?;
             if !script.data_reply.starts_with('3') {
                 continue;
             }
@@ -177,10 +171,7 @@ pub struct Zone {
 
 impl Zone {
     pub fn add(mut self, name: &str, rdata: RData) -> Self {
-        let key = (
-            name.trim_end_matches('.').to_ascii_lowercase(),
-            rdata.record_type(),
-        );
+        let key = (name.trim_end_matches('.').to_ascii_lowercase(), rdata.record_type());
         self.records.entry(key).or_default().push(rdata);
         self
     }

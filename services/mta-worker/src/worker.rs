@@ -32,8 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::{settle_all, Deliverer, Outgoing, RecipientVerdict, Verdict};
 use crate::disposition::{Action, Failure};
 use crate::dkim::DkimSigners;
-use crate::render::{parse_mailbox, Renderer};
 use crate::pool::{PoolLimits, SmtpPool};
+use crate::render::{parse_mailbox, Renderer};
 use crate::resolve::MxResolver;
 use crate::session::SmtpOptions;
 use crate::WorkerError;
@@ -235,10 +235,8 @@ impl MtaWorker {
             Ok(r) => r,
             Err(e) => return settle_all(everyone(), &Failure::Render(e), None),
         };
-        let (recipients, bodies): (Vec<_>, Vec<_>) = rendered
-            .into_iter()
-            .map(|m| (m.recipients, m.bytes))
-            .unzip();
+        let (recipients, bodies): (Vec<_>, Vec<_>) =
+            rendered.into_iter().map(|m| (m.recipients, m.bytes)).unzip();
         let signed = {
             let _cpu = self.signing.acquire().await.expect("the semaphore is never closed");
             self.signers.sign(&from.domain(), bodies).await
@@ -252,9 +250,7 @@ impl MtaWorker {
             .zip(signed)
             .map(|(recipients, bytes)| Outgoing { recipients, bytes })
             .collect();
-        self.deliverer
-            .deliver_to_hosts(&hosts, &from.email, &outgoing)
-            .await
+        self.deliverer.deliver_to_hosts(&hosts, &from.email, &outgoing).await
     }
 }
 
@@ -282,16 +278,16 @@ pub fn outcomes(
 ) -> Vec<RecipientOutcome> {
     // A scheduled message's retry window (RFC 5321 §4.5.4.1) opens at its `send_at`.
     let first_due = job.request.send_at.map_or(job.created_at, |at| at.max(job.created_at));
-    let expired = now
-        .signed_duration_since(first_due)
-        .to_std()
-        .is_ok_and(|age| age >= retry.max_age.std());
+    let expired =
+        now.signed_duration_since(first_due).to_std().is_ok_and(|age| age >= retry.max_age.std());
     job.recipients
         .iter()
         .map(|r| {
             let v = verdicts.iter().find(|v| v.email == r.email);
             let (verdict, response, mx_host, hard_bounce) = match v {
-                Some(v) => (v.verdict.clone(), v.response.clone(), v.mx_host.clone(), v.hard_bounce),
+                Some(v) => {
+                    (v.verdict.clone(), v.response.clone(), v.mx_host.clone(), v.hard_bounce)
+                }
                 // Cannot happen; if it did, trying again is the safe choice.
                 None => (
                     Verdict::Failed(Action::Retry),
@@ -303,10 +299,9 @@ pub fn outcomes(
             let (result, response) = match verdict {
                 Verdict::Delivered => (DeliveryResult::Delivered, response),
                 Verdict::Failed(Action::Bounce) => (DeliveryResult::Bounced, response),
-                Verdict::Failed(Action::Retry) if expired => (
-                    DeliveryResult::Bounced,
-                    format!("expired: last reply was {response}"),
-                ),
+                Verdict::Failed(Action::Retry) if expired => {
+                    (DeliveryResult::Bounced, format!("expired: last reply was {response}"))
+                }
                 Verdict::Failed(Action::Retry) => {
                     let delay = retry.delay_after(r.attempts.saturating_add(1));
                     let next_attempt_at = chrono::Duration::from_std(delay)

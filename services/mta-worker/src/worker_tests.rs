@@ -37,10 +37,7 @@ impl Queue for FakeQueue {
         if self.fail_complete {
             return Err(StoreError::Closed);
         }
-        self.completed
-            .lock()
-            .unwrap()
-            .push((job.job_id.clone(), outcomes));
+        self.completed.lock().unwrap().push((job.job_id.clone(), outcomes));
         Ok(())
     }
     async fn renew(&self, _: &ClaimedJob, _: Duration) -> Result<bool, StoreError> {
@@ -75,10 +72,7 @@ fn job_created(domain: &str, recipients: &[&str], created_at: DateTime<Utc>) -> 
         domain: domain.into(),
         recipients: recipients
             .iter()
-            .map(|e| PendingRecipient {
-                email: e.to_string(),
-                attempts: 0,
-            })
+            .map(|e| PendingRecipient { email: e.to_string(), attempts: 0 })
             .collect(),
         sandbox: false,
     }
@@ -113,25 +107,13 @@ fn settings(dns: SocketAddr, smtp_port: u16) -> Settings {
 fn harness(settings: &Settings, queue: FakeQueue) -> Harness {
     let queue = Arc::new(queue);
     let metrics = Metrics::new();
-    let worker = MtaWorker::new(
-        settings,
-        queue.clone(),
-        metrics.clone(),
-        TrackingKeys::new(b"k"),
-    )
-    .unwrap();
-    Harness {
-        worker: Arc::new(worker),
-        queue,
-        metrics,
-    }
+    let worker =
+        MtaWorker::new(settings, queue.clone(), metrics.clone(), TrackingKeys::new(b"k")).unwrap();
+    Harness { worker: Arc::new(worker), queue, metrics }
 }
 
 fn queue_with(jobs: Vec<ClaimedJob>) -> FakeQueue {
-    FakeQueue {
-        jobs: Mutex::new(jobs),
-        ..Default::default()
-    }
+    FakeQueue { jobs: Mutex::new(jobs), ..Default::default() }
 }
 
 fn outcomes_by_email(q: &FakeQueue) -> HashMap<String, RecipientOutcome> {
@@ -152,10 +134,7 @@ async fn each_recipient_is_delivered_bounced_or_deferred_by_its_own_reply() {
         LOCAL,
         Script {
             rcpt: HashMap::from([
-                (
-                    "b@rcpt.test".to_string(),
-                    "550 5.1.1 no such user".to_string(),
-                ),
+                ("b@rcpt.test".to_string(), "550 5.1.1 no such user".to_string()),
                 ("c@rcpt.test".to_string(), "451 4.7.1 try later".to_string()),
             ]),
             ..Default::default()
@@ -170,10 +149,7 @@ async fn each_recipient_is_delivered_bounced_or_deferred_by_its_own_reply() {
     .await;
     let h = harness(
         &settings(dns, peer.addr.port()),
-        queue_with(vec![job(
-            "rcpt.test",
-            &["a@rcpt.test", "b@rcpt.test", "c@rcpt.test"],
-        )]),
+        queue_with(vec![job("rcpt.test", &["a@rcpt.test", "b@rcpt.test", "c@rcpt.test"])]),
     );
 
     let before = Utc::now();
@@ -197,27 +173,15 @@ async fn each_recipient_is_delivered_bounced_or_deferred_by_its_own_reply() {
     let seen = peer.seen();
     assert_eq!(seen[0].messages.len(), 1);
     let wire = String::from_utf8_lossy(&seen[0].messages[0]);
-    assert!(
-        wire.contains("\r\n..\r\n"),
-        "the lone dot line is stuffed: {wire}"
-    );
+    assert!(wire.contains("\r\n..\r\n"), "the lone dot line is stuffed: {wire}");
     assert!(!wire.contains("\n.\n"));
 
     let m = h.metrics.render();
     for r in ["delivered", "bounced", "deferred"] {
-        assert!(
-            m.contains(&format!("postwire_deliveries_total{{result=\"{r}\"}} 1")),
-            "{m}"
-        );
+        assert!(m.contains(&format!("postwire_deliveries_total{{result=\"{r}\"}} 1")), "{m}");
     }
-    assert!(
-        m.contains("postwire_smtp_transaction_seconds_count 1"),
-        "{m}"
-    );
-    assert!(
-        !h.worker.step_once().await.unwrap(),
-        "the queue is empty now"
-    );
+    assert!(m.contains("postwire_smtp_transaction_seconds_count 1"), "{m}");
+    assert!(!h.worker.step_once().await.unwrap(), "the queue is empty now");
 }
 
 #[tokio::test]
@@ -266,27 +230,16 @@ async fn null_mx_and_nxdomain_bounce_without_connecting() {
     assert!(h.worker.step_once().await.unwrap());
     let o = outcomes_by_email(&h.queue);
     assert_eq!(o["x@nomail.test"].result, DeliveryResult::Bounced);
-    assert!(
-        o["x@nomail.test"].response.contains("null MX"),
-        "{}",
-        o["x@nomail.test"].response
-    );
+    assert!(o["x@nomail.test"].response.contains("null MX"), "{}", o["x@nomail.test"].response);
     assert_eq!(o["y@missing.test"].result, DeliveryResult::Bounced);
-    assert!(
-        o["y@missing.test"].response.contains("NXDOMAIN"),
-        "{}",
-        o["y@missing.test"].response
-    );
+    assert!(o["y@missing.test"].response.contains("NXDOMAIN"), "{}", o["y@missing.test"].response);
     assert!(peer.seen().is_empty());
 }
 
 #[tokio::test]
 async fn servfail_defers() {
     let dns = start_dns(Zone::default().servfail("broken.test")).await;
-    let h = harness(
-        &settings(dns, 25),
-        queue_with(vec![job("broken.test", &["z@broken.test"])]),
-    );
+    let h = harness(&settings(dns, 25), queue_with(vec![job("broken.test", &["z@broken.test"])]));
     assert!(h.worker.step_once().await.unwrap());
     let o = outcomes_by_email(&h.queue);
     assert!(
@@ -307,10 +260,7 @@ async fn a_domain_without_mx_records_is_delivered_to_its_own_address() {
     assert!(h.worker.step_once().await.unwrap());
     let o = outcomes_by_email(&h.queue);
     assert_eq!(o["u@implicit.test"].result, DeliveryResult::Delivered);
-    assert_eq!(
-        o["u@implicit.test"].mx_host.as_deref(),
-        Some("implicit.test")
-    );
+    assert_eq!(o["u@implicit.test"].mx_host.as_deref(), Some("implicit.test"));
 }
 
 #[tokio::test]
@@ -339,10 +289,7 @@ async fn a_refusing_primary_mx_falls_through_to_the_backup() {
 async fn when_every_host_fails_recipients_are_deferred_with_the_last_error() {
     let greeter = SmtpPeer::start(
         LOCAL,
-        Script {
-            greeting: "421 4.3.2 shutting down".into(),
-            ..Default::default()
-        },
+        Script { greeting: "421 4.3.2 shutting down".into(), ..Default::default() },
     )
     .await;
     let dns = start_dns(
@@ -365,9 +312,7 @@ async fn when_every_host_fails_recipients_are_deferred_with_the_last_error() {
         o["w@down.test"]
     );
     assert!(
-        o["w@down.test"]
-            .response
-            .contains("421 4.3.2 shutting down"),
+        o["w@down.test"].response.contains("421 4.3.2 shutting down"),
         "{}",
         o["w@down.test"].response
     );
@@ -380,10 +325,7 @@ async fn a_failed_complete_is_reported_and_nothing_panics() {
     let mut q = queue_with(vec![job("gone.test", &["q@gone.test"])]);
     q.fail_complete = true;
     let h = harness(&settings(dns, 25), q);
-    assert!(matches!(
-        h.worker.step_once().await,
-        Err(WorkerError::Queue(StoreError::Closed))
-    ));
+    assert!(matches!(h.worker.step_once().await, Err(WorkerError::Queue(StoreError::Closed))));
 }
 
 #[tokio::test]
@@ -401,10 +343,7 @@ async fn run_processes_queued_jobs_and_returns_after_shutdown() {
     let handle = tokio::spawn(h.worker.clone().run(shutdown.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while h.queue.completed.lock().unwrap().len() < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs were not processed in time"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "jobs were not processed in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
@@ -435,11 +374,8 @@ fn verdict(email: &str, verdict: Verdict, response: &str) -> RecipientVerdict {
 fn deferred_recipients_follow_the_retry_schedule_by_attempt_count() {
     let retry = Retry::default();
     let now = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
-    let mut j = job_created(
-        "d.test",
-        &["a@d.test", "b@d.test"],
-        now - chrono::Duration::minutes(10),
-    );
+    let mut j =
+        job_created("d.test", &["a@d.test", "b@d.test"], now - chrono::Duration::minutes(10));
     j.recipients[1].attempts = 3; // this is the 4th attempt → schedule[3] = 30m
     let out = outcomes(
         &j,
@@ -452,15 +388,11 @@ fn deferred_recipients_follow_the_retry_schedule_by_attempt_count() {
     );
     assert_eq!(
         out[0].result,
-        DeliveryResult::Deferred {
-            next_attempt_at: now + chrono::Duration::minutes(1)
-        }
+        DeliveryResult::Deferred { next_attempt_at: now + chrono::Duration::minutes(1) }
     );
     assert_eq!(
         out[1].result,
-        DeliveryResult::Deferred {
-            next_attempt_at: now + chrono::Duration::minutes(30)
-        }
+        DeliveryResult::Deferred { next_attempt_at: now + chrono::Duration::minutes(30) }
     );
     assert_eq!(out[0].response, "451 later");
 }
@@ -469,29 +401,18 @@ fn deferred_recipients_follow_the_retry_schedule_by_attempt_count() {
 fn a_recipient_still_deferred_after_max_age_bounces_as_expired() {
     let retry = Retry::default();
     let now = Utc.with_ymd_and_hms(2024, 5, 3, 12, 0, 0).unwrap();
-    let j = job_created(
-        "d.test",
-        &["a@d.test", "b@d.test"],
-        now - chrono::Duration::hours(48),
-    );
+    let j = job_created("d.test", &["a@d.test", "b@d.test"], now - chrono::Duration::hours(48));
     let out = outcomes(
         &j,
         vec![
-            verdict(
-                "a@d.test",
-                Verdict::Failed(Action::Retry),
-                "451 4.7.1 try later",
-            ),
+            verdict("a@d.test", Verdict::Failed(Action::Retry), "451 4.7.1 try later"),
             verdict("b@d.test", Verdict::Delivered, "250 ok"),
         ],
         &retry,
         now,
     );
     assert_eq!(out[0].result, DeliveryResult::Bounced);
-    assert_eq!(
-        out[0].response,
-        "expired: last reply was 451 4.7.1 try later"
-    );
+    assert_eq!(out[0].response, "expired: last reply was 451 4.7.1 try later");
     assert_eq!(out[1].result, DeliveryResult::Delivered);
 }
 
@@ -506,7 +427,12 @@ fn a_recipient_without_a_verdict_is_deferred_not_lost() {
 #[tokio::test]
 async fn a_sandbox_job_is_delivered_without_a_dns_query_or_a_connection() {
     let peer = SmtpPeer::start(LOCAL, Script::default()).await;
-    let dns = start_dns(Zone::default().add("sandbox.test", mx(10, "mx.sandbox.test")).add("mx.sandbox.test", a(Ipv4Addr::LOCALHOST))).await;
+    let dns = start_dns(
+        Zone::default()
+            .add("sandbox.test", mx(10, "mx.sandbox.test"))
+            .add("mx.sandbox.test", a(Ipv4Addr::LOCALHOST)),
+    )
+    .await;
     let mut sandboxed = job("sandbox.test", &["a@sandbox.test", "b@sandbox.test"]);
     sandboxed.sandbox = true;
     let h = harness(&settings(dns, peer.addr.port()), queue_with(vec![sandboxed]));
@@ -537,7 +463,9 @@ async fn only_a_5xx_to_rcpt_marks_the_outcome_for_suppression() {
     )
     .await;
     let dns = start_dns(
-        Zone::default().add("hard.test", mx(10, "mx.hard.test.")).add("mx.hard.test", a(Ipv4Addr::LOCALHOST)),
+        Zone::default()
+            .add("hard.test", mx(10, "mx.hard.test."))
+            .add("mx.hard.test", a(Ipv4Addr::LOCALHOST)),
     )
     .await;
     let h = harness(
@@ -556,10 +484,15 @@ async fn only_a_5xx_to_rcpt_marks_the_outcome_for_suppression() {
     )
     .await;
     let dns = start_dns(
-        Zone::default().add("data.test", mx(10, "mx.data.test.")).add("mx.data.test", a(Ipv4Addr::LOCALHOST)),
+        Zone::default()
+            .add("data.test", mx(10, "mx.data.test."))
+            .add("mx.data.test", a(Ipv4Addr::LOCALHOST)),
     )
     .await;
-    let h = harness(&settings(dns, data_peer.addr.port()), queue_with(vec![job("data.test", &["d@data.test"])]));
+    let h = harness(
+        &settings(dns, data_peer.addr.port()),
+        queue_with(vec![job("data.test", &["d@data.test"])]),
+    );
     assert!(h.worker.step_once().await.unwrap());
     let o = outcomes_by_email(&h.queue);
     assert_eq!(o["d@data.test"].result, DeliveryResult::Bounced);
@@ -572,6 +505,11 @@ fn a_scheduled_message_is_not_expired_by_the_days_it_waited_for_send_at() {
     let now = Utc.with_ymd_and_hms(2024, 5, 8, 12, 0, 0).unwrap();
     let mut j = job_created("d.test", &["a@d.test"], now - chrono::Duration::days(7));
     j.request.send_at = Some(now - chrono::Duration::minutes(1));
-    let out = outcomes(&j, vec![verdict("a@d.test", Verdict::Failed(Action::Retry), "451 4.7.1 try later")], &retry, now);
+    let out = outcomes(
+        &j,
+        vec![verdict("a@d.test", Verdict::Failed(Action::Retry), "451 4.7.1 try later")],
+        &retry,
+        now,
+    );
     assert!(matches!(out[0].result, DeliveryResult::Deferred { .. }), "{:?}", out[0]);
 }

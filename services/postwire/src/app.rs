@@ -51,9 +51,12 @@ pub struct Roles {
 
 impl Roles {
     pub const ALL: Roles = Roles { api_gateway: true, mta_worker: true, webhook_dispatcher: true };
-    pub const API_GATEWAY: Roles = Roles { api_gateway: true, mta_worker: false, webhook_dispatcher: false };
-    pub const MTA_WORKER: Roles = Roles { api_gateway: false, mta_worker: true, webhook_dispatcher: false };
-    pub const WEBHOOK_DISPATCHER: Roles = Roles { api_gateway: false, mta_worker: false, webhook_dispatcher: true };
+    pub const API_GATEWAY: Roles =
+        Roles { api_gateway: true, mta_worker: false, webhook_dispatcher: false };
+    pub const MTA_WORKER: Roles =
+        Roles { api_gateway: false, mta_worker: true, webhook_dispatcher: false };
+    pub const WEBHOOK_DISPATCHER: Roles =
+        Roles { api_gateway: false, mta_worker: false, webhook_dispatcher: true };
 }
 
 /// The queue/state backend chosen by `storage.backend`.
@@ -88,7 +91,9 @@ impl Stores {
                     suppressions: Arc::new(store.clone()),
                     messages: Arc::new(store.clone()),
                     templates: Arc::new(store.clone()),
-                    rate_limiter: Arc::new(postwire_store::embedded::LocalRateLimiter::new(store.clone())),
+                    rate_limiter: Arc::new(postwire_store::embedded::LocalRateLimiter::new(
+                        store.clone(),
+                    )),
                     domains: Arc::new(store.clone()),
                     sqlite: Some(store),
                 })
@@ -143,7 +148,8 @@ impl App {
             MtaWorker::new(&settings, stores.queue.clone(), metrics.clone(), tracking.clone())?
                 .with_domain_keys(stores.domains.clone()),
         );
-        let dispatcher = Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
+        let dispatcher =
+            Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
         let domain_checker = DomainChecker::from_settings(&settings.dns, &settings.smtp)
             .map_err(|e| AppError::Worker(postwire_mta_worker::WorkerError::Resolver(e)))?;
         Ok(Self { settings, stores, metrics, tracking, worker, dispatcher, domain_checker })
@@ -195,13 +201,16 @@ impl App {
     /// Runs the chosen services until `shutdown` fires, then waits for each to finish its
     /// in-flight work. `listener` serves the API when the gateway runs; processes without it
     /// serve `/metrics` and health on `telemetry.metrics_listen` when that is set.
-    pub async fn run(self, roles: Roles, listener: Option<TcpListener>, shutdown: CancellationToken) -> Result<(), AppError> {
+    pub async fn run(
+        self,
+        roles: Roles,
+        listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
         let ops_listener = match (roles.api_gateway, self.settings.telemetry.metrics_listen) {
-            (false, Some(addr)) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| AppError::Listen { addr, key: "telemetry.metrics_listen", source })?,
-            ),
+            (false, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|source| {
+                AppError::Listen { addr, key: "telemetry.metrics_listen", source }
+            })?),
             _ => None,
         };
         let tasks = TaskTracker::new();

@@ -14,7 +14,11 @@ use crate::app::{App, Roles, Stores};
 use crate::keygen;
 
 #[derive(Debug, Parser)]
-#[command(name = "postwire", version, about = "Transactional email delivery: JSON in, signed mail out")]
+#[command(
+    name = "postwire",
+    version,
+    about = "Transactional email delivery: JSON in, signed mail out"
+)]
 pub struct Cli {
     /// Config file. Without this flag `./postwire.toml` is read if it exists.
     #[arg(long, global = true, env = "POSTWIRE_CONFIG")]
@@ -113,7 +117,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     let listener = if roles.api_gateway {
         let addr = settings.http.listen;
-        Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (http.listen)"))?)
+        Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?,
+        )
     } else {
         None
     };
@@ -131,7 +139,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -163,15 +172,29 @@ async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
                 })
                 .await?;
             let kind = if sandbox { "sandbox API key" } else { "API key" };
-            println!("created {kind} {} ({name}; scopes: {}). It is shown once:", minted.id, scopes.join(","));
+            println!(
+                "created {kind} {} ({name}; scopes: {}). It is shown once:",
+                minted.id,
+                scopes.join(",")
+            );
             println!("{}", minted.key);
         }
         KeysCommand::List => {
             println!("ID\tNAME\tSCOPES\tMODE\tCREATED\tSTATE");
             for k in store.list_api_keys().await? {
-                let state = k.revoked_at.map(|t| format!("revoked {}", t.to_rfc3339())).unwrap_or_else(|| "active".into());
+                let state = k
+                    .revoked_at
+                    .map(|t| format!("revoked {}", t.to_rfc3339()))
+                    .unwrap_or_else(|| "active".into());
                 let mode = if k.sandbox { "sandbox" } else { "live" };
-                println!("{}\t{}\t{}\t{mode}\t{}\t{}", k.id, k.name, k.scopes.join(","), k.created_at.to_rfc3339(), state);
+                println!(
+                    "{}\t{}\t{}\t{mode}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    k.scopes.join(","),
+                    k.created_at.to_rfc3339(),
+                    state
+                );
             }
         }
         KeysCommand::Revoke { id } => {
@@ -192,7 +215,11 @@ fn dkim_generate(
     algorithm: Algorithm,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let label_ok = |s: &str| !s.is_empty() && s.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    };
     if !label_ok(domain) || !domain.contains('.') {
         bail!("--domain `{domain}` is not a domain name");
     }
@@ -203,7 +230,9 @@ fn dkim_generate(
         Algorithm::RsaSha256 => DkimAlgorithm::RsaSha256,
         Algorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
     };
-    let path = out.unwrap_or_else(|| settings.storage.path.join("dkim").join(format!("{domain}.{selector}.pem")));
+    let path = out.unwrap_or_else(|| {
+        settings.storage.path.join("dkim").join(format!("{domain}.{selector}.pem"))
+    });
     let pair = keygen::generate(algorithm)?;
     crate::app::write_private(&path, &pair.private_pem)
         .with_context(|| format!("cannot write {} (it must not exist yet)", path.display()))?;

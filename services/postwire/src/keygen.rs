@@ -2,4 +2,6 @@
 //! library ([`postwire_mta_worker::keygen`]) so `postwire dkim generate` and `POST /v1/domains`
 //! make keys with one function; this module keeps the CLI's path to it.
 
-pub use postwire_mta_worker::keygen::{generate, import, txt_value, zone_record, DkimKeyPair, KeyError};
+pub use postwire_mta_worker::keygen::{
+    generate, import, txt_value, zone_record, DkimKeyPair, KeyError,
+};

@@ -79,7 +79,9 @@ pub(crate) mod contract {
             domain: name.into(),
             selector: selector.into(),
             algorithm: SigningAlgorithm::Ed25519Sha256,
-            private_key: format!("-----BEGIN PRIVATE KEY-----\n{selector}\n-----END PRIVATE KEY-----\n"),
+            private_key: format!(
+                "-----BEGIN PRIVATE KEY-----\n{selector}\n-----END PRIVATE KEY-----\n"
+            ),
             public_record: format!("v=DKIM1; k=ed25519; p={selector}"),
             created_at: Utc.timestamp_millis_opt(at_ms).unwrap(),
         }
@@ -97,12 +99,16 @@ pub(crate) mod contract {
         let gen = store.domains_generation().await.unwrap();
         assert!(gen > 0);
         // A duplicate changes nothing: not the key, not the generation.
-        assert!(!store.create_domain(domain("brand.test", "other", 1_764_000_000_500)).await.unwrap());
+        assert!(!store
+            .create_domain(domain("brand.test", "other", 1_764_000_000_500))
+            .await
+            .unwrap());
         assert_eq!(store.domain("brand.test").await.unwrap().unwrap().selector, "s1");
         assert_eq!(store.domains_generation().await.unwrap(), gen);
 
         assert!(store.create_domain(domain("alpha.test", "a1", 1_764_000_001_000)).await.unwrap());
-        let names: Vec<String> = store.list_domains().await.unwrap().into_iter().map(|d| d.domain).collect();
+        let names: Vec<String> =
+            store.list_domains().await.unwrap().into_iter().map(|d| d.domain).collect();
         assert_eq!(names, ["alpha.test", "brand.test"]);
         let after_second = store.domains_generation().await.unwrap();
         assert!(after_second > gen);
@@ -128,7 +134,9 @@ pub(crate) mod contract {
             .map(|i| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    store.create_domain(domain("race.test", &format!("s{i}"), 1_764_000_000_000)).await
+                    store
+                        .create_domain(domain("race.test", &format!("s{i}"), 1_764_000_000_000))
+                        .await
                 })
             })
             .collect();

@@ -62,5 +62,10 @@ pub trait Idempotency: Send + Sync + 'static {
 
     /// Drops a started record so the next request with the key runs afresh. A no-op when the
     /// record is no longer the caller's.
-    async fn idempotency_abandon(&self, key_id: &str, idem_key: &str, token: &str) -> Result<(), StoreError>;
+    async fn idempotency_abandon(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        token: &str,
+    ) -> Result<(), StoreError>;
 }

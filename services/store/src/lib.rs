@@ -20,8 +20,8 @@
 pub mod distributed;
 pub mod domain;
 pub mod embedded;
-pub mod ids;
 pub mod idempotency;
+pub mod ids;
 pub mod messages;
 pub mod model;
 pub mod ratelimit;
@@ -36,9 +36,9 @@ use postwire_proto::{Event, EventType, MessageView, Webhook};
 
 pub use domain::{Domains, SendingDomain};
 pub use idempotency::*;
+pub use messages::{Cancel, MessageCursor, MessagePage, MessageQuery, Messages};
 pub use model::*;
 pub use ratelimit::RateLimiter;
-pub use messages::{Cancel, MessageCursor, MessagePage, MessageQuery, Messages};
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
 pub use template::{new_template, TemplateCursor, TemplatePage, Templates};
 
@@ -85,7 +85,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Hands out up to `max` due jobs in one round trip, each under its own lease of `lease`;
     /// empty when nothing is due. A worker with several free slots claims them all at once
     /// instead of waiting for one claim after another. The default claims one.
-    async fn claim_many(&self, worker: &str, lease: Duration, max: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim_many(
+        &self,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
         let _ = max;
         Ok(self.claim(worker, lease).await?.into_iter().collect())
     }
@@ -94,7 +99,11 @@ pub trait Queue: Send + Sync + 'static {
     /// then deletes the job, or reschedules it at the earliest `next_attempt_at` of the
     /// deferred recipients. Outcomes for recipients already final are ignored, so a job run
     /// twice after a lease expiry cannot report a recipient delivered twice.
-    async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError>;
+    async fn complete(
+        &self,
+        job: &ClaimedJob,
+        outcomes: Vec<RecipientOutcome>,
+    ) -> Result<(), StoreError>;
 
     /// Extends a claim's lease to `lease` from now while its delivery is still running, so a
     /// short lease (quick recovery after a crash) never expires under a slow transaction.

@@ -22,7 +22,9 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use postwire_proto::{MessageSummary, RecipientStatus, RecipientSummary, RecipientView, SendRequest};
+use postwire_proto::{
+    MessageSummary, RecipientStatus, RecipientSummary, RecipientView, SendRequest,
+};
 
 use crate::StoreError;
 
@@ -52,7 +54,12 @@ impl MessageQuery {
 
     /// Whether a message with these properties matches (used where filtering happens in Rust).
     /// `recipients` are (stored email, shown status) pairs.
-    pub fn matches(&self, created_at_ms: i64, tags: &[String], recipients: &[(String, RecipientStatus)]) -> bool {
+    pub fn matches(
+        &self,
+        created_at_ms: i64,
+        tags: &[String],
+        recipients: &[(String, RecipientStatus)],
+    ) -> bool {
         if self.since.is_some_and(|s| created_at_ms < s.timestamp_millis()) {
             return false;
         }
@@ -106,7 +113,10 @@ impl MessageCursor {
         if id.is_empty() || id.contains(char::is_whitespace) {
             return None;
         }
-        Some(Self { created_at_ms: ms.parse().ok().filter(|ms: &i64| *ms >= 0)?, id: id.to_string() })
+        Some(Self {
+            created_at_ms: ms.parse().ok().filter(|ms: &i64| *ms >= 0)?,
+            id: id.to_string(),
+        })
     }
 }
 
@@ -150,7 +160,11 @@ pub trait Messages: Send + Sync + 'static {
 
 /// The status shown for a recipient: `scheduled` turns `queued` once its time has come (it is
 /// then waiting for a worker like any queued recipient); everything else as stored.
-pub fn shown_status(stored: RecipientStatus, next_attempt_at_ms: Option<i64>, now_ms: i64) -> RecipientStatus {
+pub fn shown_status(
+    stored: RecipientStatus,
+    next_attempt_at_ms: Option<i64>,
+    now_ms: i64,
+) -> RecipientStatus {
     match (stored, next_attempt_at_ms) {
         (RecipientStatus::Scheduled, Some(at)) if at <= now_ms => RecipientStatus::Queued,
         (RecipientStatus::Scheduled, None) => RecipientStatus::Queued,
@@ -189,7 +203,10 @@ pub(crate) fn summary(
         from,
         subject,
         tags,
-        recipients: recipients.into_iter().map(|(email, status)| RecipientSummary { email, status }).collect(),
+        recipients: recipients
+            .into_iter()
+            .map(|(email, status)| RecipientSummary { email, status })
+            .collect(),
     }
 }
 
@@ -213,9 +230,18 @@ mod tests {
 
     #[test]
     fn a_scheduled_recipient_shows_queued_once_its_time_has_come() {
-        assert_eq!(shown_status(RecipientStatus::Scheduled, Some(2_000), 1_999), RecipientStatus::Scheduled);
-        assert_eq!(shown_status(RecipientStatus::Scheduled, Some(2_000), 2_000), RecipientStatus::Queued);
-        assert_eq!(shown_status(RecipientStatus::Deferred, Some(2_000), 9_000), RecipientStatus::Deferred);
+        assert_eq!(
+            shown_status(RecipientStatus::Scheduled, Some(2_000), 1_999),
+            RecipientStatus::Scheduled
+        );
+        assert_eq!(
+            shown_status(RecipientStatus::Scheduled, Some(2_000), 2_000),
+            RecipientStatus::Queued
+        );
+        assert_eq!(
+            shown_status(RecipientStatus::Deferred, Some(2_000), 9_000),
+            RecipientStatus::Deferred
+        );
     }
 
     #[test]
@@ -236,9 +262,11 @@ mod tests {
         assert!(!q.matches(2_000, &tags, &rcpts), "until is exclusive");
         assert!(!q.matches(999, &tags, &rcpts));
         assert!(!q.matches(1_500, &[], &rcpts));
-        let lower_local = MessageQuery { recipient: Some("ann@example.org".into()), ..MessageQuery::default() };
+        let lower_local =
+            MessageQuery { recipient: Some("ann@example.org".into()), ..MessageQuery::default() };
         assert!(!lower_local.matches(1_500, &tags, &rcpts), "the local part is compared exactly");
-        let bounced = MessageQuery { status: Some(RecipientStatus::Bounced), ..MessageQuery::default() };
+        let bounced =
+            MessageQuery { status: Some(RecipientStatus::Bounced), ..MessageQuery::default() };
         assert!(!bounced.matches(1_500, &tags, &rcpts));
     }
 }

@@ -8,8 +8,8 @@ use postwire_proto::RecipientStatus;
 
 use crate::suppression::contract::message;
 use crate::{
-    Cancel, ClaimedJob, DeliveryResult, MessageCursor, MessageQuery, Messages, NewMessage, Queue, RecipientOutcome,
-    State,
+    Cancel, ClaimedJob, DeliveryResult, MessageCursor, MessageQuery, Messages, NewMessage, Queue,
+    RecipientOutcome, State,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -67,7 +67,10 @@ pub(crate) async fn scheduled_message_is_not_claimable_before_send_at<S: Queue +
     assert_eq!(view.status, RecipientStatus::Scheduled);
     assert_eq!(view.recipients[0].status, RecipientStatus::Scheduled);
     assert_eq!(view.recipients[0].attempts, 0);
-    assert_eq!(view.recipients[0].next_attempt_at.map(|t| t.timestamp_millis()), Some(send_at.timestamp_millis()));
+    assert_eq!(
+        view.recipients[0].next_attempt_at.map(|t| t.timestamp_millis()),
+        Some(send_at.timestamp_millis())
+    );
 
     let job = claim_within(store, DEADLINE).await.expect("claimed once due");
     let claimed_at = Utc::now();
@@ -95,7 +98,9 @@ pub(crate) async fn scheduled_recipient_shows_queued_once_due<S: Queue + State>(
 
 /// Canceling a scheduled message makes it final at once, and no claim ever hands it out,
 /// even after `send_at` has passed.
-pub(crate) async fn canceled_scheduled_message_is_never_claimed<S: Queue + State + Messages>(store: &S) {
+pub(crate) async fn canceled_scheduled_message_is_never_claimed<S: Queue + State + Messages>(
+    store: &S,
+) {
     let send_at = Utc::now() + TimeDelta::milliseconds(1_000);
     let msg = scheduled(&["cy@cancel.test", "di@cancel.test", "ed@other.test"], send_at);
     store.accept(msg.clone()).await.unwrap();
@@ -103,10 +108,16 @@ pub(crate) async fn canceled_scheduled_message_is_never_claimed<S: Queue + State
     assert_eq!(store.cancel_message(&msg.id).await.unwrap(), Cancel::Canceled(3));
     let view = store.message(&msg.id).await.unwrap().unwrap();
     assert_eq!(view.status, RecipientStatus::Canceled);
-    assert!(view.recipients.iter().all(|r| r.status == RecipientStatus::Canceled && r.next_attempt_at.is_none()));
+    assert!(view
+        .recipients
+        .iter()
+        .all(|r| r.status == RecipientStatus::Canceled && r.next_attempt_at.is_none()));
     assert!(view.events.is_empty(), "canceling writes no event");
     assert_eq!(store.depth().await.unwrap(), depth - 2, "both jobs are gone");
-    assert_eq!(store.cancel_message(&msg.id).await.unwrap(), Cancel::NothingToCancel { in_flight: false });
+    assert_eq!(
+        store.cancel_message(&msg.id).await.unwrap(),
+        Cancel::NothingToCancel { in_flight: false }
+    );
 
     wait_until(send_at).await;
     // Long enough for the distributed copy to come back out of its delay queue.
@@ -118,17 +129,27 @@ pub(crate) async fn canceled_scheduled_message_is_never_claimed<S: Queue + State
 /// A job a worker holds is not canceled (409 material); once it is done and every recipient
 /// is final there is nothing to cancel; a deferred recipient can be canceled; unknown ids are
 /// `NotFound`.
-pub(crate) async fn cancel_leaves_in_flight_and_final_recipients_alone<S: Queue + State + Messages>(store: &S) {
+pub(crate) async fn cancel_leaves_in_flight_and_final_recipients_alone<
+    S: Queue + State + Messages,
+>(
+    store: &S,
+) {
     assert_eq!(store.cancel_message("msg_nope").await.unwrap(), Cancel::NotFound);
 
     let msg = message(&["fay@busy.test"]);
     store.accept(msg.clone()).await.unwrap();
     let job = claim_within(store, DEADLINE).await.expect("claimable");
     assert_eq!(job.message_id, msg.id);
-    assert_eq!(store.cancel_message(&msg.id).await.unwrap(), Cancel::NothingToCancel { in_flight: true });
+    assert_eq!(
+        store.cancel_message(&msg.id).await.unwrap(),
+        Cancel::NothingToCancel { in_flight: true }
+    );
     assert_eq!(statuses(store, &msg.id).await, [RecipientStatus::Queued]);
     store.complete(&job, vec![delivered("fay@busy.test")]).await.unwrap();
-    assert_eq!(store.cancel_message(&msg.id).await.unwrap(), Cancel::NothingToCancel { in_flight: false });
+    assert_eq!(
+        store.cancel_message(&msg.id).await.unwrap(),
+        Cancel::NothingToCancel { in_flight: false }
+    );
     assert_eq!(statuses(store, &msg.id).await, [RecipientStatus::Delivered]);
 
     // Deferred for an hour: released by its worker, so it can be canceled.
@@ -147,7 +168,11 @@ pub(crate) async fn cancel_leaves_in_flight_and_final_recipients_alone<S: Queue 
     let view = store.message(&msg.id).await.unwrap().unwrap();
     assert_eq!(view.recipients[0].status, RecipientStatus::Canceled);
     assert_eq!(view.recipients[0].attempts, 1);
-    assert_eq!(view.recipients[0].last_response.as_deref(), Some("451 4.7.1 later"), "the last reply is kept");
+    assert_eq!(
+        view.recipients[0].last_response.as_deref(),
+        Some("451 4.7.1 later"),
+        "the last reply is kept"
+    );
     assert!(claim_within(store, Duration::from_millis(300)).await.is_none());
 }
 
@@ -169,7 +194,9 @@ async fn walk<S: Messages>(store: &S, query: &MessageQuery, limit: usize) -> Vec
 
 /// Seven messages a second apart: pages of three walk them newest first without gaps or
 /// repeats, and each filter (alone and combined) selects exactly the right ones.
-pub(crate) async fn search_pages_newest_first_through_every_filter<S: Queue + State + Messages>(store: &S) {
+pub(crate) async fn search_pages_newest_first_through_every_filter<S: Queue + State + Messages>(
+    store: &S,
+) {
     // A namespace of its own is not enough for the embedded store, so use distinct domains.
     let base = Utc::now() - TimeDelta::minutes(10);
     let mut ids = Vec::new();
@@ -178,13 +205,20 @@ pub(crate) async fn search_pages_newest_first_through_every_filter<S: Queue + St
         let mut m = message(&[to, "robin@search.test"]);
         m.recipients[0].email = crate::messages::normalize_address(to);
         m.created_at = base + TimeDelta::seconds(i);
-        m.request.tags = if i % 2 == 0 { vec!["even".into(), "all".into()] } else { vec!["all".into()] };
+        m.request.tags =
+            if i % 2 == 0 { vec!["even".into(), "all".into()] } else { vec!["all".into()] };
         store.accept(m.clone()).await.unwrap();
         ids.push(m.id);
     }
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
-    let ours = |found: Vec<String>| -> Vec<String> { found.into_iter().filter(|id| ids.contains(id)).collect() };
-    let in_window = MessageQuery { since: Some(base), until: Some(base + TimeDelta::seconds(7)), ..MessageQuery::default() };
+    let ours = |found: Vec<String>| -> Vec<String> {
+        found.into_iter().filter(|id| ids.contains(id)).collect()
+    };
+    let in_window = MessageQuery {
+        since: Some(base),
+        until: Some(base + TimeDelta::seconds(7)),
+        ..MessageQuery::default()
+    };
 
     assert_eq!(walk(store, &in_window, 3).await, newest_first);
     let everything = ours(walk(store, &MessageQuery::default(), 3).await);
@@ -196,23 +230,37 @@ pub(crate) async fn search_pages_newest_first_through_every_filter<S: Queue + St
     assert_eq!(first.tags, ["even", "all"]);
     assert_eq!(first.from, "sender@postwire.test");
     assert_eq!(first.subject, "hello");
-    assert_eq!(first.created_at.timestamp_millis(), (base + TimeDelta::seconds(6)).timestamp_millis());
+    assert_eq!(
+        first.created_at.timestamp_millis(),
+        (base + TimeDelta::seconds(6)).timestamp_millis()
+    );
     let emails: Vec<&str> = first.recipients.iter().map(|r| r.email.as_str()).collect();
     assert_eq!(emails, ["Pat@search.test", "robin@search.test"]);
 
     let even = MessageQuery { tag: Some("even".into()), ..in_window.clone() };
-    assert_eq!(walk(store, &even, 3).await, [ids[6].as_str(), ids[4].as_str(), ids[2].as_str(), ids[0].as_str()]);
+    assert_eq!(
+        walk(store, &even, 3).await,
+        [ids[6].as_str(), ids[4].as_str(), ids[2].as_str(), ids[0].as_str()]
+    );
     let pat = MessageQuery { recipient: Some("Pat@SEARCH.TEST".into()), ..in_window.clone() };
     assert_eq!(walk(store, &pat, 2).await, [ids[6].as_str(), ids[3].as_str(), ids[0].as_str()]);
     let pat_even = MessageQuery { tag: Some("even".into()), ..pat.clone() };
     assert_eq!(walk(store, &pat_even, 3).await, [ids[6].as_str(), ids[0].as_str()]);
-    let window = MessageQuery { since: Some(base + TimeDelta::seconds(2)), until: Some(base + TimeDelta::seconds(5)), ..MessageQuery::default() };
-    assert_eq!(ours(walk(store, &window, 3).await), [ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]);
+    let window = MessageQuery {
+        since: Some(base + TimeDelta::seconds(2)),
+        until: Some(base + TimeDelta::seconds(5)),
+        ..MessageQuery::default()
+    };
+    assert_eq!(
+        ours(walk(store, &window, 3).await),
+        [ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]
+    );
     let nobody = MessageQuery { recipient: Some("pat@search.test".into()), ..in_window.clone() };
     assert!(walk(store, &nobody, 3).await.is_empty(), "the local part is compared exactly");
 
     // Status: any recipient with it. Deliver robin@ of message 5 only.
-    let delivered_q = MessageQuery { status: Some(RecipientStatus::Delivered), ..in_window.clone() };
+    let delivered_q =
+        MessageQuery { status: Some(RecipientStatus::Delivered), ..in_window.clone() };
     assert!(walk(store, &delivered_q, 3).await.is_empty());
     // Other jobs claimed on the way stay held (their recipients still show `queued`).
     let mut held = Vec::new();
@@ -234,7 +282,9 @@ pub(crate) async fn search_pages_newest_first_through_every_filter<S: Queue + St
 }
 
 /// A message accepted while a client pages never shifts the pages it has still to read.
-pub(crate) async fn search_cursor_is_stable_under_new_messages<S: Queue + State + Messages>(store: &S) {
+pub(crate) async fn search_cursor_is_stable_under_new_messages<S: Queue + State + Messages>(
+    store: &S,
+) {
     let base = Utc::now() - TimeDelta::minutes(5);
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -246,7 +296,10 @@ pub(crate) async fn search_cursor_is_stable_under_new_messages<S: Queue + State 
     }
     let q = MessageQuery { tag: Some("stable".into()), ..MessageQuery::default() };
     let page = store.search_messages(&q, None, 2).await.unwrap();
-    assert_eq!(page.data.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [ids[4].as_str(), ids[3].as_str()]);
+    assert_eq!(
+        page.data.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        [ids[4].as_str(), ids[3].as_str()]
+    );
     let mut newer = message(&["sam@stable.test"]);
     newer.request.tags = vec!["stable".into()];
     store.accept(newer.clone()).await.unwrap();

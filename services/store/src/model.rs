@@ -71,7 +71,9 @@ pub struct RecipientOutcome {
 pub enum DeliveryResult {
     Delivered,
     /// Try again at the given time.
-    Deferred { next_attempt_at: DateTime<Utc> },
+    Deferred {
+        next_attempt_at: DateTime<Utc>,
+    },
     Bounced,
 }
 
@@ -179,7 +181,9 @@ pub(crate) fn outcome_event(
     let (status, kind, next) = match outcome.result {
         DeliveryResult::Delivered => (RecipientStatus::Delivered, EventType::Delivered, None),
         DeliveryResult::Bounced => (RecipientStatus::Bounced, EventType::Bounced, None),
-        DeliveryResult::Deferred { next_attempt_at } => (RecipientStatus::Deferred, EventType::Deferred, Some(next_attempt_at)),
+        DeliveryResult::Deferred { next_attempt_at } => {
+            (RecipientStatus::Deferred, EventType::Deferred, Some(next_attempt_at))
+        }
     };
     let event = Event {
         id: crate::ids::new_id("evt"),

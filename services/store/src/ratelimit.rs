@@ -139,8 +139,16 @@ pub enum Decision {
 /// The check both backends (and the Lua script) apply: `None` when `cost` fits on top of
 /// `used_second` requests and `used_day` messages, else the window that refuses it (the second
 /// window is checked first).
-pub fn check(quota: Quota, cost: Cost, used_second: u64, used_day: u64, now_ms: i64) -> Option<Limited> {
-    let over = |limit: u32, used: u64, asked: u32| limit > 0 && asked > 0 && used + u64::from(asked) > u64::from(limit);
+pub fn check(
+    quota: Quota,
+    cost: Cost,
+    used_second: u64,
+    used_day: u64,
+    now_ms: i64,
+) -> Option<Limited> {
+    let over = |limit: u32, used: u64, asked: u32| {
+        limit > 0 && asked > 0 && used + u64::from(asked) > u64::from(limit)
+    };
     let (window, limit, used, requested) = if over(quota.per_second, used_second, cost.requests) {
         (Window::Second, quota.per_second, used_second, cost.requests)
     } else if over(quota.per_day, used_day, cost.messages) {
@@ -163,11 +171,17 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// Adds `cost` to `key_id`'s current windows if it fits under `quota` in both; otherwise
     /// changes nothing and says which window refused it. Atomic across every process sharing
     /// the backend.
-    async fn acquire(&self, key_id: &str, quota: Quota, cost: Cost) -> Result<Decision, StoreError>;
+    async fn acquire(&self, key_id: &str, quota: Quota, cost: Cost)
+        -> Result<Decision, StoreError>;
 
     /// Gives back `messages` taken from day window `day` (a [`Granted::day`]) that were not
     /// accepted after all. A no-op once that day is over.
-    async fn release_messages(&self, key_id: &str, day: i64, messages: u32) -> Result<(), StoreError>;
+    async fn release_messages(
+        &self,
+        key_id: &str,
+        day: i64,
+        messages: u32,
+    ) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
@@ -189,7 +203,11 @@ mod tests {
         assert_eq!(Window::Day.index(NOW + 750), 20_090, "a new day starts at 00:00 UTC");
         assert_eq!(Window::Second.reset_after(NOW), Duration::from_millis(750));
         assert_eq!(Window::Day.reset_after(NOW), Duration::from_millis(750));
-        assert_eq!(Window::Second.reset_after(NOW + 750), Duration::from_secs(1), "a reset is never zero");
+        assert_eq!(
+            Window::Second.reset_after(NOW + 750),
+            Duration::from_secs(1),
+            "a reset is never zero"
+        );
         assert_eq!(Window::Day.reset_after(NOW + 750), Duration::from_secs(86_400));
     }
 
@@ -223,6 +241,9 @@ mod tests {
         let both = check(Q, Cost { requests: 1, messages: 5 }, 2, 8, NOW).unwrap();
         assert_eq!(both.window, Window::Second);
         let open = Quota { per_second: 0, per_day: 0 };
-        assert_eq!(check(open, Cost { requests: 1, messages: 5 }, 1_000_000, u64::MAX / 2, NOW), None);
+        assert_eq!(
+            check(open, Cost { requests: 1, messages: 5 }, 1_000_000, u64::MAX / 2, NOW),
+            None
+        );
     }
 }

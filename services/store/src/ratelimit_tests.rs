@@ -29,13 +29,18 @@ async fn start_of_a_second() {
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
 }
 
-pub(crate) async fn requests_over_the_per_second_limit_wait_for_the_next_second(store: &impl RateLimiter) {
+pub(crate) async fn requests_over_the_per_second_limit_wait_for_the_next_second(
+    store: &impl RateLimiter,
+) {
     let quota = Quota { per_second: 2, per_day: 0 };
     start_of_a_second().await;
     granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
     granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
     let refused = limited(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
-    assert_eq!((refused.window, refused.limit, refused.used, refused.remaining()), (Window::Second, 2, 2, 0));
+    assert_eq!(
+        (refused.window, refused.limit, refused.used, refused.remaining()),
+        (Window::Second, 2, 2, 0)
+    );
     assert!(refused.reset_after <= Duration::from_secs(1), "{refused:?}");
     // Another key has windows of its own.
     granted(store.acquire("key_b", quota, Cost::REQUEST).await.unwrap());
@@ -44,18 +49,25 @@ pub(crate) async fn requests_over_the_per_second_limit_wait_for_the_next_second(
     loop {
         match store.acquire("key_a", quota, Cost::REQUEST).await.unwrap() {
             Decision::Granted(_) => break,
-            Decision::Limited(_) => assert!(start.elapsed() < DEADLINE, "still refused after the window ended"),
+            Decision::Limited(_) => {
+                assert!(start.elapsed() < DEADLINE, "still refused after the window ended")
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-pub(crate) async fn messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(store: &impl RateLimiter) {
+pub(crate) async fn messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(
+    store: &impl RateLimiter,
+) {
     let quota = Quota { per_second: 0, per_day: 5 };
     let first = granted(store.acquire("key_a", quota, Cost::messages(3)).await.unwrap());
     assert_eq!(first.day, Window::Day.index(now_ms()));
     let refused = limited(store.acquire("key_a", quota, Cost::messages(3)).await.unwrap());
-    assert_eq!((refused.window, refused.used, refused.remaining(), refused.requested), (Window::Day, 3, 2, 3));
+    assert_eq!(
+        (refused.window, refused.used, refused.remaining(), refused.requested),
+        (Window::Day, 3, 2, 3)
+    );
     assert!(refused.reset_after <= Duration::from_secs(86_400));
     // Requests cost no messages, and the refused batch took none.
     granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
@@ -75,7 +87,9 @@ pub(crate) async fn concurrent_acquires_never_overrun_the_limit<S: RateLimiter>(
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.acquire("key_race", quota, Cost::messages(1)).await.unwrap() })
+            tokio::spawn(async move {
+                store.acquire("key_race", quota, Cost::messages(1)).await.unwrap()
+            })
         })
         .collect();
     let mut granted = 0;

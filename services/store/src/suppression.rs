@@ -126,7 +126,10 @@ pub trait Suppressions: Send + Sync + 'static {
 
     /// Adds an entry. When the address is already listed, the existing entry is kept and
     /// returned with `false`.
-    async fn add_suppression(&self, entry: NewSuppression) -> Result<(Suppression, bool), StoreError>;
+    async fn add_suppression(
+        &self,
+        entry: NewSuppression,
+    ) -> Result<(Suppression, bool), StoreError>;
 
     /// The entry for `email` (any case).
     async fn suppression(&self, email: &str) -> Result<Option<Suppression>, StoreError>;
@@ -149,7 +152,10 @@ mod tests {
 
     #[test]
     fn a_cursor_survives_encoding_and_garbage_is_refused() {
-        let c = SuppressionCursor { created_at_ms: 1_764_000_000_123, email: "a:b@example.test".into() };
+        let c = SuppressionCursor {
+            created_at_ms: 1_764_000_000_123,
+            email: "a:b@example.test".into(),
+        };
         assert_eq!(SuppressionCursor::decode(&c.encode()), Some(c));
         assert_eq!(SuppressionCursor::decode("not a cursor!"), None);
         assert_eq!(SuppressionCursor::decode(&URL_SAFE_NO_PAD.encode("12:")), None);

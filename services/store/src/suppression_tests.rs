@@ -7,8 +7,8 @@ use chrono::{TimeZone, Utc};
 use postwire_proto::{EventType, RecipientStatus, SendRequest, SuppressionReason};
 
 use crate::{
-    ids, ClaimedJob, DeliveryResult, NewMessage, NewRecipient, NewSuppression, NewWebhook, Queue, RecipientOutcome,
-    State, Suppressions,
+    ids, ClaimedJob, DeliveryResult, NewMessage, NewRecipient, NewSuppression, NewWebhook, Queue,
+    RecipientOutcome, State, Suppressions,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -30,15 +30,29 @@ pub(crate) fn message(recipients: &[&str]) -> NewMessage {
         },
         recipients: recipients
             .iter()
-            .map(|r| NewRecipient { email: r.to_string(), domain: r.rsplit('@').next().unwrap().to_lowercase() })
+            .map(|r| NewRecipient {
+                email: r.to_string(),
+                domain: r.rsplit('@').next().unwrap().to_lowercase(),
+            })
             .collect(),
         key_id: "key_test".into(),
         sandbox: false,
     }
 }
 
-fn outcome(email: &str, result: DeliveryResult, response: &str, suppress: bool) -> RecipientOutcome {
-    RecipientOutcome { email: email.into(), result, response: response.into(), mx_host: Some("mx.test".into()), suppress }
+fn outcome(
+    email: &str,
+    result: DeliveryResult,
+    response: &str,
+    suppress: bool,
+) -> RecipientOutcome {
+    RecipientOutcome {
+        email: email.into(),
+        result,
+        response: response.into(),
+        mx_host: Some("mx.test".into()),
+        suppress,
+    }
 }
 
 fn manual(email: &str, at_ms: i64) -> NewSuppression {
@@ -62,7 +76,11 @@ async fn claim(store: &impl Queue) -> ClaimedJob {
     }
 }
 
-async fn status_of(store: &impl State, message_id: &str, email: &str) -> (RecipientStatus, Option<String>) {
+async fn status_of(
+    store: &impl State,
+    message_id: &str,
+    email: &str,
+) -> (RecipientStatus, Option<String>) {
     let view = store.message(message_id).await.expect("message").expect("stored");
     let r = view.recipients.iter().find(|r| r.email == email).expect("recipient");
     (r.status, r.last_response.clone())
@@ -75,7 +93,10 @@ pub(crate) async fn hard_bounce_suppresses_later_sends<S: Queue + State + Suppre
     store.accept(first.clone()).await.unwrap();
     let job = claim(store).await;
     let reply = "550 5.1.1 no such user";
-    store.complete(&job, vec![outcome("Ann@Bounce.test", DeliveryResult::Bounced, reply, true)]).await.unwrap();
+    store
+        .complete(&job, vec![outcome("Ann@Bounce.test", DeliveryResult::Bounced, reply, true)])
+        .await
+        .unwrap();
 
     let entry = store.suppression("ann@bounce.test").await.unwrap().expect("listed");
     assert_eq!(entry.email, "ann@bounce.test");
@@ -84,7 +105,10 @@ pub(crate) async fn hard_bounce_suppresses_later_sends<S: Queue + State + Suppre
     assert_eq!(entry.message_id.as_deref(), Some(first.id.as_str()));
     assert!(store.suppression("ANN@BOUNCE.TEST").await.unwrap().is_some(), "lookups ignore case");
     assert_eq!(
-        store.suppressed_among(&["ANN@bounce.test".into(), "bob@bounce.test".into()]).await.unwrap(),
+        store
+            .suppressed_among(&["ANN@bounce.test".into(), "bob@bounce.test".into()])
+            .await
+            .unwrap(),
         vec!["ANN@bounce.test".to_string()]
     );
 
@@ -102,8 +126,17 @@ pub(crate) async fn hard_bounce_suppresses_later_sends<S: Queue + State + Suppre
     assert_eq!(events[0].data.tags, vec!["welcome".to_string()]);
     let job = claim(store).await;
     assert_eq!(job.message_id, second.id);
-    assert_eq!(job.recipients.iter().map(|r| r.email.as_str()).collect::<Vec<_>>(), vec!["bob@bounce.test"]);
-    store.complete(&job, vec![outcome("bob@bounce.test", DeliveryResult::Delivered, "250 ok", false)]).await.unwrap();
+    assert_eq!(
+        job.recipients.iter().map(|r| r.email.as_str()).collect::<Vec<_>>(),
+        vec!["bob@bounce.test"]
+    );
+    store
+        .complete(
+            &job,
+            vec![outcome("bob@bounce.test", DeliveryResult::Delivered, "250 ok", false)],
+        )
+        .await
+        .unwrap();
 
     // Its domain's only recipient suppressed: no job at all, and the message is final.
     let depth_before = store.depth().await.unwrap();
@@ -111,7 +144,10 @@ pub(crate) async fn hard_bounce_suppresses_later_sends<S: Queue + State + Suppre
     let third = message(&["ann@bounce.test"]);
     store.accept(third.clone()).await.unwrap();
     assert_eq!(store.depth().await.unwrap(), depth_before);
-    assert_eq!(store.message(&third.id).await.unwrap().unwrap().status, RecipientStatus::Suppressed);
+    assert_eq!(
+        store.message(&third.id).await.unwrap().unwrap().status,
+        RecipientStatus::Suppressed
+    );
 
     assert!(store.remove_suppression("Ann@Bounce.Test").await.unwrap());
     assert!(!store.remove_suppression("ann@bounce.test").await.unwrap());
@@ -121,7 +157,9 @@ pub(crate) async fn hard_bounce_suppresses_later_sends<S: Queue + State + Suppre
 }
 
 /// Only a flagged bounce lists the address: not a DATA rejection, not a deferral.
-pub(crate) async fn only_flagged_bounces_list_the_address<S: Queue + State + Suppressions>(store: &S) {
+pub(crate) async fn only_flagged_bounces_list_the_address<S: Queue + State + Suppressions>(
+    store: &S,
+) {
     let msg = message(&["data@soft.test", "later@soft.test"]);
     store.accept(msg).await.unwrap();
     let job = claim(store).await;
@@ -132,7 +170,12 @@ pub(crate) async fn only_flagged_bounces_list_the_address<S: Queue + State + Sup
             vec![
                 outcome("data@soft.test", DeliveryResult::Bounced, "554 5.7.1 spam", false),
                 // `suppress` on a deferral is ignored.
-                outcome("later@soft.test", DeliveryResult::Deferred { next_attempt_at }, "451 4.7.1 later", true),
+                outcome(
+                    "later@soft.test",
+                    DeliveryResult::Deferred { next_attempt_at },
+                    "451 4.7.1 later",
+                    true,
+                ),
             ],
         )
         .await
@@ -151,7 +194,12 @@ pub(crate) async fn entries_page_newest_first<S: Suppressions>(store: &S) {
     let (again, fresh) = store.add_suppression(manual("c@page.test", 9_000)).await.unwrap();
     assert!(!fresh);
     assert_eq!(again, added);
-    for (email, at) in [("a@page.test", 1_000), ("b@page.test", 2_000), ("d@page.test", 3_000), ("e@page.test", 3_000)] {
+    for (email, at) in [
+        ("a@page.test", 1_000),
+        ("b@page.test", 2_000),
+        ("d@page.test", 3_000),
+        ("e@page.test", 3_000),
+    ] {
         store.add_suppression(manual(email, at)).await.unwrap();
     }
     let mut seen = Vec::new();
@@ -172,7 +220,9 @@ pub(crate) async fn entries_page_newest_first<S: Suppressions>(store: &S) {
 }
 
 /// The `message.suppressed` event reaches the webhook outbox like any other event.
-pub(crate) async fn suppressed_event_is_queued_for_webhooks<S: Queue + State + Suppressions>(store: &S) {
+pub(crate) async fn suppressed_event_is_queued_for_webhooks<S: Queue + State + Suppressions>(
+    store: &S,
+) {
     store.add_suppression(manual("hook@outbox.test", 1_000)).await.unwrap();
     let hook = store
         .create_webhook(NewWebhook {

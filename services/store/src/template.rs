@@ -85,8 +85,11 @@ pub trait Templates: Send + Sync + 'static {
     async fn template(&self, id: &str) -> Result<Option<Template>, StoreError>;
 
     /// Up to `limit` templates, newest first, starting after `after`.
-    async fn list_templates(&self, after: Option<&TemplateCursor>, limit: usize)
-        -> Result<TemplatePage, StoreError>;
+    async fn list_templates(
+        &self,
+        after: Option<&TemplateCursor>,
+        limit: usize,
+    ) -> Result<TemplatePage, StoreError>;
 
     /// Replaces the name, subject, text and html of template `id` and sets its `updated_at`
     /// to `at`; `created_at` is kept. Returns the template as now stored, `None` when unknown.

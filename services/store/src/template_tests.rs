@@ -17,7 +17,8 @@ fn content(name: &str) -> TemplateRequest {
 }
 
 pub(crate) async fn a_template_round_trips_and_is_replaced_in_place(store: &impl Templates) {
-    let created_at = Utc.timestamp_millis_opt(1_764_000_000_123).unwrap() + Duration::microseconds(456);
+    let created_at =
+        Utc.timestamp_millis_opt(1_764_000_000_123).unwrap() + Duration::microseconds(456);
     let template = new_template(ids::new_id("tpl"), content("welcome"), created_at);
     assert_eq!(template.created_at.timestamp_subsec_micros(), 123_000, "stored at ms precision");
     store.create_template(template.clone()).await.expect("create");
@@ -25,8 +26,17 @@ pub(crate) async fn a_template_round_trips_and_is_replaced_in_place(store: &impl
     assert_eq!(store.template("tpl_unknown").await.expect("get unknown"), None);
 
     let later = created_at + Duration::seconds(90);
-    let replacement = TemplateRequest { name: "welcome v2".into(), subject: "Hello".into(), text: None, html: Some("<b>{{ x }}</b>".into()) };
-    let replaced = store.replace_template(&template.id, replacement, later).await.expect("replace").expect("known");
+    let replacement = TemplateRequest {
+        name: "welcome v2".into(),
+        subject: "Hello".into(),
+        text: None,
+        html: Some("<b>{{ x }}</b>".into()),
+    };
+    let replaced = store
+        .replace_template(&template.id, replacement, later)
+        .await
+        .expect("replace")
+        .expect("known");
     assert_eq!(replaced.id, template.id);
     assert_eq!(replaced.name, "welcome v2");
     assert_eq!(replaced.subject, "Hello");
@@ -36,7 +46,8 @@ pub(crate) async fn a_template_round_trips_and_is_replaced_in_place(store: &impl
     assert_eq!(replaced.updated_at.timestamp_millis(), later.timestamp_millis());
     assert_eq!(store.template(&template.id).await.expect("get"), Some(replaced));
 
-    let missing = store.replace_template("tpl_unknown", content("x"), later).await.expect("replace unknown");
+    let missing =
+        store.replace_template("tpl_unknown", content("x"), later).await.expect("replace unknown");
     assert_eq!(missing, None);
     assert_eq!(store.template("tpl_unknown").await.expect("get"), None, "a replace never creates");
 }
@@ -49,8 +60,15 @@ pub(crate) async fn a_deleted_template_is_gone(store: &impl Templates) {
 
     assert!(store.delete_template(&drop.id).await.expect("delete"));
     assert_eq!(store.template(&drop.id).await.expect("get"), None);
-    assert!(!store.delete_template(&drop.id).await.expect("delete again"), "a second delete finds nothing");
-    assert!(store.replace_template(&drop.id, content("back"), Utc::now()).await.expect("replace").is_none());
+    assert!(
+        !store.delete_template(&drop.id).await.expect("delete again"),
+        "a second delete finds nothing"
+    );
+    assert!(store
+        .replace_template(&drop.id, content("back"), Utc::now())
+        .await
+        .expect("replace")
+        .is_none());
     assert_eq!(store.template(&keep.id).await.expect("get"), Some(keep.clone()));
     let listed = store.list_templates(None, 10).await.expect("list");
     assert_eq!(listed.data, vec![keep], "the deleted template is not listed");
@@ -62,7 +80,11 @@ pub(crate) async fn templates_page_newest_first(store: &impl Templates) {
     let times = [base, base + 5, base + 5, base + 9, base + 20];
     let mut made = Vec::new();
     for (i, ms) in times.iter().enumerate() {
-        let t = new_template(ids::new_id("tpl"), content(&format!("t{i}")), Utc.timestamp_millis_opt(*ms).unwrap());
+        let t = new_template(
+            ids::new_id("tpl"),
+            content(&format!("t{i}")),
+            Utc.timestamp_millis_opt(*ms).unwrap(),
+        );
         store.create_template(t.clone()).await.expect("create");
         made.push(t);
     }
@@ -76,7 +98,9 @@ pub(crate) async fn templates_page_newest_first(store: &impl Templates) {
         assert!(page.data.len() <= 2);
         seen.extend(page.data);
         match page.next {
-            Some(next) => cursor = Some(TemplateCursor::decode(&next.encode()).expect("cursor round trip")),
+            Some(next) => {
+                cursor = Some(TemplateCursor::decode(&next.encode()).expect("cursor round trip"))
+            }
             None => break,
         }
     }

@@ -5,8 +5,8 @@
 //! names are a published contract (DESIGN.md): dashboards and alerts depend on them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric Postwire exports.
@@ -38,20 +38,29 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let messages_accepted =
-            IntCounter::new("postwire_messages_accepted_total", "Messages accepted (202) by the API").expect("valid metric");
+        let messages_accepted = IntCounter::new(
+            "postwire_messages_accepted_total",
+            "Messages accepted (202) by the API",
+        )
+        .expect("valid metric");
         let deliveries = IntCounterVec::new(
             Opts::new("postwire_deliveries_total", "Per-recipient delivery attempt outcomes"),
             &["result"],
         )
         .expect("valid metric");
         let smtp_transaction_seconds = Histogram::with_opts(
-            HistogramOpts::new("postwire_smtp_transaction_seconds", "Duration of outbound SMTP transactions")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            HistogramOpts::new(
+                "postwire_smtp_transaction_seconds",
+                "Duration of outbound SMTP transactions",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
         )
         .expect("valid metric");
-        let queue_depth = IntGauge::new("postwire_queue_depth", "Delivery jobs queued, deferred or in flight")
-            .expect("valid metric");
+        let queue_depth =
+            IntGauge::new("postwire_queue_depth", "Delivery jobs queued, deferred or in flight")
+                .expect("valid metric");
         let webhook_deliveries = IntCounterVec::new(
             Opts::new("postwire_webhook_deliveries_total", "Webhook delivery attempts by result"),
             &["result"],
@@ -64,7 +73,9 @@ impl Metrics {
         .expect("valid metric");
         let http_request_duration = HistogramVec::new(
             HistogramOpts::new("postwire_http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
             &["route"],
         )
         .expect("valid metric");
@@ -107,9 +118,12 @@ impl Metrics {
     /// (e.g. queue depth while the broker is down) is left out rather than shown stale, so
     /// `absent()` alerts fire.
     pub fn render_without(&self, skip: &[&str]) -> String {
-        let families: Vec<_> = self.registry.gather().into_iter().filter(|f| !skip.contains(&f.name())).collect();
+        let families: Vec<_> =
+            self.registry.gather().into_iter().filter(|f| !skip.contains(&f.name())).collect();
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&families, &mut buf).expect("text encoding into a Vec cannot fail");
+        TextEncoder::new()
+            .encode(&families, &mut buf)
+            .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }
@@ -119,7 +133,11 @@ pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // stderr: stdout is reserved for command output (e.g. the key printed by `keys create`).
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -146,6 +164,9 @@ mod tests {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         let without = m.render_without(&["postwire_queue_depth"]);
-        assert!(!without.contains("postwire_queue_depth") && without.contains("postwire_messages_accepted_total 1"));
+        assert!(
+            !without.contains("postwire_queue_depth")
+                && without.contains("postwire_messages_accepted_total 1")
+        );
     }
 }

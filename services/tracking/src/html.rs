@@ -23,9 +23,7 @@ pub fn instrument_html(
     clicks: bool,
 ) -> String {
     let mut out = if clicks {
-        rewrite_links(html, |target| {
-            keys.click_url(public_url, message_id, recipient, target)
-        })
+        rewrite_links(html, |target| keys.click_url(public_url, message_id, recipient, target))
     } else {
         html.to_owned()
     };
@@ -52,9 +50,7 @@ fn rewrite_links(html: &str, make: impl Fn(&str) -> String) -> String {
     while let Some(off) = html[i..].find('<') {
         let start = i + off;
         if html[start..].starts_with("<!--") {
-            i = html[start + 4..]
-                .find("-->")
-                .map_or(html.len(), |e| start + 4 + e + 3);
+            i = html[start + 4..].find("-->").map_or(html.len(), |e| start + 4 + e + 3);
             continue;
         }
         if !is_anchor_start(bytes, start) {
@@ -145,11 +141,7 @@ fn scan_tag(bytes: &[u8], mut i: usize) -> Tag {
                     // Unterminated value: the tag never closes, rewrite nothing.
                     return Tag { end: n, href: None };
                 };
-                let span = Span {
-                    start: i + 1,
-                    end: i + 1 + len,
-                    quote: Some(q),
-                };
+                let span = Span { start: i + 1, end: i + 1 + len, quote: Some(q) };
                 i += len + 2;
                 span
             }
@@ -158,11 +150,7 @@ fn scan_tag(bytes: &[u8], mut i: usize) -> Tag {
                 while i < n && !is_space(bytes[i]) && bytes[i] != b'>' {
                     i += 1;
                 }
-                Span {
-                    start,
-                    end: i,
-                    quote: None,
-                }
+                Span { start, end: i, quote: None }
             }
         };
         // HTML keeps the first of duplicated attributes.
@@ -175,10 +163,7 @@ fn scan_tag(bytes: &[u8], mut i: usize) -> Tag {
 /// The URL a browser would follow for this (decoded) href, if it is absolute http(s).
 fn absolute_http_target(href: &str) -> Option<String> {
     let trimmed = href.trim_matches(|c: char| c.is_ascii_whitespace());
-    let lower = trimmed
-        .get(..8)
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
+    let lower = trimmed.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return None;
     }
@@ -283,10 +268,7 @@ mod tests {
     #[test]
     fn absolute_links_are_rewritten_to_signed_clicks() {
         let out = clicks(r#"<p><a href="https://shop.example/x">buy</a></p>"#);
-        assert!(
-            out.starts_with(r#"<p><a href="https://pw.example/t/c/"#),
-            "{out}"
-        );
+        assert!(out.starts_with(r#"<p><a href="https://pw.example/t/c/"#), "{out}");
         assert!(out.ends_with(r#"">buy</a></p>"#), "{out}");
         assert_eq!(targets(&out), ["https://shop.example/x"]);
     }
@@ -309,10 +291,7 @@ mod tests {
     fn tag_and_attribute_names_are_case_insensitive() {
         let out = clicks(r#"<A class="btn" HREF = "HTTPS://Shop.Example/Path">x</A>"#);
         assert_eq!(targets(&out), ["https://shop.example/Path"]);
-        assert!(
-            out.starts_with(r#"<A class="btn" HREF = "https://pw.example/t/c/"#),
-            "{out}"
-        );
+        assert!(out.starts_with(r#"<A class="btn" HREF = "https://pw.example/t/c/"#), "{out}");
     }
 
     #[test]
@@ -333,23 +312,14 @@ mod tests {
             r#"<a title="a > b" href="https://one.example/" href="https://two.example/" data-x=1>x</a>"#,
         );
         assert_eq!(targets(&out), ["https://one.example/"]);
-        assert!(
-            out.starts_with(r#"<a title="a > b" href="https://pw.example/t/c/"#),
-            "{out}"
-        );
-        assert!(
-            out.contains(r#"" href="https://two.example/" data-x=1>x</a>"#),
-            "{out}"
-        );
+        assert!(out.starts_with(r#"<a title="a > b" href="https://pw.example/t/c/"#), "{out}");
+        assert!(out.contains(r#"" href="https://two.example/" data-x=1>x</a>"#), "{out}");
     }
 
     #[test]
     fn clicks_off_leaves_links_alone() {
         let html = r#"<a href="https://x.example/">x</a>"#;
-        assert_eq!(
-            instrument_html(html, &keys(), PUB, "m", "r", false, false),
-            html
-        );
+        assert_eq!(instrument_html(html, &keys(), PUB, "m", "r", false, false), html);
     }
 
     #[test]
@@ -364,10 +334,7 @@ mod tests {
             false,
         );
         let pixel_at = out.find("<img src=\"https://pw.example/t/o/").expect(&out);
-        assert_eq!(
-            out.find("</BODY>").unwrap(),
-            out.find("style=\"display:none\">").unwrap() + 21
-        );
+        assert_eq!(out.find("</BODY>").unwrap(), out.find("style=\"display:none\">").unwrap() + 21);
         assert!(pixel_at > out.find("hi").unwrap());
         assert!(out.contains(r#"width="1" height="1" alt="" style="display:none">"#));
     }
@@ -375,23 +342,11 @@ mod tests {
     #[test]
     fn open_pixel_is_appended_without_a_body_tag() {
         let out = instrument_html("<p>hi</p>", &keys(), PUB, "m1", "r@x.example", true, false);
-        assert!(
-            out.starts_with("<p>hi</p><img src=\"https://pw.example/t/o/"),
-            "{out}"
-        );
-        let token = out
-            .split("/t/o/")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
+        assert!(out.starts_with("<p>hi</p><img src=\"https://pw.example/t/o/"), "{out}");
+        let token = out.split("/t/o/").nth(1).unwrap().split('"').next().unwrap();
         assert_eq!(
             keys().verify(token).unwrap(),
-            Tracked::Open {
-                message_id: "m1".into(),
-                recipient: "r@x.example".into()
-            }
+            Tracked::Open { message_id: "m1".into(), recipient: "r@x.example".into() }
         );
     }
 
@@ -406,14 +361,7 @@ mod tests {
 
     #[test]
     fn unterminated_tags_do_not_panic() {
-        for html in [
-            "<a",
-            "<a href",
-            "<a href=",
-            "<a href=\"https://x.example/",
-            "<!--",
-            "<",
-        ] {
+        for html in ["<a", "<a href", "<a href=", "<a href=\"https://x.example/", "<!--", "<"] {
             assert_eq!(clicks(html), html);
         }
     }

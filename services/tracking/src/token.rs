@@ -26,16 +26,9 @@ impl std::fmt::Debug for TrackingKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tracked {
     /// The open pixel was fetched.
-    Open {
-        message_id: String,
-        recipient: String,
-    },
+    Open { message_id: String, recipient: String },
     /// A rewritten link was followed; `url` is the signed redirect target.
-    Click {
-        message_id: String,
-        recipient: String,
-        url: String,
-    },
+    Click { message_id: String, recipient: String, url: String },
 }
 
 /// The signed payload. Short field names keep the links short.
@@ -88,28 +81,18 @@ impl TrackingKeys {
     /// the variant matches the route it came in on (`/t/o/` expects [`Tracked::Open`]).
     pub fn verify(&self, token: &str) -> Result<Tracked, TrackingError> {
         let (payload_b64, sig_b64) = token.split_once('.').ok_or(TrackingError::Malformed)?;
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig_b64)
-            .map_err(|_| TrackingError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| TrackingError::Malformed)?;
         let mut mac = self.mac.clone();
         mac.update(payload_b64.as_bytes());
-        mac.verify_slice(&sig)
-            .map_err(|_| TrackingError::BadSignature)?;
+        mac.verify_slice(&sig).map_err(|_| TrackingError::BadSignature)?;
 
-        let json = URL_SAFE_NO_PAD
-            .decode(payload_b64)
-            .map_err(|_| TrackingError::Malformed)?;
+        let json = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TrackingError::Malformed)?;
         let p: Payload = serde_json::from_slice(&json).map_err(|_| TrackingError::Malformed)?;
         match (p.k.as_str(), p.u) {
-            ("o", None) => Ok(Tracked::Open {
-                message_id: p.m,
-                recipient: p.r,
-            }),
-            ("c", Some(url)) if is_http_url(&url) => Ok(Tracked::Click {
-                message_id: p.m,
-                recipient: p.r,
-                url,
-            }),
+            ("o", None) => Ok(Tracked::Open { message_id: p.m, recipient: p.r }),
+            ("c", Some(url)) if is_http_url(&url) => {
+                Ok(Tracked::Click { message_id: p.m, recipient: p.r, url })
+            }
             _ => Err(TrackingError::Malformed),
         }
     }
@@ -151,10 +134,7 @@ mod tests {
         let got = keys().verify(token_of(&url)).unwrap();
         assert_eq!(
             got,
-            Tracked::Open {
-                message_id: "msg_1".into(),
-                recipient: "a@b.example".into()
-            }
+            Tracked::Open { message_id: "msg_1".into(), recipient: "a@b.example".into() }
         );
     }
 
@@ -176,19 +156,10 @@ mod tests {
 
     #[test]
     fn token_is_url_safe() {
-        let url = keys().click_url(
-            "https://pw.example",
-            "m",
-            "r@x.example",
-            "https://x.example/?q=ü+/",
-        );
+        let url =
+            keys().click_url("https://pw.example", "m", "r@x.example", "https://x.example/?q=ü+/");
         let token = token_of(&url);
-        assert!(
-            token
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-            "{token}"
-        );
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{token}");
     }
 
     #[test]
@@ -199,30 +170,20 @@ mod tests {
 
     #[test]
     fn tampered_payload_is_rejected() {
-        let url = keys().click_url(
-            "https://pw.example",
-            "m",
-            "r@x.example",
-            "https://good.example/",
-        );
+        let url =
+            keys().click_url("https://pw.example", "m", "r@x.example", "https://good.example/");
         let token = token_of(&url);
         let (_, sig) = token.split_once('.').unwrap();
         let evil =
             serde_json::json!({"k":"c","m":"m","r":"r@x.example","u":"https://evil.example/"});
         let forged = format!("{}.{sig}", URL_SAFE_NO_PAD.encode(evil.to_string()));
-        assert!(matches!(
-            keys().verify(&forged),
-            Err(TrackingError::BadSignature)
-        ));
+        assert!(matches!(keys().verify(&forged), Err(TrackingError::BadSignature)));
     }
 
     #[test]
     fn token_signed_with_another_secret_is_rejected() {
         let url = TrackingKeys::new(b"other").open_url("https://pw.example", "m", "r@x.example");
-        assert!(matches!(
-            keys().verify(token_of(&url)),
-            Err(TrackingError::BadSignature)
-        ));
+        assert!(matches!(keys().verify(token_of(&url)), Err(TrackingError::BadSignature)));
     }
 
     #[test]
@@ -230,19 +191,13 @@ mod tests {
         for t in ["", "abc", "abc.!!!", "."] {
             assert!(keys().verify(t).is_err(), "{t:?}");
         }
-        assert!(matches!(
-            keys().verify("nodot"),
-            Err(TrackingError::Malformed)
-        ));
+        assert!(matches!(keys().verify("nodot"), Err(TrackingError::Malformed)));
     }
 
     #[test]
     fn open_token_is_not_a_click() {
         let url = keys().open_url("https://pw.example", "m", "r@x.example");
-        assert!(!matches!(
-            keys().verify(token_of(&url)).unwrap(),
-            Tracked::Click { .. }
-        ));
+        assert!(!matches!(keys().verify(token_of(&url)).unwrap(), Tracked::Click { .. }));
     }
 
     #[test]

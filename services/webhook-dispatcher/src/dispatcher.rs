@@ -44,14 +44,8 @@ pub struct Dispatcher {
 
 /// What one attempt came to, before it is turned into a [`WebhookAttempt`].
 enum Outcome {
-    Delivered {
-        status: u16,
-    },
-    Failed {
-        status: Option<u16>,
-        error: String,
-        permanent: bool,
-    },
+    Delivered { status: u16 },
+    Failed { status: Option<u16>, error: String, permanent: bool },
 }
 
 impl Dispatcher {
@@ -65,9 +59,7 @@ impl Dispatcher {
             .timeout(timeout)
             // A proxy would connect on our behalf and defeat the address check.
             .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                allow_private: cfg.allow_private_targets,
-            }))
+            .dns_resolver(Arc::new(GuardedResolver { allow_private: cfg.allow_private_targets }))
             .user_agent(concat!("Postwire-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the rustls HTTP client builds with a static configuration");
@@ -112,11 +104,9 @@ impl Dispatcher {
             for delivery in batch {
                 let slot = match first.take() {
                     Some(slot) => slot,
-                    None => slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed"),
+                    None => {
+                        slots.clone().acquire_owned().await.expect("the semaphore is never closed")
+                    }
                 };
                 let this = Arc::clone(&self);
                 // Not cancelled by shutdown: a claimed send finishes and is recorded.
@@ -133,24 +123,18 @@ impl Dispatcher {
     /// One round: claims what is due (up to the concurrency limit), sends it all, records the
     /// results. Returns how many deliveries were attempted. For tests and one-shot tools.
     pub async fn step_once(&self) -> Result<usize, DispatchError> {
-        let batch = self
-            .state
-            .claim_webhook_deliveries(CONCURRENCY, self.lease)
-            .await?;
+        let batch = self.state.claim_webhook_deliveries(CONCURRENCY, self.lease).await?;
         let n = batch.len();
-        futures::stream::iter(batch)
-            .for_each_concurrent(CONCURRENCY, |d| self.deliver(d))
-            .await;
+        futures::stream::iter(batch).for_each_concurrent(CONCURRENCY, |d| self.deliver(d)).await;
         Ok(n)
     }
 
     /// How long to sleep when nothing was claimable.
     async fn idle_wait(&self) -> Duration {
         match self.state.next_webhook_due().await {
-            Ok(Some(due)) => (due - Utc::now())
-                .to_std()
-                .unwrap_or(MIN_IDLE)
-                .clamp(MIN_IDLE, MAX_IDLE),
+            Ok(Some(due)) => {
+                (due - Utc::now()).to_std().unwrap_or(MIN_IDLE).clamp(MIN_IDLE, MAX_IDLE)
+            }
             Ok(None) => MAX_IDLE,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the next webhook due time failed");
@@ -163,10 +147,7 @@ impl Dispatcher {
     async fn deliver(&self, delivery: WebhookDelivery) {
         let outcome = self.attempt(&delivery).await;
         let (attempt, result) = self.judge(&delivery, outcome);
-        self.metrics
-            .webhook_deliveries
-            .with_label_values(&[result])
-            .inc();
+        self.metrics.webhook_deliveries.with_label_values(&[result]).inc();
         tracing::info!(
             delivery = %delivery.id,
             webhook = %delivery.webhook_id,
@@ -202,31 +183,15 @@ impl Dispatcher {
                 },
                 "delivered",
             ),
-            Outcome::Failed {
-                status,
-                error,
-                permanent,
-            } => {
+            Outcome::Failed { status, error, permanent } => {
                 let delay = (!permanent)
                     .then(|| self.retry_schedule.get(delivery.attempts as usize))
                     .flatten();
                 let retry_at = delay.map(|d| {
                     Utc::now() + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)
                 });
-                let result = if retry_at.is_some() {
-                    "failed"
-                } else {
-                    "gave_up"
-                };
-                (
-                    WebhookAttempt {
-                        status,
-                        error: Some(error),
-                        retry_at,
-                        succeeded: false,
-                    },
-                    result,
-                )
+                let result = if retry_at.is_some() { "failed" } else { "gave_up" };
+                (WebhookAttempt { status, error: Some(error), retry_at, succeeded: false }, result)
             }
         }
     }
@@ -260,11 +225,7 @@ impl Dispatcher {
         ) {
             Ok(signed) => signed,
             Err(e) => {
-                return Outcome::Failed {
-                    status: None,
-                    error: e.to_string(),
-                    permanent: true,
-                }
+                return Outcome::Failed { status: None, error: e.to_string(), permanent: true }
             }
         };
         let sent = self
@@ -278,9 +239,9 @@ impl Dispatcher {
             .send()
             .await;
         match sent {
-            Ok(resp) if resp.status().is_success() => Outcome::Delivered {
-                status: resp.status().as_u16(),
-            },
+            Ok(resp) if resp.status().is_success() => {
+                Outcome::Delivered { status: resp.status().as_u16() }
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let mut error = format!("endpoint answered {status}");
@@ -292,11 +253,7 @@ impl Dispatcher {
                     error.push_str(": ");
                     error.push_str(&snippet);
                 }
-                Outcome::Failed {
-                    status: Some(status.as_u16()),
-                    error,
-                    permanent: false,
-                }
+                Outcome::Failed { status: Some(status.as_u16()), error, permanent: false }
             }
             Err(e) => {
                 if let Some(refused) = find_source::<TargetError>(&e) {
@@ -311,11 +268,7 @@ impl Dispatcher {
                 } else {
                     error_chain(&e)
                 };
-                Outcome::Failed {
-                    status: None,
-                    error,
-                    permanent: false,
-                }
+                Outcome::Failed { status: None, error, permanent: false }
             }
         }
     }

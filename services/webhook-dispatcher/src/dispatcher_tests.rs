@@ -102,24 +102,12 @@ impl State for FakeState {
         let mut pending = self.pending.lock().unwrap();
         pending.retain(|(p, _)| p.id != d.id);
         if let (false, Some(at)) = (a.succeeded, a.retry_at) {
-            pending.push((
-                WebhookDelivery {
-                    attempts: d.attempts + 1,
-                    ..d.clone()
-                },
-                at,
-            ));
+            pending.push((WebhookDelivery { attempts: d.attempts + 1, ..d.clone() }, at));
         }
         Ok(())
     }
     async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self
-            .pending
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, due)| *due)
-            .min())
+        Ok(self.pending.lock().unwrap().iter().map(|(_, due)| *due).min())
     }
 }
 
@@ -141,21 +129,14 @@ async fn receiver(answers: Vec<u16>, delay: Duration) -> (String, Arc<Mutex<Vec<
         async move {
             let n = {
                 let mut log = log.lock().unwrap();
-                log.push(Seen {
-                    headers,
-                    body: body.to_vec(),
-                });
+                log.push(Seen { headers, body: body.to_vec() });
                 log.len()
             };
             tokio::time::sleep(delay).await;
             let code = answers[(n - 1).min(answers.len() - 1)];
             let mut resp_headers = HeaderMap::new();
             resp_headers.insert("location", "/elsewhere".parse().unwrap());
-            (
-                StatusCode::from_u16(code).unwrap(),
-                resp_headers,
-                "endpoint says\nno",
-            )
+            (StatusCode::from_u16(code).unwrap(), resp_headers, "endpoint says\nno")
         }
     };
     let app = axum::Router::new()
@@ -193,10 +174,7 @@ fn dispatcher(settings: &Settings, state: Arc<FakeState>) -> (Dispatcher, Metric
 }
 
 fn count(metrics: &Metrics, result: &str) -> u64 {
-    metrics
-        .webhook_deliveries
-        .with_label_values(&[result])
-        .get()
+    metrics.webhook_deliveries.with_label_values(&[result]).get()
 }
 
 const DEFAULT_SCHEDULE: &[&str] = &["5s", "5m", "30m"];
@@ -212,40 +190,20 @@ async fn accepted_delivery_is_signed_verifiable_and_recorded_as_delivered() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
-    assert_eq!(
-        req.body,
-        BODY.as_bytes(),
-        "the stored body is sent byte for byte"
-    );
+    assert_eq!(req.body, BODY.as_bytes(), "the stored body is sent byte for byte");
     assert_eq!(req.headers["content-type"], "application/json");
     assert_eq!(req.headers["webhook-id"], "evt_1");
-    let ts: i64 = req.headers["webhook-timestamp"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ts: i64 = req.headers["webhook-timestamp"].to_str().unwrap().parse().unwrap();
     assert!((Utc::now().timestamp() - ts).abs() < 5);
-    standardwebhooks::Webhook::new(SECRET)
-        .unwrap()
-        .verify(&req.body, &req.headers)
-        .unwrap();
+    standardwebhooks::Webhook::new(SECRET).unwrap().verify(&req.body, &req.headers).unwrap();
 
     let attempts = state.attempts();
     assert_eq!(
         attempts[0].1,
-        WebhookAttempt {
-            status: Some(204),
-            error: None,
-            retry_at: None,
-            succeeded: true
-        }
+        WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true }
     );
     assert_eq!(count(&metrics, "delivered"), 1);
-    assert_eq!(
-        d.step_once().await.unwrap(),
-        0,
-        "a delivered event is not sent again"
-    );
+    assert_eq!(d.step_once().await.unwrap(), 0, "a delivered event is not sent again");
 }
 
 #[tokio::test]
@@ -265,10 +223,7 @@ async fn first_failure_is_retried_after_the_first_schedule_step() {
         Some("endpoint answered 500 Internal Server Error: endpoint says no")
     );
     let wait = a.retry_at.unwrap() - before;
-    assert!(
-        wait >= chrono::Duration::seconds(5) && wait < chrono::Duration::seconds(7),
-        "{wait}"
-    );
+    assert!(wait >= chrono::Duration::seconds(5) && wait < chrono::Duration::seconds(7), "{wait}");
     assert_eq!(count(&metrics, "failed"), 1);
 }
 
@@ -284,20 +239,11 @@ async fn later_failures_follow_the_schedule_and_the_last_one_gives_up() {
         match expected {
             Some(secs) => {
                 let wait = (a.retry_at.unwrap() - before).num_seconds();
-                assert!(
-                    (secs..secs + 2).contains(&wait),
-                    "after {made_before}: waited {wait}"
-                );
+                assert!((secs..secs + 2).contains(&wait), "after {made_before}: waited {wait}");
                 assert_eq!(count(&metrics, "failed"), 1);
             }
             None => {
-                assert_eq!(
-                    a.retry_at,
-                    None,
-                    "attempt {} of {} is the last",
-                    made_before + 1,
-                    4
-                );
+                assert_eq!(a.retry_at, None, "attempt {} of {} is the last", made_before + 1, 4);
                 assert_eq!(count(&metrics, "gave_up"), 1);
                 assert_eq!(count(&metrics, "failed"), 0);
             }
@@ -318,10 +264,7 @@ async fn retries_keep_the_webhook_id_and_re_sign_each_send() {
     assert_eq!(seen.len(), 2);
     for req in &seen {
         assert_eq!(req.headers["webhook-id"], "evt_1");
-        standardwebhooks::Webhook::new(SECRET)
-            .unwrap()
-            .verify(&req.body, &req.headers)
-            .unwrap();
+        standardwebhooks::Webhook::new(SECRET).unwrap().verify(&req.body, &req.headers).unwrap();
     }
     assert_eq!(count(&metrics, "failed"), 1);
     assert_eq!(count(&metrics, "delivered"), 1);
@@ -335,18 +278,10 @@ async fn redirect_is_a_failure_and_is_not_followed() {
 
     d.step_once().await.unwrap();
 
-    assert_eq!(
-        seen.lock().unwrap().len(),
-        1,
-        "the Location was not fetched"
-    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "the Location was not fetched");
     let (_, a) = &state.attempts()[0];
     assert_eq!(a.status, Some(302));
-    assert!(a
-        .error
-        .as_deref()
-        .unwrap()
-        .contains("redirects are not followed"));
+    assert!(a.error.as_deref().unwrap().contains("redirects are not followed"));
     assert!(a.retry_at.is_some());
 }
 
@@ -379,15 +314,7 @@ async fn refused_connection_is_a_retryable_failure() {
 
     let (_, a) = &state.attempts()[0];
     assert_eq!(a.status, None);
-    assert!(
-        a.error
-            .as_deref()
-            .unwrap()
-            .to_lowercase()
-            .contains("connect"),
-        "{:?}",
-        a.error
-    );
+    assert!(a.error.as_deref().unwrap().to_lowercase().contains("connect"), "{:?}", a.error);
     assert!(a.retry_at.is_some());
 }
 
@@ -414,16 +341,8 @@ async fn private_target_is_given_up_without_sending() {
 async fn client_refuses_names_that_resolve_to_private_addresses() {
     // The guard inside the HTTP client catches a name that passed the pre-send check and then
     // changed (DNS rebinding); `localhost` stands in for the rebound name.
-    let (d, _) = dispatcher(
-        &settings(false, DEFAULT_SCHEDULE, "5s"),
-        FakeState::with(vec![]),
-    );
-    let err = d
-        .client
-        .post("http://localhost:9/")
-        .send()
-        .await
-        .unwrap_err();
+    let (d, _) = dispatcher(&settings(false, DEFAULT_SCHEDULE, "5s"), FakeState::with(vec![]));
+    let err = d.client.post("http://localhost:9/").send().await.unwrap_err();
     let refused = find_source::<TargetError>(&err).expect("the resolver's refusal is in the chain");
     assert!(refused.is_permanent());
     assert!(refused.to_string().contains("loopback"));
@@ -432,10 +351,8 @@ async fn client_refuses_names_that_resolve_to_private_addresses() {
 #[tokio::test]
 async fn invalid_secret_gives_up() {
     let (url, seen) = receiver(vec![200], Duration::ZERO).await;
-    let state = FakeState::with(vec![WebhookDelivery {
-        secret: "whsec_???".into(),
-        ..delivery(&url, 0)
-    }]);
+    let state =
+        FakeState::with(vec![WebhookDelivery { secret: "whsec_???".into(), ..delivery(&url, 0) }]);
     let (d, metrics) = dispatcher(&settings(true, DEFAULT_SCHEDULE, "5s"), state.clone());
 
     d.step_once().await.unwrap();
@@ -455,28 +372,17 @@ async fn run_delivers_new_work_and_stops_on_shutdown() {
 
     // Work appears after the loop has gone idle; it must be picked up by polling.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let many: Vec<_> = (0..40)
-        .map(|i| WebhookDelivery {
-            id: format!("whd_{i}"),
-            ..delivery(&url, 0)
-        })
-        .collect();
+    let many: Vec<_> =
+        (0..40).map(|i| WebhookDelivery { id: format!("whd_{i}"), ..delivery(&url, 0) }).collect();
     *state.pending.lock().unwrap() = many.into_iter().map(|d| (d, Utc::now())).collect();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while state.attempts().len() < 40 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} attempts",
-            state.attempts().len()
-        );
+        assert!(tokio::time::Instant::now() < deadline, "only {} attempts", state.attempts().len());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("run stops")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running).await.expect("run stops").unwrap();
     assert_eq!(seen.lock().unwrap().len(), 40);
     assert_eq!(count(&metrics, "delivered"), 40);
 }
@@ -491,13 +397,6 @@ async fn shutdown_waits_for_sends_in_flight() {
 
     tokio::time::sleep(Duration::from_millis(150)).await;
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("run stops")
-        .unwrap();
-    assert_eq!(
-        state.attempts().len(),
-        1,
-        "the claimed send finished and was recorded"
-    );
+    tokio::time::timeout(Duration::from_secs(5), running).await.expect("run stops").unwrap();
+    assert_eq!(state.attempts().len(), 1, "the claimed send finished and was recorded");
 }

@@ -25,11 +25,7 @@ pub struct SignedHeaders {
 impl SignedHeaders {
     /// Signs `body` for event `id` at `timestamp` with a `whsec_…` secret.
     pub fn new(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Self, DispatchError> {
-        Ok(Self {
-            id: id.to_owned(),
-            timestamp,
-            signature: sign(secret, id, timestamp, body)?,
-        })
+        Ok(Self { id: id.to_owned(), timestamp, signature: sign(secret, id, timestamp, body)? })
     }
 }
 
@@ -44,10 +40,7 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(mac.finalize().into_bytes())
-    ))
+    Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
 }
 
 #[cfg(test)]
@@ -85,23 +78,14 @@ mod tests {
         let h = SignedHeaders::new(&secret, "evt_2", chrono::Utc::now().timestamp(), body).unwrap();
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("webhook-id", h.id.parse().unwrap());
-        headers.insert(
-            "webhook-timestamp",
-            h.timestamp.to_string().parse().unwrap(),
-        );
+        headers.insert("webhook-timestamp", h.timestamp.to_string().parse().unwrap());
         headers.insert("webhook-signature", h.signature.parse().unwrap());
-        standardwebhooks::Webhook::new(&secret)
-            .unwrap()
-            .verify(body, &headers)
-            .unwrap();
+        standardwebhooks::Webhook::new(&secret).unwrap().verify(body, &headers).unwrap();
     }
 
     #[test]
     fn secret_without_prefix_signs_the_same() {
-        assert_eq!(
-            sign(&SECRET[6..], ID, TS, BODY).unwrap(),
-            sign(SECRET, ID, TS, BODY).unwrap()
-        );
+        assert_eq!(sign(&SECRET[6..], ID, TS, BODY).unwrap(), sign(SECRET, ID, TS, BODY).unwrap());
     }
 
     #[test]

@@ -35,11 +35,7 @@ pub enum TargetError {
     #[error(
         "`{host}` resolves to {addr}, {kind}; set webhooks.allow_private_targets = true to allow"
     )]
-    Forbidden {
-        host: String,
-        addr: IpAddr,
-        kind: String,
-    },
+    Forbidden { host: String, addr: IpAddr, kind: String },
 }
 
 impl TargetError {
@@ -52,16 +48,12 @@ impl TargetError {
 /// Accepts `url` only if it is http(s) with a host whose every address is public, unless
 /// `allow_private` (development and tests), in which case nothing is resolved.
 pub async fn check_target(url: &str, allow_private: bool) -> Result<(), TargetError> {
-    let parsed = Url::parse(url).map_err(|source| TargetError::InvalidUrl {
-        url: url.to_owned(),
-        source,
-    })?;
+    let parsed = Url::parse(url)
+        .map_err(|source| TargetError::InvalidUrl { url: url.to_owned(), source })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(TargetError::UnsupportedScheme(parsed.scheme().to_owned()));
     }
-    let host = parsed
-        .host()
-        .ok_or_else(|| TargetError::NoHost(url.to_owned()))?;
+    let host = parsed.host().ok_or_else(|| TargetError::NoHost(url.to_owned()))?;
     if allow_private {
         return Ok(());
     }
@@ -79,15 +71,10 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), TargetEr
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, TargetError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|source| TargetError::Resolve {
-            host: host.to_owned(),
-            source,
-        })?
+        .map_err(|source| TargetError::Resolve { host: host.to_owned(), source })?
         .collect();
     if addrs.is_empty() {
-        return Err(TargetError::NoAddresses {
-            host: host.to_owned(),
-        });
+        return Err(TargetError::NoAddresses { host: host.to_owned() });
     }
     Ok(addrs)
 }
@@ -97,11 +84,7 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, TargetError> 
 fn check_addrs(host: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Result<(), TargetError> {
     for addr in addrs {
         if let Some(kind) = forbidden_kind(addr) {
-            return Err(TargetError::Forbidden {
-                host: host.to_owned(),
-                addr,
-                kind,
-            });
+            return Err(TargetError::Forbidden { host: host.to_owned(), addr, kind });
         }
     }
     Ok(())
@@ -237,14 +220,8 @@ mod tests {
             ("fd12:3456::1", "unique-local"),
             ("ff02::1", "multicast"),
             ("2001:db8::1", "documentation"),
-            (
-                "::ffff:127.0.0.1",
-                "an IPv6 form of 127.0.0.1, a loopback address",
-            ),
-            (
-                "::ffff:10.0.0.1",
-                "an IPv6 form of 10.0.0.1, a private address",
-            ),
+            ("::ffff:127.0.0.1", "an IPv6 form of 127.0.0.1, a loopback address"),
+            ("::ffff:10.0.0.1", "an IPv6 form of 10.0.0.1, a private address"),
             ("::ffff:169.254.169.254", "link-local"),
             ("64:ff9b::a00:1", "an IPv6 form of 10.0.0.1"),
             ("2002:c0a8:101::1", "an IPv6 form of 192.168.1.1"),
@@ -289,12 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn non_http_urls_are_refused_even_when_private_is_allowed() {
-        for url in [
-            "ftp://example.com/",
-            "file:///etc/passwd",
-            "mailto:a@b.example",
-            "not a url",
-        ] {
+        for url in ["ftp://example.com/", "file:///etc/passwd", "mailto:a@b.example", "not a url"] {
             let err = check_target(url, true).await.expect_err(url);
             assert!(err.is_permanent());
         }

@@ -3,19 +3,36 @@
 use postwire_e2e::app::{simple_message, TestApp, World};
 use serde_json::{json, Value};
 
-async fn post_raw(app: &TestApp, key: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, String, Value) {
-    let mut req = app.client.post(app.url("/v1/messages")).header("content-type", "application/json").body(body);
+async fn post_raw(
+    app: &TestApp,
+    key: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
-    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     (status, ct, r.json().await.unwrap_or(Value::Null))
 }
 
 fn fields(problem: &Value) -> Vec<String> {
-    problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_string()).collect()
+    problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -23,7 +40,12 @@ async fn requests_without_a_valid_key_get_401_problem_json() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
     let body = simple_message(&["a@example.org"]).to_string();
-    for key in [None, Some("pw_key_0000000000000000_deadbeef"), Some("not-a-key"), Some(&app.key[..app.key.len() - 1])] {
+    for key in [
+        None,
+        Some("pw_key_0000000000000000_deadbeef"),
+        Some("not-a-key"),
+        Some(&app.key[..app.key.len() - 1]),
+    ] {
         let (status, ct, problem) = post_raw(&app, key, body.clone()).await;
         assert_eq!(status, 401, "key {key:?}");
         assert_eq!(ct, "application/problem+json");
@@ -65,7 +87,8 @@ async fn every_invalid_field_is_listed_in_one_422() {
 async fn missing_recipients_and_missing_body_are_422() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let (status, problem) = app.send(&json!({"from": "a@sender.test", "subject": "s"})).await.unwrap();
+    let (status, problem) =
+        app.send(&json!({"from": "a@sender.test", "subject": "s"})).await.unwrap();
     assert_eq!(status, 422);
     assert_eq!(fields(&problem), ["to", "text"]);
 }
@@ -113,7 +136,9 @@ async fn crlf_injection_in_headers_and_subject_is_refused() {
     let (status, problem) = app.send(&body).await.unwrap();
     assert_eq!(status, 422, "{problem}");
     let f = fields(&problem);
-    for expected in ["from", "subject", "headers.X-Evil", "headers.X-Nul", "headers.Bad:Name", "headers.Bcc"] {
+    for expected in
+        ["from", "subject", "headers.X-Evil", "headers.X-Nul", "headers.Bad:Name", "headers.Bcc"]
+    {
         assert!(f.iter().any(|x| x == expected), "{expected} not reported in {f:?}");
     }
     assert!(!f.iter().any(|x| x == "headers.X-Campaign"));
@@ -148,7 +173,13 @@ async fn messages_over_the_rendered_size_limit_get_413() {
 async fn unknown_message_is_a_404() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let r = app.client.get(app.url("/v1/messages/msg_nope")).bearer_auth(&app.key).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/v1/messages/msg_nope"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -163,7 +194,12 @@ async fn accepted_message_is_listed_queued_with_its_recipients() {
     let (status, accepted) = app.send(&body).await.unwrap();
     assert_eq!(status, 202);
     assert_eq!(accepted["status"], "queued");
-    let emails: Vec<_> = accepted["recipients"].as_array().unwrap().iter().map(|r| r["email"].as_str().unwrap()).collect();
+    let emails: Vec<_> = accepted["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["email"].as_str().unwrap())
+        .collect();
     assert_eq!(emails, ["a@example.org", "b@example.org", "c@example.org"], "duplicates collapse");
     let m = app.message(accepted["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(m["recipients"].as_array().unwrap().len(), 3);
@@ -174,14 +210,36 @@ async fn accepted_message_is_listed_queued_with_its_recipients() {
 async fn webhook_endpoints_can_be_created_listed_and_deleted() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let (id, secret) = app.create_webhook("http://127.0.0.1:9/hook", &["message.delivered"]).await.unwrap();
+    let (id, secret) =
+        app.create_webhook("http://127.0.0.1:9/hook", &["message.delivered"]).await.unwrap();
     assert!(secret.starts_with("whsec_"));
-    let list: Value = app.client.get(app.url("/v1/webhooks")).bearer_auth(&app.key).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .client
+        .get(app.url("/v1/webhooks"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["id"], id.as_str());
     assert!(list["data"][0].get("secret").is_none(), "the secret is shown once only");
-    let del = app.client.delete(app.url(&format!("/v1/webhooks/{id}"))).bearer_auth(&app.key).send().await.unwrap();
+    let del = app
+        .client
+        .delete(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), 204);
-    let again = app.client.get(app.url(&format!("/v1/webhooks/{id}"))).bearer_auth(&app.key).send().await.unwrap();
+    let again = app
+        .client
+        .get(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 404);
 }
 
@@ -191,7 +249,13 @@ async fn private_webhook_targets_are_refused_unless_allowed() {
     let mut settings = world.settings();
     settings.webhooks.allow_private_targets = false;
     let app = TestApp::start(settings).await.unwrap();
-    for url in ["http://127.0.0.1:8080/x", "http://10.1.2.3/x", "http://192.168.1.1/x", "http://[::1]/x", "ftp://example.com/x"] {
+    for url in [
+        "http://127.0.0.1:8080/x",
+        "http://10.1.2.3/x",
+        "http://192.168.1.1/x",
+        "http://[::1]/x",
+        "ftp://example.com/x",
+    ] {
         let r = app
             .client
             .post(app.url("/v1/webhooks"))
@@ -216,8 +280,16 @@ async fn health_readiness_and_metrics_are_served() {
     app.send_ok(&simple_message(&["m@metrics.invalid"])).await.unwrap();
     let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("postwire_messages_accepted_total 1"), "{text}");
-    assert!(text.contains("postwire_http_requests_total{route=\"/v1/messages\",status=\"202\"} 1"), "{text}");
-    for name in ["postwire_deliveries_total", "postwire_queue_depth", "postwire_webhook_deliveries_total", "postwire_http_request_duration_seconds_bucket"] {
+    assert!(
+        text.contains("postwire_http_requests_total{route=\"/v1/messages\",status=\"202\"} 1"),
+        "{text}"
+    );
+    for name in [
+        "postwire_deliveries_total",
+        "postwire_queue_depth",
+        "postwire_webhook_deliveries_total",
+        "postwire_http_request_duration_seconds_bucket",
+    ] {
         assert!(text.contains(name), "{name} missing");
     }
 }
@@ -226,7 +298,8 @@ async fn health_readiness_and_metrics_are_served() {
 async fn served_openapi_matches_the_checked_in_spec_and_docs_render() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let served = app.client.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let served =
+        app.client.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
     let generated = postwire_api_gateway::openapi::spec_json();
     assert_eq!(served, generated);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi/openapi.json");
@@ -272,7 +345,15 @@ async fn served_openapi_matches_the_checked_in_spec_and_docs_render() {
         assert_eq!(r.status(), 200, "{path}");
         assert!(!r.bytes().await.unwrap().is_empty(), "{path} is empty");
     }
-    let init = app.client.get(app.url("/docs/swagger-initializer.js")).send().await.unwrap().text().await.unwrap();
+    let init = app
+        .client
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(init.contains("\"/openapi.json\""), "the UI reads our own spec: {init}");
     assert!(!init.contains("https://"), "the UI calls out to another host: {init}");
 }

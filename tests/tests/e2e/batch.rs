@@ -9,7 +9,12 @@ use serde_json::{json, Value};
 use crate::{ip, mx_hosts, recipient, SOON};
 
 /// `POST path` with this app's key and, when given, an `Idempotency-Key`.
-async fn post(app: &TestApp, path: &str, idem: Option<&str>, body: &Value) -> (u16, Option<String>, Value) {
+async fn post(
+    app: &TestApp,
+    path: &str,
+    idem: Option<&str>,
+    body: &Value,
+) -> (u16, Option<String>, Value) {
     let mut req = app.client.post(app.url(path)).bearer_auth(&app.key).json(body);
     if let Some(k) = idem {
         req = req.header("idempotency-key", k);
@@ -56,9 +61,11 @@ async fn the_same_key_and_body_twice_answers_the_same_id_and_sends_once() {
 async fn the_same_key_with_another_body_is_a_409_problem() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let (s1, _, _) = post(&app, "/v1/messages", Some("k-409"), &simple_message(&["a@conflict.invalid"])).await;
+    let (s1, _, _) =
+        post(&app, "/v1/messages", Some("k-409"), &simple_message(&["a@conflict.invalid"])).await;
     assert_eq!(s1, 202);
-    let (s2, ct, problem) = post(&app, "/v1/messages", Some("k-409"), &simple_message(&["b@conflict.invalid"])).await;
+    let (s2, ct, problem) =
+        post(&app, "/v1/messages", Some("k-409"), &simple_message(&["b@conflict.invalid"])).await;
     assert_eq!(s2, 409, "{problem}");
     assert_eq!(ct.as_deref(), Some("application/problem+json"));
     assert!(problem["detail"].as_str().unwrap().contains("different request body"), "{problem}");
@@ -98,7 +105,10 @@ async fn ten_concurrent_requests_with_one_key_accept_exactly_one_message() {
     let hosts = mx_hosts(&world, "race.test", &[(10, ip(51), Script::default())]).await;
     let app = TestApp::start(world.settings()).await.unwrap();
     let body = simple_message(&["cy@race.test"]);
-    let answers = futures::future::join_all((0..10).map(|_| post(&app, "/v1/messages", Some("race-1"), &body))).await;
+    let answers = futures::future::join_all(
+        (0..10).map(|_| post(&app, "/v1/messages", Some("race-1"), &body)),
+    )
+    .await;
     let mut ids = std::collections::BTreeSet::new();
     for (status, _, json) in &answers {
         match status {
@@ -177,7 +187,8 @@ async fn a_batch_of_501_messages_or_of_none_is_a_422() {
         assert_eq!(ct.as_deref(), Some("application/problem+json"));
         assert_eq!(problem["errors"][0]["field"], "messages");
     }
-    let (status, _, answer) = post(&app, "/v1/messages/batch", None, &json!({"messages": vec![one; 500]})).await;
+    let (status, _, answer) =
+        post(&app, "/v1/messages/batch", None, &json!({"messages": vec![one; 500]})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["results"].as_array().unwrap().len(), 500);
     assert_eq!(accepted_total(&app).await, 500);

@@ -11,7 +11,12 @@ use crate::{ip, mx_hosts, recipient, SOON};
 #[tokio::test]
 async fn mail_goes_to_the_most_preferred_mx_host_with_our_helo_and_envelope() {
     let world = World::new().await;
-    let hosts = mx_hosts(&world, "pref.test", &[(20, ip(3), Script::default()), (10, ip(2), Script::default())]).await;
+    let hosts = mx_hosts(
+        &world,
+        "pref.test",
+        &[(20, ip(3), Script::default()), (10, ip(2), Script::default())],
+    )
+    .await;
     let app = TestApp::start(world.settings()).await.unwrap();
     let id = app.send_ok(&simple_message(&["ann@pref.test"])).await.unwrap();
     let m = app.wait_final(&id, SOON).await.unwrap();
@@ -25,7 +30,12 @@ async fn mail_goes_to_the_most_preferred_mx_host_with_our_helo_and_envelope() {
     assert_eq!(got[0].helo, "mta.postwire.test");
     assert_eq!(got[0].mail_from, "app@sender.test");
     assert_eq!(got[0].rcpt_to, vec!["ann@pref.test"]);
-    let events: Vec<_> = m["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    let events: Vec<_> = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(events, ["message.delivered"]);
 }
 
@@ -49,7 +59,10 @@ async fn next_mx_host_is_tried_when_the_first_greets_with_an_error() {
     let hosts = mx_hosts(
         &world,
         "greet.test",
-        &[(10, ip(6), Script::default().greeting(554, "5.3.2 not accepting mail")), (20, ip(7), Script::default())],
+        &[
+            (10, ip(6), Script::default().greeting(554, "5.3.2 not accepting mail")),
+            (20, ip(7), Script::default()),
+        ],
     )
     .await;
     let app = TestApp::start(world.settings()).await.unwrap();
@@ -127,12 +140,17 @@ async fn starttls_is_used_when_the_mx_offers_it() {
 #[tokio::test]
 async fn failed_tls_handshake_is_retried_in_plain_text() {
     let world = World::new().await;
-    let hosts = mx_hosts(&world, "badtls.test", &[(10, ip(11), Script::default().broken_tls())]).await;
+    let hosts =
+        mx_hosts(&world, "badtls.test", &[(10, ip(11), Script::default().broken_tls())]).await;
     let app = TestApp::start(world.settings()).await.unwrap();
     let id = app.send_ok(&simple_message(&["io@badtls.test"])).await.unwrap();
     let m = app.wait_final(&id, SOON).await.unwrap();
     assert_eq!(recipient(&m, "io@badtls.test")["status"], "delivered", "{m:#}");
-    assert_eq!(recipient(&m, "io@badtls.test")["attempts"], 1, "the fallback happens within one attempt");
+    assert_eq!(
+        recipient(&m, "io@badtls.test")["attempts"],
+        1,
+        "the fallback happens within one attempt"
+    );
     let got = hosts[0].received();
     assert_eq!(got.len(), 1);
     assert!(!got[0].tls);
@@ -185,7 +203,8 @@ async fn deferred_recipient_is_retried_after_451_and_then_delivered() {
     let r = recipient(&m, "jo@grey.test");
     assert_eq!(r["status"], "delivered", "{m:#}");
     assert_eq!(r["attempts"], 2);
-    let events: Vec<_> = m["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let events: Vec<_> =
+        m["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(events, ["message.deferred", "message.delivered"]);
     assert!(m["events"][0]["data"]["smtp_response"].as_str().unwrap().contains("451"));
     assert_eq!(hosts[0].received().len(), 1);
@@ -230,7 +249,8 @@ async fn lone_dots_and_bare_line_feeds_arrive_as_one_intact_message() {
     let app = TestApp::start(world.settings()).await.unwrap();
     // An SMTP smuggling attempt: a bare-LF "end of data" followed by a second transaction.
     let text = "first line\n.\nMAIL FROM:<evil@attacker.test>\nRCPT TO:<victim@dots.test>\nDATA\nsmuggled\r\n.\r\nafter crlf dot\n..two dots\nlast line\n";
-    let body = json!({"from": "app@sender.test", "to": ["no@dots.test"], "subject": "dots", "text": text});
+    let body =
+        json!({"from": "app@sender.test", "to": ["no@dots.test"], "subject": "dots", "text": text});
     let id = app.send_ok(&body).await.unwrap();
     let m = app.wait_final(&id, SOON).await.unwrap();
     assert_eq!(recipient(&m, "no@dots.test")["status"], "delivered", "{m:#}");
@@ -241,10 +261,20 @@ async fn lone_dots_and_bare_line_feeds_arrive_as_one_intact_message() {
     assert!(!hosts[0].saw_bare_lf(), "the wire carries CRLF line endings only");
     assert_eq!(got[0].rcpt_to, vec!["no@dots.test"]);
     let data = String::from_utf8_lossy(&got[0].data);
-    for line in ["first line", "\r\n.\r\n", "MAIL FROM:<evil@attacker.test>", "after crlf dot", "..two dots", "last line"] {
+    for line in [
+        "first line",
+        "\r\n.\r\n",
+        "MAIL FROM:<evil@attacker.test>",
+        "after crlf dot",
+        "..two dots",
+        "last line",
+    ] {
         assert!(data.contains(line), "missing {line:?} in the received message:\n{data}");
     }
-    assert!(!hosts[0].commands().iter().any(|c| c.contains("evil@attacker.test")), "smuggled command reached the server");
+    assert!(
+        !hosts[0].commands().iter().any(|c| c.contains("evil@attacker.test")),
+        "smuggled command reached the server"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,12 @@ use serde_json::json;
 use crate::{ip, mx_hosts, recipient, SOON};
 
 /// Generates a key, writes it under the world's directory and publishes its TXT record.
-pub(crate) fn publish_key(world: &World, domain: &str, selector: &str, algorithm: DkimAlgorithm) -> DkimKey {
+pub(crate) fn publish_key(
+    world: &World,
+    domain: &str,
+    selector: &str,
+    algorithm: DkimAlgorithm,
+) -> DkimKey {
     let pair = postwire::keygen::generate(algorithm).unwrap();
     let path = world.path().join(format!("{selector}.pem"));
     std::fs::write(&path, pair.private_pem).unwrap();
@@ -32,7 +37,8 @@ pub(crate) async fn dkimpy_verify(world: &World, message: &[u8]) -> (bool, Strin
         .output()
         .await
         .expect("python3 runs (scripts/test.sh installs dkimpy and dnspython)");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), report)
 }
 
@@ -58,7 +64,8 @@ async fn rsa_and_ed25519_signatures_verify_with_dkimpy_against_published_keys() 
     let got = hosts[0].received();
     let data = &got[0].data;
     let text = String::from_utf8_lossy(data);
-    let sigs: Vec<&str> = text.lines().filter(|l| l.to_ascii_lowercase().starts_with("dkim-signature:")).collect();
+    let sigs: Vec<&str> =
+        text.lines().filter(|l| l.to_ascii_lowercase().starts_with("dkim-signature:")).collect();
     assert_eq!(sigs.len(), 2, "one signature per matching key:\n{text}");
     let (ok, report) = dkimpy_verify(&world, data).await;
     assert!(ok, "dkimpy rejected the signatures:\n{report}\n{text}");
@@ -93,7 +100,10 @@ async fn mail_from_a_domain_without_a_key_is_sent_unsigned() {
     let mut settings = world.settings();
     settings.dkim = vec![publish_key(&world, "elsewhere.test", "s1", DkimAlgorithm::Ed25519Sha256)];
     let app = TestApp::start(settings).await.unwrap();
-    let id = app.send_ok(&json!({"from": "a@sender.test", "to": ["b@nokey.test"], "text": "t"})).await.unwrap();
+    let id = app
+        .send_ok(&json!({"from": "a@sender.test", "to": ["b@nokey.test"], "text": "t"}))
+        .await
+        .unwrap();
     app.wait_final(&id, SOON).await.unwrap();
     let text = String::from_utf8_lossy(&hosts[0].received()[0].data).to_ascii_lowercase();
     assert!(!text.contains("dkim-signature:"));

@@ -17,7 +17,13 @@ use crate::{ip, mx_hosts, recipient, SOON};
 /// `smtp.helo_name` of the test settings, and the address the tests give it.
 const HELO: &str = "mta.postwire.test";
 
-async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(key);
     if let Some(body) = body {
         req = req.json(&body);
@@ -49,7 +55,10 @@ fn statuses(view: &Value) -> Vec<(String, String)> {
         .iter()
         .map(|p| {
             let r = record(view, p);
-            (r["status"].as_str().unwrap_or("?").to_string(), r["reason"].as_str().unwrap_or("").to_string())
+            (
+                r["status"].as_str().unwrap_or("?").to_string(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            )
         })
         .collect()
 }
@@ -63,7 +72,10 @@ fn publish(world: &World, name: &str, value: &str) {
 /// Sends one message from `from` and returns what the MX host received.
 async fn send_and_receive(app: &TestApp, host: &SmtpServer, from: &str, to: &str) -> String {
     let before = host.received().len();
-    let id = app.send_ok(&json!({"from": from, "to": [to], "subject": "Hello", "text": "hi"})).await.unwrap();
+    let id = app
+        .send_ok(&json!({"from": from, "to": [to], "subject": "Hello", "text": "hi"}))
+        .await
+        .unwrap();
     let m = app.wait_final(&id, SOON).await.unwrap();
     assert_eq!(recipient(&m, to)["status"], "delivered", "{m:#}");
     let got = host.received();
@@ -73,12 +85,18 @@ async fn send_and_receive(app: &TestApp, host: &SmtpServer, from: &str, to: &str
 
 /// `(d, s)` of every DKIM-Signature header of a received message.
 fn signers(message: &str) -> Vec<(String, String)> {
-    let head = message.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ").replace("\r\n\t", " ");
+    let head =
+        message.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ").replace("\r\n\t", " ");
     head.lines()
         .filter(|l| l.to_ascii_lowercase().starts_with("dkim-signature:"))
         .map(|sig| {
             let tag = |name: &str| {
-                sig.split(';').map(str::trim).find_map(|t| t.strip_prefix(name)).unwrap_or("").trim().to_string()
+                sig.split(';')
+                    .map(str::trim)
+                    .find_map(|t| t.strip_prefix(name))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
             };
             (tag("d="), tag("s="))
         })
@@ -102,7 +120,10 @@ async fn a_domain_made_over_the_api_signs_the_next_message_and_its_records_pass_
     assert_eq!(view["domain"], "brand.test");
     assert_eq!(view["selector"], "pw1");
     assert_eq!(view["algorithm"], "rsa-sha256");
-    assert!(!view.to_string().contains("PRIVATE KEY"), "the private key must never be returned: {view}");
+    assert!(
+        !view.to_string().contains("PRIVATE KEY"),
+        "the private key must never be returned: {view}"
+    );
     let dkim = record(&view, "dkim");
     assert_eq!(dkim["type"], "TXT");
     assert_eq!(dkim["name"], "pw1._domainkey.brand.test");
@@ -138,7 +159,8 @@ async fn a_domain_made_over_the_api_signs_the_next_message_and_its_records_pass_
     assert!(report.contains("ok d=brand.test s=pw1 a=rsa-sha256"), "{report}");
 
     // Removing the domain hands signing back to the configured key, still without a restart.
-    let (status, _) = call(&app, reqwest::Method::DELETE, "/v1/domains/brand.test", &app.key, None).await;
+    let (status, _) =
+        call(&app, reqwest::Method::DELETE, "/v1/domains/brand.test", &app.key, None).await;
     assert_eq!(status, 204);
     assert_eq!(get(&app, "/v1/domains/brand.test").await.0, 404);
     let third = send_and_receive(&app, &hosts[0], "news@brand.test", "r@inbox-dom.test").await;
@@ -149,7 +171,8 @@ async fn a_domain_made_over_the_api_signs_the_next_message_and_its_records_pass_
 async fn wrong_records_and_dns_failures_are_reported_per_record_with_a_reason() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let (status, view) = create(&app, json!({"domain": "wrong.test", "algorithm": "ed25519-sha256"})).await;
+    let (status, view) =
+        create(&app, json!({"domain": "wrong.test", "algorithm": "ed25519-sha256"})).await;
     assert_eq!(status, 201, "{view}");
     assert_eq!(view["selector"], "postwire", "the default selector");
     assert!(record(&view, "dkim")["value"].as_str().unwrap().starts_with("v=DKIM1; k=ed25519; p="));
@@ -205,7 +228,8 @@ async fn an_imported_key_is_published_as_given_and_signs() {
     let (_, view) = get(&app, "/v1/domains/imported.test").await;
     assert_eq!(statuses(&view)[0], ("pass".to_string(), String::new()), "{view:#}");
 
-    let message = send_and_receive(&app, &hosts[0], "Team <team@imported.test>", "r@inbox-imp.test").await;
+    let message =
+        send_and_receive(&app, &hosts[0], "Team <team@imported.test>", "r@inbox-imp.test").await;
     let (ok, report) = dkimpy_verify(&world, message.as_bytes()).await;
     assert!(ok, "dkimpy rejected the signature:\n{report}\n{message}");
     assert!(report.contains("ok d=imported.test s=imp1 a=ed25519-sha256"), "{report}");
@@ -232,12 +256,18 @@ async fn bad_input_duplicates_and_keys_without_admin_are_refused() {
         assert_eq!(status, 422, "{body} → {problem}");
         assert!(field_of(&problem).contains(field), "{body} → {problem}");
     }
-    assert_eq!(get(&app, "/v1/domains/ok.test").await.0, 404, "nothing was stored by a refused request");
+    assert_eq!(
+        get(&app, "/v1/domains/ok.test").await.0,
+        404,
+        "nothing was stored by a refused request"
+    );
     assert_eq!(get(&app, "/v1/domains/bad..name").await.0, 422);
 
-    let (status, _) = create(&app, json!({"domain": "dup.test", "algorithm": "ed25519-sha256"})).await;
+    let (status, _) =
+        create(&app, json!({"domain": "dup.test", "algorithm": "ed25519-sha256"})).await;
     assert_eq!(status, 201);
-    let (status, problem) = create(&app, json!({"domain": "DUP.test.", "algorithm": "ed25519-sha256"})).await;
+    let (status, problem) =
+        create(&app, json!({"domain": "DUP.test.", "algorithm": "ed25519-sha256"})).await;
     assert_eq!(status, 409, "{problem}");
 
     // A key with `send` and `read` but not `admin` may look, not change.
@@ -254,10 +284,19 @@ async fn bad_input_duplicates_and_keys_without_admin_are_refused() {
         .await
         .unwrap();
     let reader = minted.key;
-    let (status, _) =
-        call(&app, reqwest::Method::POST, "/v1/domains", &reader, Some(json!({"domain": "mine.test"}))).await;
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/v1/domains",
+        &reader,
+        Some(json!({"domain": "mine.test"})),
+    )
+    .await;
     assert_eq!(status, 403);
-    assert_eq!(call(&app, reqwest::Method::DELETE, "/v1/domains/dup.test", &reader, None).await.0, 403);
+    assert_eq!(
+        call(&app, reqwest::Method::DELETE, "/v1/domains/dup.test", &reader, None).await.0,
+        403
+    );
     let (status, list) = call(&app, reqwest::Method::GET, "/v1/domains", &reader, None).await;
     assert_eq!(status, 200, "{list}");
     let data = list["data"].as_array().unwrap();
@@ -266,11 +305,18 @@ async fn bad_input_duplicates_and_keys_without_admin_are_refused() {
     assert_eq!(data[0]["selector"], "postwire");
     assert_eq!(data[0]["algorithm"], "ed25519-sha256");
     assert!(!list.to_string().contains("PRIVATE KEY"));
-    assert_eq!(call(&app, reqwest::Method::GET, "/v1/domains/dup.test", &reader, None).await.0, 200);
+    assert_eq!(
+        call(&app, reqwest::Method::GET, "/v1/domains/dup.test", &reader, None).await.0,
+        200
+    );
 
-    let (status, _) = call(&app, reqwest::Method::DELETE, "/v1/domains/Dup.Test", &app.key, None).await;
+    let (status, _) =
+        call(&app, reqwest::Method::DELETE, "/v1/domains/Dup.Test", &app.key, None).await;
     assert_eq!(status, 204);
-    assert_eq!(call(&app, reqwest::Method::DELETE, "/v1/domains/dup.test", &app.key, None).await.0, 404);
+    assert_eq!(
+        call(&app, reqwest::Method::DELETE, "/v1/domains/dup.test", &app.key, None).await.0,
+        404
+    );
     assert_eq!(get(&app, "/v1/domains").await.1["data"], json!([]));
 }
 
@@ -278,10 +324,11 @@ async fn bad_input_duplicates_and_keys_without_admin_are_refused() {
 async fn wait_delivered(client: &reqwest::Client, base: &str, key: &str, id: &str) {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
-        let m: Value = match client.get(format!("{base}/v1/messages/{id}")).bearer_auth(key).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
+        let m: Value =
+            match client.get(format!("{base}/v1/messages/{id}")).bearer_auth(key).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
         if m["status"] == "delivered" {
             return;
         }
@@ -297,14 +344,19 @@ async fn wait_delivered(client: &reqwest::Client, base: &str, key: &str, id: &st
 #[tokio::test]
 async fn a_worker_in_another_process_signs_with_a_key_made_after_it_started() {
     if postwire_e2e::app::distributed_backend().is_none() {
-        eprintln!("skipped: separate gateway and worker processes need POSTWIRE_TEST_BACKEND=distributed");
+        eprintln!(
+            "skipped: separate gateway and worker processes need POSTWIRE_TEST_BACKEND=distributed"
+        );
         return;
     }
     let world = World::new().await;
     let hosts = mx_hosts(&world, "inbox-proc.test", &[(10, ip(92), Script::default())]).await;
     let port = postwire_e2e::smtp::pick_free_port();
     let config = world.write_config(port, true);
-    let out = postwire_e2e::process::postwire(&config).args(["keys", "create", "--name", "procs"]).output().unwrap();
+    let out = postwire_e2e::process::postwire(&config)
+        .args(["keys", "create", "--name", "procs"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();
     let role = |name: &str| {
@@ -320,9 +372,17 @@ async fn a_worker_in_another_process_signs_with_a_key_made_after_it_started() {
         let body = json!({"from": "news@proc.test", "to": ["r@inbox-proc.test"], "subject": "Hi", "text": "hi"});
         let deadline = tokio::time::Instant::now() + SOON;
         let r = loop {
-            match client.post(format!("{base}/v1/messages")).bearer_auth(&key).json(&body).send().await {
+            match client
+                .post(format!("{base}/v1/messages"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+            {
                 Ok(r) => break r,
-                Err(e) => assert!(tokio::time::Instant::now() < deadline, "gateway never answered: {e}"),
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "gateway never answered: {e}")
+                }
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };

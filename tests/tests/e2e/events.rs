@@ -13,7 +13,11 @@ use crate::{ip, mx_hosts, recipient, SOON};
 async fn delivery_events_reach_webhooks_signed_per_standard_webhooks() {
     let world = World::new().await;
     let script = Script::default().rcpt_reply(|addr, _| {
-        if addr.starts_with("gone@") { (550, "5.1.1 gone".into()) } else { (250, "2.1.5 ok".into()) }
+        if addr.starts_with("gone@") {
+            (550, "5.1.1 gone".into())
+        } else {
+            (250, "2.1.5 ok".into())
+        }
     });
     let _hosts = mx_hosts(&world, "hooks.test", &[(10, ip(20), script)]).await;
     let receiver = WebhookReceiver::start().await;
@@ -28,13 +32,17 @@ async fn delivery_events_reach_webhooks_signed_per_standard_webhooks() {
     let requests = receiver.wait_for_requests(2, SOON).await.unwrap();
     let mut seen = HashSet::new();
     for req in &requests {
-        let event = verify_standard_webhook(&secret, req).expect("signature verifies with the reference library");
+        let event = verify_standard_webhook(&secret, req)
+            .expect("signature verifies with the reference library");
         assert_eq!(req.header("content-type"), Some("application/json"));
         assert_eq!(event["data"]["message_id"], id.as_str());
         assert_eq!(event["data"]["tags"], json!(["welcome"]));
         assert_eq!(event["data"]["metadata"], json!({"user_id": 42}));
         assert_eq!(req.header("webhook-id"), event["id"].as_str());
-        seen.insert((event["type"].as_str().unwrap().to_string(), event["data"]["recipient"].as_str().unwrap().to_string()));
+        seen.insert((
+            event["type"].as_str().unwrap().to_string(),
+            event["data"]["recipient"].as_str().unwrap().to_string(),
+        ));
         if event["type"] == "message.bounced" {
             assert!(event["data"]["smtp_response"].as_str().unwrap().contains("550"));
         }
@@ -42,7 +50,9 @@ async fn delivery_events_reach_webhooks_signed_per_standard_webhooks() {
     assert!(seen.contains(&("message.delivered".into(), "here@hooks.test".into())), "{seen:?}");
     assert!(seen.contains(&("message.bounced".into(), "gone@hooks.test".into())), "{seen:?}");
     // A wrong secret must not verify: the check is real.
-    assert!(verify_standard_webhook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &requests[0]).is_err());
+    assert!(
+        verify_standard_webhook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &requests[0]).is_err()
+    );
 }
 
 #[tokio::test]
@@ -53,10 +63,14 @@ async fn failing_webhook_is_retried_with_the_same_webhook_id() {
     receiver.respond_with(|nth| if nth <= 2 { 500 } else { 204 });
     let app = TestApp::start(world.settings()).await.unwrap();
     let (_, secret) = app.create_webhook(&receiver.url(), &["message.delivered"]).await.unwrap();
-    let id = app.send_ok(&json!({"from": "app@sender.test", "to": ["x@retryhook.test"], "text": "t"})).await.unwrap();
+    let id = app
+        .send_ok(&json!({"from": "app@sender.test", "to": ["x@retryhook.test"], "text": "t"}))
+        .await
+        .unwrap();
     app.wait_final(&id, SOON).await.unwrap();
     let requests = receiver.wait_for_requests(3, SOON).await.unwrap();
-    let ids: HashSet<_> = requests.iter().map(|r| r.header("webhook-id").unwrap().to_string()).collect();
+    let ids: HashSet<_> =
+        requests.iter().map(|r| r.header("webhook-id").unwrap().to_string()).collect();
     assert_eq!(ids.len(), 1, "one event, one webhook-id across retries");
     for r in &requests {
         verify_standard_webhook(&secret, r).unwrap();
@@ -72,8 +86,14 @@ async fn webhook_subscriptions_filter_event_types() {
     let receiver = WebhookReceiver::start().await;
     let app = TestApp::start(world.settings()).await.unwrap();
     app.create_webhook(&receiver.url(), &["message.delivered"]).await.unwrap();
-    let (_, bounce_secret) = app.create_webhook(&format!("{}/bounces", receiver.url()), &["message.bounced"]).await.unwrap();
-    let id = app.send_ok(&json!({"from": "app@sender.test", "to": ["x@filter.test"], "text": "t"})).await.unwrap();
+    let (_, bounce_secret) = app
+        .create_webhook(&format!("{}/bounces", receiver.url()), &["message.bounced"])
+        .await
+        .unwrap();
+    let id = app
+        .send_ok(&json!({"from": "app@sender.test", "to": ["x@filter.test"], "text": "t"}))
+        .await
+        .unwrap();
     app.wait_final(&id, SOON).await.unwrap();
     let requests = receiver.wait_for_requests(1, SOON).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
@@ -105,7 +125,8 @@ async fn opens_and_clicks_are_recorded_and_clicks_redirect_only_to_the_mailed_li
     let hosts = mx_hosts(&world, "track.test", &[(10, ip(23), Script::default())]).await;
     let receiver = WebhookReceiver::start().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let (_, secret) = app.create_webhook(&receiver.url(), &["message.opened", "message.clicked"]).await.unwrap();
+    let (_, secret) =
+        app.create_webhook(&receiver.url(), &["message.opened", "message.clicked"]).await.unwrap();
     let body = json!({
         "from": "app@sender.test", "to": ["reader@track.test"], "subject": "Reset",
         "html": "<html><body><p>Hi</p><a href=\"https://app.example.com/reset?t=abc&amp;u=1\">Reset</a></body></html>",
@@ -120,7 +141,8 @@ async fn opens_and_clicks_are_recorded_and_clicks_redirect_only_to_the_mailed_li
     let click = attr_values(&html, &format!("{}/t/c/", app.base));
     assert_eq!((pixel.len(), click.len()), (1, 1), "{html}");
 
-    let open = app.client.get(&pixel[0]).header("user-agent", "MailClient/1.0").send().await.unwrap();
+    let open =
+        app.client.get(&pixel[0]).header("user-agent", "MailClient/1.0").send().await.unwrap();
     assert_eq!(open.status(), 200);
     assert_eq!(open.headers()["content-type"], "image/gif");
     let redirect = app.client.get(&click[0]).send().await.unwrap();
@@ -135,10 +157,13 @@ async fn opens_and_clicks_are_recorded_and_clicks_redirect_only_to_the_mailed_li
     assert_eq!(app.client.get(&as_open).send().await.unwrap().status(), 404);
 
     let m = app
-        .wait_message(&id, SOON, |m| m["events"].as_array().unwrap().iter().any(|e| e["type"] == "message.clicked"))
+        .wait_message(&id, SOON, |m| {
+            m["events"].as_array().unwrap().iter().any(|e| e["type"] == "message.clicked")
+        })
         .await
         .unwrap();
-    let types: Vec<_> = m["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let types: Vec<_> =
+        m["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["message.delivered", "message.opened", "message.clicked"]);
     assert_eq!(recipient(&m, "reader@track.test")["status"], "delivered");
     let clicked = &m["events"][2]["data"];

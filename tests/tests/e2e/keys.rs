@@ -10,7 +10,13 @@ use crate::{ip, mx_hosts, recipient, SOON};
 /// What a sandbox message's recipients show as `last_response`.
 const SANDBOX_MARKER: &str = "250 sandbox: not sent (sandbox API key)";
 
-async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(key);
     if let Some(body) = body {
         req = req.json(&body);
@@ -22,7 +28,8 @@ async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: &str, bod
 
 /// `POST /v1/keys` with the app's admin key, expecting 201; returns the body.
 async fn create_key(app: &TestApp, body: Value) -> Value {
-    let (status, created) = call(app, reqwest::Method::POST, "/v1/keys", &app.key, Some(body)).await;
+    let (status, created) =
+        call(app, reqwest::Method::POST, "/v1/keys", &app.key, Some(body)).await;
     assert_eq!(status, 201, "{created}");
     created
 }
@@ -43,7 +50,8 @@ async fn a_send_only_key_made_over_http_can_send_but_not_read_or_manage() {
     assert_eq!(postwire_store::ids::split_api_key(key).unwrap().0, created["id"].as_str().unwrap());
 
     use reqwest::Method as M;
-    let (status, sent) = call(&app, M::POST, "/v1/messages", key, Some(simple_message(&["a@example.org"]))).await;
+    let (status, sent) =
+        call(&app, M::POST, "/v1/messages", key, Some(simple_message(&["a@example.org"]))).await;
     assert_eq!(status, 202, "{sent}");
     let message_path = format!("/v1/messages/{}", sent["id"].as_str().unwrap());
     let (status, problem) = call(&app, M::GET, &message_path, key, None).await;
@@ -64,18 +72,31 @@ async fn a_send_only_key_made_over_http_can_send_but_not_read_or_manage() {
     let reader = create_key(&app, json!({"name": "dashboard", "scopes": ["read"]})).await;
     let reader = reader["key"].as_str().unwrap();
     assert_eq!(call(&app, M::GET, &message_path, reader, None).await.0, 200);
-    assert_eq!(call(&app, M::POST, "/v1/messages", reader, Some(simple_message(&["a@example.org"]))).await.0, 403);
+    assert_eq!(
+        call(&app, M::POST, "/v1/messages", reader, Some(simple_message(&["a@example.org"])))
+            .await
+            .0,
+        403
+    );
 }
 
 #[tokio::test]
 async fn listing_keys_shows_every_key_but_never_a_secret_or_hash() {
     let world = World::new().await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let created = create_key(&app, json!({"name": "billing", "scopes": ["send", "read", "send"], "sandbox": true})).await;
+    let created = create_key(
+        &app,
+        json!({"name": "billing", "scopes": ["send", "read", "send"], "sandbox": true}),
+    )
+    .await;
     assert_eq!(created["scopes"], json!(["send", "read"]), "duplicates dropped");
     assert_eq!(created["sandbox"], true);
     let defaulted = create_key(&app, json!({"name": "  everything  "})).await;
-    assert_eq!(defaulted["scopes"], json!(["send", "read", "admin"]), "no scopes given: all three, as in the CLI");
+    assert_eq!(
+        defaulted["scopes"],
+        json!(["send", "read", "admin"]),
+        "no scopes given: all three, as in the CLI"
+    );
     assert_eq!(defaulted["name"], "everything");
 
     let r = app.client.get(app.url("/v1/keys")).bearer_auth(&app.key).send().await.unwrap();
@@ -94,7 +115,11 @@ async fn listing_keys_shows_every_key_but_never_a_secret_or_hash() {
         f
     };
     for k in data {
-        assert_eq!(fields(k), ["created_at", "id", "name", "revoked_at", "sandbox", "scopes"], "{k}");
+        assert_eq!(
+            fields(k),
+            ["created_at", "id", "name", "revoked_at", "sandbox", "scopes"],
+            "{k}"
+        );
     }
     let listed = data.iter().find(|k| k["id"] == created["id"]).expect("the new key is listed");
     assert_eq!(listed["name"], "billing");
@@ -117,12 +142,17 @@ async fn a_key_revoked_over_http_fails_with_401_at_once() {
     assert_eq!(call(&app, M::DELETE, &format!("/v1/keys/{id}"), &app.key, None).await.0, 204);
     let (status, problem) = call(&app, M::POST, "/v1/messages", key, Some(body)).await;
     assert_eq!(status, 401, "{problem}");
-    assert_eq!(call(&app, M::DELETE, &format!("/v1/keys/{id}"), &app.key, None).await.0, 204, "revoking twice is fine");
+    assert_eq!(
+        call(&app, M::DELETE, &format!("/v1/keys/{id}"), &app.key, None).await.0,
+        204,
+        "revoking twice is fine"
+    );
     let (_, list) = call(&app, M::GET, "/v1/keys", &app.key, None).await;
     let listed = list["data"].as_array().unwrap().iter().find(|k| k["id"] == id).unwrap();
     assert!(listed["revoked_at"].is_string(), "{listed}");
 
-    let (status, problem) = call(&app, M::DELETE, "/v1/keys/key_0000000000000000", &app.key, None).await;
+    let (status, problem) =
+        call(&app, M::DELETE, "/v1/keys/key_0000000000000000", &app.key, None).await;
     assert_eq!(status, 404, "{problem}");
     // The key making the request cannot revoke itself: it stays usable.
     let own = postwire_store::ids::split_api_key(&app.key).unwrap().0.to_string();
@@ -145,48 +175,77 @@ async fn bad_key_requests_get_422_naming_the_field() {
         (json!({"name": "x", "scope": ["send"]}), "scope"),
         (json!({"scopes": ["send"]}), "(body)"),
     ] {
-        let (status, problem) = call(&app, reqwest::Method::POST, "/v1/keys", &app.key, Some(body.clone())).await;
+        let (status, problem) =
+            call(&app, reqwest::Method::POST, "/v1/keys", &app.key, Some(body.clone())).await;
         assert_eq!(status, 422, "{body}: {problem}");
         assert_eq!(field_names(&problem), [field], "{body}: {problem}");
     }
-    let (_, problem) = call(&app, reqwest::Method::POST, "/v1/keys", &app.key, Some(json!({"name": "x", "scopes": ["root"]}))).await;
-    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("unknown scope `root`"), "{problem}");
+    let (_, problem) = call(
+        &app,
+        reqwest::Method::POST,
+        "/v1/keys",
+        &app.key,
+        Some(json!({"name": "x", "scopes": ["root"]})),
+    )
+    .await;
+    assert!(
+        problem["errors"][0]["message"].as_str().unwrap().contains("unknown scope `root`"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
 async fn a_sandbox_key_message_is_delivered_without_dns_or_smtp_and_its_webhook_verifies() {
     let world = World::new().await;
-    let hosts = mx_hosts(&world, "sandbox.test", &[(10, ip(70), postwire_e2e::smtp::Script::default())]).await;
+    let hosts =
+        mx_hosts(&world, "sandbox.test", &[(10, ip(70), postwire_e2e::smtp::Script::default())])
+            .await;
     let receiver = WebhookReceiver::start().await;
     let app = TestApp::start(world.settings()).await.unwrap();
     let (_, secret) = app.create_webhook(&receiver.url(), &["message.delivered"]).await.unwrap();
-    let sandbox = create_key(&app, json!({"name": "staging", "scopes": ["send"], "sandbox": true})).await;
+    let sandbox =
+        create_key(&app, json!({"name": "staging", "scopes": ["send"], "sandbox": true})).await;
     let sandbox_key = sandbox["key"].as_str().unwrap();
 
     // Validated like a live send: a bad address is still a 422.
     let bad = json!({"from": "app@sender.test", "to": ["broken@"], "text": "t"});
-    assert_eq!(call(&app, reqwest::Method::POST, "/v1/messages", sandbox_key, Some(bad)).await.0, 422);
+    assert_eq!(
+        call(&app, reqwest::Method::POST, "/v1/messages", sandbox_key, Some(bad)).await.0,
+        422
+    );
     let body = json!({
         "from": "App <app@sender.test>", "to": ["ann@sandbox.test"], "cc": ["bob@sandbox.test"],
         "subject": "s", "text": "t", "tags": ["staging"], "metadata": {"run": 7},
     });
-    let (status, sent) = call(&app, reqwest::Method::POST, "/v1/messages", sandbox_key, Some(body)).await;
+    let (status, sent) =
+        call(&app, reqwest::Method::POST, "/v1/messages", sandbox_key, Some(body)).await;
     assert_eq!(status, 202, "{sent}");
     let id = sent["id"].as_str().unwrap();
     let m = app.wait_final(id, SOON).await.unwrap();
     assert_eq!(m["status"], "delivered", "{m:#}");
     for email in ["ann@sandbox.test", "bob@sandbox.test"] {
         let r = recipient(&m, email);
-        assert_eq!((r["status"].as_str(), r["attempts"].as_u64()), (Some("delivered"), Some(1)), "{m:#}");
+        assert_eq!(
+            (r["status"].as_str(), r["attempts"].as_u64()),
+            (Some("delivered"), Some(1)),
+            "{m:#}"
+        );
         assert_eq!(r["last_response"], SANDBOX_MARKER);
     }
     let events = m["events"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{m:#}");
-    assert!(events.iter().all(|e| e["type"] == "message.delivered" && e["data"]["smtp_response"] == SANDBOX_MARKER), "{m:#}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["type"] == "message.delivered"
+                && e["data"]["smtp_response"] == SANDBOX_MARKER),
+        "{m:#}"
+    );
 
     let requests = receiver.wait_for_requests(2, SOON).await.unwrap();
     for req in &requests {
-        let event = verify_standard_webhook(&secret, req).expect("the sandbox event is signed like any other");
+        let event = verify_standard_webhook(&secret, req)
+            .expect("the sandbox event is signed like any other");
         assert_eq!(event["type"], "message.delivered");
         assert_eq!(event["data"]["message_id"], id);
         assert_eq!(event["data"]["smtp_response"], SANDBOX_MARKER);
@@ -197,7 +256,10 @@ async fn a_sandbox_key_message_is_delivered_without_dns_or_smtp_and_its_webhook_
     assert_eq!(world.dns.queries_for("mx0.sandbox.test"), 0);
 
     // The same message from a live key goes over the wire: the zeros above are not vacuous.
-    let live = app.send_ok(&json!({"from": "app@sender.test", "to": ["ann@sandbox.test"], "text": "t"})).await.unwrap();
+    let live = app
+        .send_ok(&json!({"from": "app@sender.test", "to": ["ann@sandbox.test"], "text": "t"}))
+        .await
+        .unwrap();
     let m = app.wait_final(&live, SOON).await.unwrap();
     assert_ne!(recipient(&m, "ann@sandbox.test")["last_response"], SANDBOX_MARKER);
     assert_eq!(hosts[0].received().len(), 1);

@@ -46,7 +46,8 @@ async fn more_attachments_than_the_limit_is_a_422_and_the_limit_itself_is_delive
     settings.limits.max_attachments = 2;
     let app = TestApp::start(settings).await.unwrap();
     let mut body = simple_message(&["r@attach.test"]);
-    body["attachments"] = json!([attachment("one.bin", 10), attachment("two.bin", 10), attachment("three.bin", 10)]);
+    body["attachments"] =
+        json!([attachment("one.bin", 10), attachment("two.bin", 10), attachment("three.bin", 10)]);
     let (status, problem) = app.send(&body).await.unwrap();
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "attachments");
@@ -75,7 +76,10 @@ async fn the_size_limit_applies_to_the_rendered_message_with_base64_attachments(
     assert_eq!(status, 413, "{problem}");
     assert_eq!(problem["title"], "Payload Too Large");
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("once rendered") && detail.contains("the limit is 20000 bytes"), "{detail}");
+    assert!(
+        detail.contains("once rendered") && detail.contains("the limit is 20000 bytes"),
+        "{detail}"
+    );
 
     // 13 000 bytes fit, and what reaches the wire really is within the limit.
     body["attachments"] = json!([attachment("fits.bin", 13_000)]);

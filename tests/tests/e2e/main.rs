@@ -29,13 +29,21 @@ pub const SOON: Duration = Duration::from_secs(20);
 
 /// Publishes `domain` with one MX host per entry (preference, address) and starts an SMTP
 /// server with `script` on each address.
-pub async fn mx_hosts(world: &World, domain: &str, hosts: &[(u16, Ipv4Addr, Script)]) -> Vec<SmtpServer> {
+pub async fn mx_hosts(
+    world: &World,
+    domain: &str,
+    hosts: &[(u16, Ipv4Addr, Script)],
+) -> Vec<SmtpServer> {
     let mut servers = Vec::new();
     for (i, (pref, ip, script)) in hosts.iter().enumerate() {
         let name = format!("mx{i}.{domain}");
         world.dns.add_mx(domain, *pref, &name);
         world.dns.add_a(&name, *ip);
-        servers.push(SmtpServer::start(*ip, world.smtp_port, script.clone()).await.expect("start SMTP server"));
+        servers.push(
+            SmtpServer::start(*ip, world.smtp_port, script.clone())
+                .await
+                .expect("start SMTP server"),
+        );
     }
     servers
 }

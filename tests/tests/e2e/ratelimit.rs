@@ -22,7 +22,13 @@ impl Answer {
     }
 }
 
-async fn call(app: &TestApp, key: &str, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+async fn call(
+    app: &TestApp,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Answer {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(key);
     if let Some(body) = body {
         req = req.json(body);
@@ -41,7 +47,14 @@ async fn send(app: &TestApp, key: &str, body: &Value) -> Answer {
 }
 
 async fn batch(app: &TestApp, key: &str, messages: Vec<Value>) -> Answer {
-    call(app, key, reqwest::Method::POST, "/v1/messages/batch", Some(&json!({ "messages": messages }))).await
+    call(
+        app,
+        key,
+        reqwest::Method::POST,
+        "/v1/messages/batch",
+        Some(&json!({ "messages": messages })),
+    )
+    .await
 }
 
 fn limited(settings: &mut Settings, per_second: u32, per_day: u32) {
@@ -52,7 +65,8 @@ fn limited(settings: &mut Settings, per_second: u32, per_day: u32) {
 /// Waits for the start of the next wall-clock second, so a few quick requests share a window.
 async fn start_of_a_second() {
     let into = Duration::from_nanos(u64::from(Utc::now().nanosecond() % 1_000_000_000));
-    tokio::time::sleep(Duration::from_secs(1).saturating_sub(into) + Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(into) + Duration::from_millis(5))
+        .await;
 }
 
 /// Seconds until 00:00 UTC, when the daily window resets.
@@ -91,7 +105,11 @@ async fn the_third_request_in_a_second_is_429_with_retry_after_and_is_let_throug
     assert_eq!(refused.header("ratelimit-limit"), Some("2"));
     assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
     assert_eq!(refused.header("ratelimit-reset"), Some("1"));
-    assert_eq!(refused.header("ratelimit-policy"), Some("2;w=1"), "the headers describe the per-second window");
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        Some("2;w=1"),
+        "the headers describe the per-second window"
+    );
     let detail = refused.body["detail"].as_str().unwrap();
     assert!(detail.contains("2 requests per second"), "{detail}");
     // Another key has a window of its own; a bad key is still a 401, not a 429.
@@ -110,11 +128,15 @@ async fn the_third_request_in_a_second_is_429_with_retry_after_and_is_let_throug
         assert!(tokio::time::Instant::now() < deadline, "still 429 long after Retry-After");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(refused_at.elapsed() <= Duration::from_millis(1500), "let through within the advertised second");
+    assert!(
+        refused_at.elapsed() <= Duration::from_millis(1500),
+        "let through within the advertised second"
+    );
 
     // Every authenticated route counts, sends included, and the 429 is in the metrics.
     let body = simple_message(&["a@ratelimit.invalid"]);
-    let sender = new_key(&app, json!({"name": "sender", "scopes": ["send"], "sandbox": true})).await;
+    let sender =
+        new_key(&app, json!({"name": "sender", "scopes": ["send"], "sandbox": true})).await;
     start_of_a_second().await;
     assert_eq!(send(&app, &sender, &body).await.status, 202);
     assert_eq!(send(&app, &sender, &body).await.status, 202);
@@ -133,12 +155,16 @@ async fn the_daily_limit_counts_accepted_batch_items_and_refuses_a_batch_that_wo
     limited(&mut settings, 1000, 5);
     let app = TestApp::start(settings).await.unwrap();
     // Sandbox keys are limited like any other (and their messages never leave the host).
-    let key = new_key(&app, json!({"name": "sandbox", "scopes": ["send", "read"], "sandbox": true})).await;
+    let key =
+        new_key(&app, json!({"name": "sandbox", "scopes": ["send", "read"], "sandbox": true}))
+            .await;
     let ok = |to: &str| simple_message(&[to]);
     let bad = json!({"from": "nobody", "to": ["x@ratelimit.invalid"], "text": "t"});
 
     // 3 valid + 1 invalid: 3 taken.
-    let first = batch(&app, &key, vec![ok("a@rl.test"), bad.clone(), ok("b@rl.test"), ok("c@rl.test")]).await;
+    let first =
+        batch(&app, &key, vec![ok("a@rl.test"), bad.clone(), ok("b@rl.test"), ok("c@rl.test")])
+            .await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert!(first.body["results"][1]["errors"].is_array());
 
@@ -147,16 +173,27 @@ async fn the_daily_limit_counts_accepted_batch_items_and_refuses_a_batch_that_wo
     assert_429(&refused);
     assert_eq!(refused.header("ratelimit-limit"), Some("5"));
     assert_eq!(refused.header("ratelimit-remaining"), Some("2"));
-    assert_eq!(refused.header("ratelimit-policy"), Some("5;w=86400"), "the headers describe the daily window");
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        Some("5;w=86400"),
+        "the headers describe the daily window"
+    );
     let retry: i64 = refused.header("retry-after").unwrap().parse().unwrap();
-    assert!((retry - secs_to_midnight()).abs() <= 5, "Retry-After {retry} s is the time to 00:00 UTC");
+    assert!(
+        (retry - secs_to_midnight()).abs() <= 5,
+        "Retry-After {retry} s is the time to 00:00 UTC"
+    );
     assert_eq!(refused.header("ratelimit-reset"), refused.header("retry-after"));
     let detail = refused.body["detail"].as_str().unwrap();
     assert!(detail.contains("3 messages but 2 of this API key's 5"), "{detail}");
     // A batch bigger than the whole limit says that waiting will not help.
     let huge = batch(&app, &key, (0..6).map(|i| ok(&format!("h{i}@rl.test"))).collect()).await;
     assert_429(&huge);
-    assert!(huge.body["detail"].as_str().unwrap().contains("send fewer messages per request"), "{}", huge.body);
+    assert!(
+        huge.body["detail"].as_str().unwrap().contains("send fewer messages per request"),
+        "{}",
+        huge.body
+    );
 
     // The 2 left are usable: one single send (with an Idempotency-Key), then a batch of 1 valid
     // + 1 invalid.
@@ -197,7 +234,8 @@ async fn the_daily_limit_counts_accepted_batch_items_and_refuses_a_batch_that_wo
     // Each key has its own day.
     assert_eq!(send(&app, &app.key, &ok("k@ratelimit.invalid")).await.status, 202);
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let accepted = metrics.lines().find_map(|l| l.strip_prefix("postwire_messages_accepted_total ")).unwrap();
+    let accepted =
+        metrics.lines().find_map(|l| l.strip_prefix("postwire_messages_accepted_total ")).unwrap();
     assert_eq!(accepted.trim(), "6", "5 for the limited key, 1 for the admin key");
 }
 
@@ -217,7 +255,11 @@ async fn the_daily_count_survives_a_restart() {
     assert_eq!(send(&app, &key, &simple_message(&["c@ratelimit.invalid"])).await.status, 202);
     let over = send(&app, &key, &simple_message(&["d@ratelimit.invalid"])).await;
     assert_429(&over);
-    assert_eq!(over.header("ratelimit-remaining"), Some("0"), "the 2 sent before the restart still count");
+    assert_eq!(
+        over.header("ratelimit-remaining"),
+        Some("0"),
+        "the 2 sent before the restart still count"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +280,11 @@ async fn two_gateways_on_one_namespace_share_both_limits() {
 
     start_of_a_second().await;
     assert_eq!(list(&one, &key).await.status, 200);
-    assert_eq!(list(&two, &key).await.status, 200, "the key made through one gateway works on the other");
+    assert_eq!(
+        list(&two, &key).await.status,
+        200,
+        "the key made through one gateway works on the other"
+    );
     let refused = list(&one, &key).await;
     assert_429(&refused);
     assert_eq!(refused.header("ratelimit-remaining"), Some("0"));

@@ -20,7 +20,8 @@ async fn cancel(app: &TestApp, id: &str, key: &str) -> (u16, Option<String>, Val
         .await
         .expect("DELETE message");
     let status = r.status().as_u16();
-    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(String::from);
+    let content_type =
+        r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(String::from);
     (status, content_type, r.json().await.unwrap_or(Value::Null))
 }
 
@@ -42,7 +43,8 @@ async fn a_scheduled_message_is_not_sent_before_send_at_and_is_delivered_after()
     let app = TestApp::start(world.settings()).await.unwrap();
     let send_at = Utc::now() + TimeDelta::seconds(3);
 
-    let (status, accepted) = app.send(&at(&simple_message(&["ann@sched.test"]), send_at)).await.unwrap();
+    let (status, accepted) =
+        app.send(&at(&simple_message(&["ann@sched.test"]), send_at)).await.unwrap();
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["status"], "scheduled");
     assert_eq!(recipient(&accepted, "ann@sched.test")["status"], "scheduled");
@@ -57,7 +59,10 @@ async fn a_scheduled_message_is_not_sent_before_send_at_and_is_delivered_after()
 
     // Until shortly before send_at, the MX host sees nothing at all.
     let quiet = until(send_at).saturating_sub(Duration::from_millis(200));
-    assert!(hosts[0].wait_for_messages(1, quiet).await.is_err(), "a message arrived before send_at");
+    assert!(
+        hosts[0].wait_for_messages(1, quiet).await.is_err(),
+        "a message arrived before send_at"
+    );
     assert_eq!(hosts[0].connections(), 0, "no SMTP connection before send_at");
     assert_eq!(app.message(&id).await.unwrap()["status"], "scheduled");
 
@@ -69,7 +74,8 @@ async fn a_scheduled_message_is_not_sent_before_send_at_and_is_delivered_after()
     let r = recipient(&m, "ann@sched.test");
     assert_eq!(r["status"], "delivered", "{m:#}");
     assert_eq!(r["attempts"], 1);
-    let delivered_at: DateTime<Utc> = m["events"][0]["timestamp"].as_str().unwrap().parse().unwrap();
+    let delivered_at: DateTime<Utc> =
+        m["events"][0]["timestamp"].as_str().unwrap().parse().unwrap();
     assert!(delivered_at >= send_at);
     assert_eq!(hosts[0].received().len(), 1, "sent exactly once");
 }
@@ -102,7 +108,10 @@ async fn a_canceled_scheduled_message_is_never_delivered() {
     // Well past send_at (a distributed job comes back from its delay queue after ~1 s, then is
     // dropped), the MX host has still seen nothing.
     let window = until(send_at) + Duration::from_secs(3);
-    assert!(hosts[0].wait_for_messages(1, window).await.is_err(), "a canceled message was delivered");
+    assert!(
+        hosts[0].wait_for_messages(1, window).await.is_err(),
+        "a canceled message was delivered"
+    );
     assert_eq!(hosts[0].connections(), 0);
     let m = app.message(&id).await.unwrap();
     assert_eq!(m["status"], "canceled", "{m:#}");
@@ -154,15 +163,24 @@ async fn send_at_more_than_seven_days_ahead_is_refused() {
     let world = World::new().await;
     let hosts = mx_hosts(&world, "far.test", &[(10, ip(153), Script::default())]).await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let (status, problem) =
-        app.send(&at(&simple_message(&["ed@far.test"]), Utc::now() + TimeDelta::days(8))).await.unwrap();
+    let (status, problem) = app
+        .send(&at(&simple_message(&["ed@far.test"]), Utc::now() + TimeDelta::days(8)))
+        .await
+        .unwrap();
     assert_eq!(status, 422, "{problem}");
-    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["send_at"]);
 
     // Six days ahead is fine: scheduled, and canceled here so it never goes out.
-    let (status, accepted) =
-        app.send(&at(&simple_message(&["ed@far.test"]), Utc::now() + TimeDelta::days(6))).await.unwrap();
+    let (status, accepted) = app
+        .send(&at(&simple_message(&["ed@far.test"]), Utc::now() + TimeDelta::days(6)))
+        .await
+        .unwrap();
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["status"], "scheduled");
     let id = accepted["id"].as_str().unwrap();
@@ -173,7 +191,14 @@ async fn send_at_more_than_seven_days_ahead_is_refused() {
         at(&simple_message(&["ed@far.test"]), Utc::now() + TimeDelta::days(2)),
         at(&simple_message(&["ed@far.test"]), Utc::now() + TimeDelta::days(8)),
     ]});
-    let r = app.client.post(app.url("/v1/messages/batch")).bearer_auth(&app.key).json(&batch).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/messages/batch"))
+        .bearer_auth(&app.key)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let results: Value = r.json().await.unwrap();
     assert_eq!(results["results"][0]["status"], "scheduled", "{results:#}");

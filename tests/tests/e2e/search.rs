@@ -66,20 +66,27 @@ async fn search_walks_pages_newest_first_through_every_filter() {
     let world = World::new().await;
     // gone@ is refused for good: its messages bounce.
     let script = Script::default().rcpt_reply(|addr, _| {
-        if addr.starts_with("gone@") { (550, "5.1.1 no such user".into()) } else { (250, "2.1.5 ok".into()) }
+        if addr.starts_with("gone@") {
+            (550, "5.1.1 no such user".into())
+        } else {
+            (250, "2.1.5 ok".into())
+        }
     });
     let _hosts = mx_hosts(&world, "search.test", &[(10, ip(155), script)]).await;
     let app = TestApp::start(world.settings()).await.unwrap();
 
     // Seven delivered messages, one bounced, one scheduled for tomorrow.
     let mut sent = Vec::new();
-    let mut send = async |to: &'static str, tags: Vec<&'static str>, send_at: Option<DateTime<Utc>>| {
+    let mut send = async |to: &'static str,
+                          tags: Vec<&'static str>,
+                          send_at: Option<DateTime<Utc>>| {
         let mut body = json!({"from": "App <app@sender.test>", "to": [to], "subject": format!("to {to}"), "text": "hi", "tags": tags});
         if let Some(at) = send_at {
             body["send_at"] = Value::String(at.to_rfc3339());
         }
         let id = app.send_ok(&body).await.unwrap();
-        let created_at = app.message(&id).await.unwrap()["created_at"].as_str().unwrap().parse().unwrap();
+        let created_at =
+            app.message(&id).await.unwrap()["created_at"].as_str().unwrap().parse().unwrap();
         sent.push(Sent { id, created_at, to, tags });
     };
     for i in 0..7 {
@@ -119,20 +126,31 @@ async fn search_walks_pages_newest_first_through_every_filter() {
     assert_eq!(walk(&app, "tag=all", 2).await.0, expected(&sent, |s| s.tags.contains(&"all")));
     let pat = expected(&sent, |s| s.to == "pat@search.test");
     assert_eq!(pat.len(), 4);
-    assert_eq!(walk(&app, "recipient=pat@SEARCH.Test", 3).await.0, pat, "the domain is compared in any case");
+    assert_eq!(
+        walk(&app, "recipient=pat@SEARCH.Test", 3).await.0,
+        pat,
+        "the domain is compared in any case"
+    );
     assert_eq!(
         walk(&app, "tag=even&recipient=pat@search.test", 3).await.0,
         expected(&sent, |s| s.to == "pat@search.test" && s.tags.contains(&"even"))
     );
     let delivered = expected(&sent, |s| s.to != "gone@search.test" && !s.tags.contains(&"later"));
     assert_eq!(walk(&app, "status=delivered", 3).await.0, delivered);
-    assert_eq!(walk(&app, "status=bounced", 3).await.0, expected(&sent, |s| s.to == "gone@search.test"));
-    assert_eq!(walk(&app, "status=scheduled", 3).await.0, expected(&sent, |s| s.tags.contains(&"later")));
+    assert_eq!(
+        walk(&app, "status=bounced", 3).await.0,
+        expected(&sent, |s| s.to == "gone@search.test")
+    );
+    assert_eq!(
+        walk(&app, "status=scheduled", 3).await.0,
+        expected(&sent, |s| s.tags.contains(&"later"))
+    );
     assert!(walk(&app, "status=queued", 3).await.0.is_empty());
     assert!(walk(&app, "tag=nope", 3).await.0.is_empty());
 
     // since (inclusive) .. until (exclusive), on created_at.
-    let by_age: Vec<&Sent> = all.iter().rev().map(|id| sent.iter().find(|s| &s.id == id).unwrap()).collect();
+    let by_age: Vec<&Sent> =
+        all.iter().rev().map(|id| sent.iter().find(|s| &s.id == id).unwrap()).collect();
     let (since, until) = (by_age[2].created_at, by_age[5].created_at);
     let window = format!(
         "since={}&until={}",
@@ -161,7 +179,12 @@ async fn the_cursor_is_stable_while_messages_arrive_and_bad_values_are_named() {
 
     let (status, page) = search(&app, "tag=stable&limit=2").await;
     assert_eq!(status, 200, "{page}");
-    let mut seen: Vec<String> = page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let mut seen: Vec<String> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     // New messages arrive between pages: they are newer, so they never enter the rest of the walk.
     let newer = app.send_ok(&body).await.unwrap();
     let mut cursor = page["next_cursor"].as_str().map(String::from);
@@ -169,7 +192,9 @@ async fn the_cursor_is_stable_while_messages_arrive_and_bad_values_are_named() {
         app.send_ok(&body).await.unwrap();
         let (status, page) = search(&app, &format!("tag=stable&limit=2&cursor={c}")).await;
         assert_eq!(status, 200, "{page}");
-        seen.extend(page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()),
+        );
         cursor = page["next_cursor"].as_str().map(String::from);
     }
     assert!(!seen.contains(&newer));
@@ -184,7 +209,12 @@ async fn the_cursor_is_stable_while_messages_arrive_and_bad_values_are_named() {
     // Every bad parameter is listed by name.
     let (status, problem) = search(&app, "status=lost&since=yesterday&until=2025-02-30T00:00:00Z&limit=101&cursor=bogus!&recipient=nobody").await;
     assert_eq!(status, 422, "{problem}");
-    let mut fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let mut fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     fields.sort();
     assert_eq!(fields, ["cursor", "limit", "recipient", "since", "status", "until"]);
     let (status, _) = search(&app, "limit=0").await;

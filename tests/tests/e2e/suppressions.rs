@@ -13,7 +13,13 @@ use serde_json::{json, Value};
 
 use crate::{ip, mx_hosts, recipient, SOON};
 
-async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = app.client.request(method, app.url(path));
     if let Some(key) = key {
         req = req.bearer_auth(key);
@@ -35,7 +41,9 @@ async fn add(app: &TestApp, body: Value) -> (u16, Value) {
 }
 
 async fn remove(app: &TestApp, email: &str) -> u16 {
-    call(app, reqwest::Method::DELETE, &format!("/v1/suppressions/{email}"), Some(&app.key), None).await.0
+    call(app, reqwest::Method::DELETE, &format!("/v1/suppressions/{email}"), Some(&app.key), None)
+        .await
+        .0
 }
 
 /// A key with only `scopes`.
@@ -98,18 +106,33 @@ async fn rcpt_550_suppresses_the_address_until_it_is_removed() {
     let gone = recipient(&m, "gone@supp.test");
     assert_eq!(gone["status"], "suppressed", "{m:#}");
     assert_eq!(gone["attempts"], 0);
-    assert!(gone["last_response"].as_str().unwrap().starts_with("suppressed: hard_bounce"), "{gone}");
+    assert!(
+        gone["last_response"].as_str().unwrap().starts_with("suppressed: hard_bounce"),
+        "{gone}"
+    );
     assert_eq!(recipient(&m, "ok@supp.test")["status"], "delivered");
-    let suppressed_events: Vec<&Value> =
-        m["events"].as_array().unwrap().iter().filter(|e| e["type"] == "message.suppressed").collect();
+    let suppressed_events: Vec<&Value> = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "message.suppressed")
+        .collect();
     assert_eq!(suppressed_events.len(), 1, "{m:#}");
     assert_eq!(suppressed_events[0]["data"]["recipient"], "gone@supp.test");
-    assert_eq!(hosts[0].rcpt_attempts("gone@supp.test"), 1, "only the bounced attempt reached the MX");
-    assert!(hosts[0].received().iter().all(|r| !r.rcpt_to.iter().any(|a| a.eq_ignore_ascii_case("gone@supp.test"))));
+    assert_eq!(
+        hosts[0].rcpt_attempts("gone@supp.test"),
+        1,
+        "only the bounced attempt reached the MX"
+    );
+    assert!(hosts[0]
+        .received()
+        .iter()
+        .all(|r| !r.rcpt_to.iter().any(|a| a.eq_ignore_ascii_case("gone@supp.test"))));
 
     // The subscribed webhook receives the event, signed.
     let requests = receiver.wait_for_requests(1, SOON).await.unwrap();
-    let event = verify_standard_webhook(&secret, &requests[0]).expect("signature verifies with the reference library");
+    let event = verify_standard_webhook(&secret, &requests[0])
+        .expect("signature verifies with the reference library");
     assert_eq!(event["type"], "message.suppressed");
     assert_eq!(event["data"]["message_id"], second.as_str());
     assert_eq!(event["data"]["recipient"], "gone@supp.test");
@@ -144,7 +167,11 @@ async fn a_451_or_a_data_554_does_not_suppress() {
     let app = TestApp::start(world.settings()).await.unwrap();
 
     let deferred = app.send_ok(&simple_message(&["busy@softsupp.test"])).await.unwrap();
-    app.wait_message(&deferred, SOON, |m| recipient(m, "busy@softsupp.test")["status"] == "deferred").await.unwrap();
+    app.wait_message(&deferred, SOON, |m| {
+        recipient(m, "busy@softsupp.test")["status"] == "deferred"
+    })
+    .await
+    .unwrap();
     let refused = app.send_ok(&simple_message(&["spam@datasupp.test"])).await.unwrap();
     let m = app.wait_final(&refused, SOON).await.unwrap();
     assert_eq!(recipient(&m, "spam@datasupp.test")["status"], "bounced", "{m:#}");
@@ -170,7 +197,8 @@ async fn suppression_list_pages_newest_first_and_blocks_manual_entries() {
         // Distinct creation times, so "newest first" has one right answer.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (status, again) = add(&app, json!({"email": "A@pages.test", "reason": "hard_bounce"})).await;
+    let (status, again) =
+        add(&app, json!({"email": "A@pages.test", "reason": "hard_bounce"})).await;
     assert_eq!(status, 200, "an address already listed keeps its entry");
     assert_eq!(again["reason"], "manual");
 
@@ -199,7 +227,10 @@ async fn suppression_list_pages_newest_first_and_blocks_manual_entries() {
     assert_eq!(recipient(&accepted, "blocked@manual.test")["status"], "suppressed", "{accepted}");
     let m = app.message(accepted["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(recipient(&m, "blocked@manual.test")["status"], "suppressed", "{m:#}");
-    assert!(recipient(&m, "blocked@manual.test")["last_response"].as_str().unwrap().contains("manual"));
+    assert!(recipient(&m, "blocked@manual.test")["last_response"]
+        .as_str()
+        .unwrap()
+        .contains("manual"));
 }
 
 #[tokio::test]
@@ -210,19 +241,39 @@ async fn suppression_routes_check_keys_scopes_and_input() {
 
     // 401 without a key.
     assert_eq!(call(&app, Method::GET, "/v1/suppressions", None, None).await.0, 401);
-    assert_eq!(call(&app, Method::POST, "/v1/suppressions", None, Some(json!({"email": "x@y.test"}))).await.0, 401);
-    assert_eq!(call(&app, Method::DELETE, "/v1/suppressions/x@y.test", Some("pw_key_bogus"), None).await.0, 401);
+    assert_eq!(
+        call(&app, Method::POST, "/v1/suppressions", None, Some(json!({"email": "x@y.test"})))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(&app, Method::DELETE, "/v1/suppressions/x@y.test", Some("pw_key_bogus"), None).await.0,
+        401
+    );
 
     // 403: `read` for GET, `admin` for POST and DELETE.
     let send_only = key_with(&app, &["send"]).await;
     let read_only = key_with(&app, &["read"]).await;
     assert_eq!(call(&app, Method::GET, "/v1/suppressions", Some(&send_only), None).await.0, 403);
-    assert_eq!(call(&app, Method::GET, "/v1/suppressions/x@y.test", Some(&send_only), None).await.0, 403);
+    assert_eq!(
+        call(&app, Method::GET, "/v1/suppressions/x@y.test", Some(&send_only), None).await.0,
+        403
+    );
     assert_eq!(call(&app, Method::GET, "/v1/suppressions", Some(&read_only), None).await.0, 200);
-    let (status, problem) =
-        call(&app, Method::POST, "/v1/suppressions", Some(&read_only), Some(json!({"email": "x@y.test"}))).await;
+    let (status, problem) = call(
+        &app,
+        Method::POST,
+        "/v1/suppressions",
+        Some(&read_only),
+        Some(json!({"email": "x@y.test"})),
+    )
+    .await;
     assert_eq!(status, 403, "{problem}");
-    assert_eq!(call(&app, Method::DELETE, "/v1/suppressions/x@y.test", Some(&read_only), None).await.0, 403);
+    assert_eq!(
+        call(&app, Method::DELETE, "/v1/suppressions/x@y.test", Some(&read_only), None).await.0,
+        403
+    );
 
     // 404 for an address not listed.
     assert_eq!(get(&app, "/v1/suppressions/nobody@y.test").await.0, 404);
@@ -236,9 +287,16 @@ async fn suppression_routes_check_keys_scopes_and_input() {
     ] {
         let (status, problem) = add(&app, body.clone()).await;
         assert_eq!(status, 422, "{body} → {problem}");
-        assert!(problem["errors"][0]["field"].as_str().unwrap().contains(field) || field == "(body)", "{problem}");
+        assert!(
+            problem["errors"][0]["field"].as_str().unwrap().contains(field) || field == "(body)",
+            "{problem}"
+        );
     }
-    for path in ["/v1/suppressions?limit=0", "/v1/suppressions?limit=101", "/v1/suppressions?cursor=garbage!"] {
+    for path in [
+        "/v1/suppressions?limit=0",
+        "/v1/suppressions?limit=101",
+        "/v1/suppressions?cursor=garbage!",
+    ] {
         let (status, problem) = get(&app, path).await;
         assert_eq!(status, 422, "{path} → {problem}");
     }

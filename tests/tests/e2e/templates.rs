@@ -10,7 +10,13 @@ use serde_json::{json, Value};
 
 use crate::{ip, mx_hosts, recipient, SOON};
 
-async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(key);
     if let Some(body) = body {
         req = req.json(body);
@@ -22,7 +28,8 @@ async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: &str, bod
 
 /// `POST /v1/templates` with the app's key, expecting 201; returns the template.
 async fn create(app: &TestApp, body: Value) -> Value {
-    let (status, created) = call(app, reqwest::Method::POST, "/v1/templates", &app.key, Some(&body)).await;
+    let (status, created) =
+        call(app, reqwest::Method::POST, "/v1/templates", &app.key, Some(&body)).await;
     assert_eq!(status, 201, "{created}");
     created
 }
@@ -55,12 +62,17 @@ async fn accepted_total(app: &TestApp) -> u64 {
 
 /// The fields of a 422 problem's `errors`.
 fn error_fields(problem: &Value) -> Vec<&str> {
-    problem["errors"].as_array().map(|es| es.iter().map(|e| e["field"].as_str().unwrap()).collect()).unwrap_or_default()
+    problem["errors"]
+        .as_array()
+        .map(|es| es.iter().map(|e| e["field"].as_str().unwrap()).collect())
+        .unwrap_or_default()
 }
 
 /// (subject, text, html) of a received message, decoded.
 fn parts(received: &Received) -> (String, String, String) {
-    let msg = mail_parser::MessageParser::default().parse(&received.data).expect("parse received message");
+    let msg = mail_parser::MessageParser::default()
+        .parse(&received.data)
+        .expect("parse received message");
     (
         msg.subject().unwrap_or_default().to_string(),
         msg.body_text(0).map(|t| t.to_string()).unwrap_or_default(),
@@ -89,26 +101,39 @@ async fn templates_are_created_listed_replaced_and_deleted() {
     assert_eq!(welcome["text"], "Hi {{ name }}");
     assert_eq!(welcome["html"], "<p>Hi {{ name }}</p>");
     assert_eq!(welcome["created_at"], welcome["updated_at"]);
-    let reset = create(&app, json!({"name": "reset", "subject": "Reset", "text": "Code {{ code }}"})).await;
+    let reset =
+        create(&app, json!({"name": "reset", "subject": "Reset", "text": "Code {{ code }}"})).await;
     assert_eq!(reset["html"], Value::Null);
 
-    let (status, got) = call(&app, reqwest::Method::GET, &format!("/v1/templates/{id}"), &app.key, None).await;
+    let (status, got) =
+        call(&app, reqwest::Method::GET, &format!("/v1/templates/{id}"), &app.key, None).await;
     assert_eq!((status, &got), (200, &welcome));
 
     // Listed newest first, one per page, the cursor leading to the next.
-    let (status, page) = call(&app, reqwest::Method::GET, "/v1/templates?limit=1", &app.key, None).await;
+    let (status, page) =
+        call(&app, reqwest::Method::GET, "/v1/templates?limit=1", &app.key, None).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["data"], json!([reset]));
     let cursor = page["next_cursor"].as_str().expect("a next page").to_string();
-    let (_, page) = call(&app, reqwest::Method::GET, &format!("/v1/templates?limit=1&cursor={cursor}"), &app.key, None).await;
+    let (_, page) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/templates?limit=1&cursor={cursor}"),
+        &app.key,
+        None,
+    )
+    .await;
     assert_eq!(page["data"], json!([welcome]));
     assert_eq!(page["next_cursor"], Value::Null, "{page}");
-    let (status, bad) = call(&app, reqwest::Method::GET, "/v1/templates?cursor=nonsense", &app.key, None).await;
+    let (status, bad) =
+        call(&app, reqwest::Method::GET, "/v1/templates?cursor=nonsense", &app.key, None).await;
     assert_eq!((status, error_fields(&bad)), (422, vec!["cursor"]));
 
     // Replaced in place: created_at kept, fields left out cleared.
-    let v2 = json!({"name": "welcome v2", "subject": "Hello {{ name }}", "html": "<h1>{{ name }}</h1>"});
-    let (status, replaced) = call(&app, reqwest::Method::PUT, &format!("/v1/templates/{id}"), &app.key, Some(&v2)).await;
+    let v2 =
+        json!({"name": "welcome v2", "subject": "Hello {{ name }}", "html": "<h1>{{ name }}</h1>"});
+    let (status, replaced) =
+        call(&app, reqwest::Method::PUT, &format!("/v1/templates/{id}"), &app.key, Some(&v2)).await;
     assert_eq!(status, 200, "{replaced}");
     assert_eq!(replaced["id"], welcome["id"]);
     assert_eq!(replaced["name"], "welcome v2");
@@ -116,9 +141,11 @@ async fn templates_are_created_listed_replaced_and_deleted() {
     assert_eq!(replaced["created_at"], welcome["created_at"]);
     let time = |v: &Value| v.as_str().unwrap().parse::<chrono::DateTime<Utc>>().unwrap();
     assert!(time(&replaced["updated_at"]) >= time(&welcome["updated_at"]), "{replaced}");
-    let (_, got) = call(&app, reqwest::Method::GET, &format!("/v1/templates/{id}"), &app.key, None).await;
+    let (_, got) =
+        call(&app, reqwest::Method::GET, &format!("/v1/templates/{id}"), &app.key, None).await;
     assert_eq!(got, replaced);
-    let (status, _) = call(&app, reqwest::Method::PUT, "/v1/templates/tpl_unknown", &app.key, Some(&v2)).await;
+    let (status, _) =
+        call(&app, reqwest::Method::PUT, "/v1/templates/tpl_unknown", &app.key, Some(&v2)).await;
     assert_eq!(status, 404);
 
     // Deleted: gone, and a second delete is a 404.
@@ -139,16 +166,25 @@ async fn template_syntax_and_scopes_are_checked_when_written() {
         async move { call(app, reqwest::Method::POST, "/v1/templates", &key, Some(&body)).await }
     };
 
-    let (status, problem) = post(app.key.clone(), json!({"name": "broken", "subject": "ok", "html": "<p>{{ name </p>"})).await;
+    let (status, problem) = post(
+        app.key.clone(),
+        json!({"name": "broken", "subject": "ok", "html": "<p>{{ name </p>"}),
+    )
+    .await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(error_fields(&problem), ["html"]);
     let message = problem["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("syntax error"), "the engine's message: {message}");
-    let (status, problem) = post(app.key.clone(), json!({"name": "x", "subject": "{% if a %}", "text": "{% endfor %}"})).await;
+    let (status, problem) = post(
+        app.key.clone(),
+        json!({"name": "x", "subject": "{% if a %}", "text": "{% endfor %}"}),
+    )
+    .await;
     assert_eq!((status, error_fields(&problem)), (422, vec!["subject", "text"]), "{problem}");
     let (status, problem) = post(app.key.clone(), json!({"name": "", "subject": "s"})).await;
     assert_eq!((status, error_fields(&problem)), (422, vec!["name", "text"]), "{problem}");
-    let (status, problem) = post(app.key.clone(), json!({"name": "n", "subject": "s", "text": "t", "body": "?"})).await;
+    let (status, problem) =
+        post(app.key.clone(), json!({"name": "n", "subject": "s", "text": "t", "body": "?"})).await;
     assert_eq!(status, 422, "unknown fields are refused: {problem}");
     let (_, page) = call(&app, reqwest::Method::GET, "/v1/templates", &app.key, None).await;
     assert_eq!(page["data"], json!([]), "nothing invalid was stored");
@@ -189,18 +225,28 @@ async fn a_templated_send_arrives_rendered_with_variables_escaped_in_html_only()
     let id = app.send_ok(&templated("ann@tplsend.test", &template["id"], variables)).await.unwrap();
     let m = app.wait_final(&id, SOON).await.unwrap();
     assert_eq!(recipient(&m, "ann@tplsend.test")["status"], "delivered", "{m:#}");
-    assert_eq!(m["subject"], "Receipt for <b>Ann</b> & co", "the stored message is the rendered one");
+    assert_eq!(
+        m["subject"], "Receipt for <b>Ann</b> & co",
+        "the stored message is the rendered one"
+    );
 
     let got = hosts[0].wait_for_messages(1, SOON).await.unwrap();
     let (subject, text, html) = parts(&got[0]);
     assert_eq!(subject, "Receipt for <b>Ann</b> & co", "the subject is not HTML-escaped");
-    assert_eq!(text.replace("\r\n", "\n"), "Hi <b>Ann</b> & co,\n- Pen: 2\n- <i>Ink</i>: 5\n", "nor is the text");
+    assert_eq!(
+        text.replace("\r\n", "\n"),
+        "Hi <b>Ann</b> & co,\n- Pen: 2\n- <i>Ink</i>: 5\n",
+        "nor is the text"
+    );
     assert!(
         html.contains("<p>Hi &lt;b&gt;Ann&lt;&#x2f;b&gt; &amp; co</p><ul><li>Pen</li><li>&lt;i&gt;Ink&lt;&#x2f;i&gt;</li></ul>"),
         "variables are escaped in the HTML, the template's own markup is not:\n{html}"
     );
     let raw = String::from_utf8_lossy(&got[0].data);
-    assert!(!raw.contains("{{") && !raw.contains("{%"), "no template syntax reaches the wire:\n{raw}");
+    assert!(
+        !raw.contains("{{") && !raw.contains("{%"),
+        "no template syntax reaches the wire:\n{raw}"
+    );
 }
 
 #[tokio::test]
@@ -222,7 +268,10 @@ async fn a_templated_send_that_cannot_render_is_refused_and_nothing_is_queued() 
     assert_eq!(error_fields(&problem), ["variables.code"]);
     assert!(problem["errors"][0]["message"].as_str().unwrap().contains("`code`"), "{problem}");
     // A subject that renders with CR/LF is refused like any other header injection.
-    let (status, problem) = app.send(&templated(to, tid, json!({"name": "x\r\nBcc: evil@tplbad.test", "code": 1}))).await.unwrap();
+    let (status, problem) = app
+        .send(&templated(to, tid, json!({"name": "x\r\nBcc: evil@tplbad.test", "code": 1})))
+        .await
+        .unwrap();
     assert_eq!((status, error_fields(&problem)), (422, vec!["subject"]), "{problem}");
     // The template and the request cannot both give the content; the error says which field.
     let mut both = templated(to, tid, json!({"name": "Bob", "code": 1}));
@@ -255,7 +304,11 @@ async fn a_batch_renders_each_message_and_a_bad_one_fails_alone() {
     let world = World::new().await;
     let hosts = mx_hosts(&world, "tplbatch.test", &[(10, ip(82), Script::default())]).await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let template = create(&app, json!({"name": "hello", "subject": "Hello {{ name }}", "text": "Hi {{ name }}"})).await;
+    let template = create(
+        &app,
+        json!({"name": "hello", "subject": "Hello {{ name }}", "text": "Hi {{ name }}"}),
+    )
+    .await;
     let tid = &template["id"];
     let batch = json!({"messages": [
         templated("a@tplbatch.test", tid, json!({"name": "Ann"})),
@@ -264,7 +317,14 @@ async fn a_batch_renders_each_message_and_a_bad_one_fails_alone() {
         simple_message(&["d@tplbatch.test"]),
         templated("e@tplbatch.test", tid, json!({"name": "Eve"})),
     ]});
-    let r = app.client.post(app.url("/v1/messages/batch")).bearer_auth(&app.key).json(&batch).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/messages/batch"))
+        .bearer_auth(&app.key)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let body: Value = r.json().await.unwrap();
     let results = body["results"].as_array().unwrap();
@@ -272,7 +332,8 @@ async fn a_batch_renders_each_message_and_a_bad_one_fails_alone() {
     assert_eq!(error_fields(&results[1]), ["variables.name"], "{body:#}");
     assert_eq!(error_fields(&results[2]), ["template_id"], "{body:#}");
     for i in [0, 3, 4] {
-        let id = results[i]["id"].as_str().unwrap_or_else(|| panic!("message {i} accepted: {body:#}"));
+        let id =
+            results[i]["id"].as_str().unwrap_or_else(|| panic!("message {i} accepted: {body:#}"));
         let m = app.wait_final(id, SOON).await.unwrap();
         assert_eq!(m["recipients"][0]["status"], "delivered", "{m:#}");
     }
@@ -287,12 +348,19 @@ async fn a_replaced_template_changes_later_sends_and_a_deleted_one_is_refused() 
     let world = World::new().await;
     let hosts = mx_hosts(&world, "tplver.test", &[(10, ip(83), Script::default())]).await;
     let app = TestApp::start(world.settings()).await.unwrap();
-    let template = create(&app, json!({"name": "v", "subject": "Version one for {{ name }}", "text": "one"})).await;
+    let template =
+        create(&app, json!({"name": "v", "subject": "Version one for {{ name }}", "text": "one"}))
+            .await;
     let tid = &template["id"];
     let path = format!("/v1/templates/{}", tid.as_str().unwrap());
     let body = templated("ver@tplver.test", tid, json!({"name": "Vic"}));
     let send_keyed = || async {
-        let r = app.client.post(app.url("/v1/messages")).bearer_auth(&app.key).header("idempotency-key", "tpl-ver-1").json(&body);
+        let r = app
+            .client
+            .post(app.url("/v1/messages"))
+            .bearer_auth(&app.key)
+            .header("idempotency-key", "tpl-ver-1")
+            .json(&body);
         let r = r.send().await.unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
@@ -311,12 +379,20 @@ async fn a_replaced_template_changes_later_sends_and_a_deleted_one_is_refused() 
     let second = app.send_ok(&body).await.unwrap();
     app.wait_final(&second, SOON).await.unwrap();
     let got = hosts[0].wait_for_messages(2, SOON).await.unwrap();
-    let rendered: Vec<(String, String)> = got.iter().map(|r| parts(r)).map(|(s, t, _)| (s, t.trim_end().to_string())).collect();
+    let rendered: Vec<(String, String)> =
+        got.iter().map(|r| parts(r)).map(|(s, t, _)| (s, t.trim_end().to_string())).collect();
     assert_eq!(
         rendered,
-        [("Version one for Vic".to_string(), "one".to_string()), ("Version two for Vic".to_string(), "two".to_string())]
+        [
+            ("Version one for Vic".to_string(), "one".to_string()),
+            ("Version two for Vic".to_string(), "two".to_string())
+        ]
     );
-    assert_eq!(app.message(&first_id).await.unwrap()["subject"], "Version one for Vic", "a stored message keeps what it rendered");
+    assert_eq!(
+        app.message(&first_id).await.unwrap()["subject"],
+        "Version one for Vic",
+        "a stored message keeps what it rendered"
+    );
 
     assert_eq!(call(&app, reqwest::Method::DELETE, &path, &app.key, None).await.0, 204);
     let (status, problem) = app.send(&body).await.unwrap();

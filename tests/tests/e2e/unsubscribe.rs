@@ -23,7 +23,8 @@ fn signed_header_lists(head: &str) -> Vec<Vec<String>> {
     head.lines()
         .filter(|l| l.to_ascii_lowercase().starts_with("dkim-signature:"))
         .map(|sig| {
-            let h = sig.split(';').map(str::trim).find_map(|t| t.strip_prefix("h=")).expect("h= tag");
+            let h =
+                sig.split(';').map(str::trim).find_map(|t| t.strip_prefix("h=")).expect("h= tag");
             h.to_ascii_lowercase().replace([' ', '\t'], "").split(':').map(String::from).collect()
         })
         .collect()
@@ -48,7 +49,10 @@ async fn one_click_unsubscribe_headers_arrive_dkim_signed_and_verify_with_dkimpy
     let data = hosts[0].received()[0].data.clone();
     let head = head(&data);
     assert!(head.lines().any(|l| l == format!("List-Unsubscribe: <{URL}>")), "{head}");
-    assert!(head.lines().any(|l| l == "List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{head}");
+    assert!(
+        head.lines().any(|l| l == "List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{head}"
+    );
     let lists = signed_header_lists(&head);
     assert_eq!(lists.len(), 2, "one signature per key:\n{head}");
     for h in &lists {
@@ -79,7 +83,11 @@ async fn a_mailto_unsubscribe_url_adds_list_unsubscribe_without_the_one_click_po
     let id = app.send_ok(&body).await.unwrap();
     app.wait_final(&id, SOON).await.unwrap();
     let head = head(&hosts[0].received()[0].data);
-    assert!(head.lines().any(|l| l == "List-Unsubscribe: <mailto:unsubscribe@sender.test?subject=stop>"), "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l == "List-Unsubscribe: <mailto:unsubscribe@sender.test?subject=stop>"),
+        "{head}"
+    );
     assert!(!head.to_ascii_lowercase().contains("list-unsubscribe-post"), "{head}");
 }
 
@@ -90,9 +98,17 @@ async fn bad_unsubscribe_urls_and_a_clashing_custom_header_are_422() {
     let cases: [(Value, &str, &str); 6] = [
         (json!("http://app.sender.test/u"), "unsubscribe_url", "must be https:"),
         (json!("app.sender.test/u"), "unsubscribe_url", "absolute"),
-        (json!("https://app.sender.test/u\r\nBcc: victim@x.test"), "unsubscribe_url", "control characters"),
+        (
+            json!("https://app.sender.test/u\r\nBcc: victim@x.test"),
+            "unsubscribe_url",
+            "control characters",
+        ),
         (json!("https://app.sender.test/u>, <https://evil.test/"), "unsubscribe_url", "`>`"),
-        (json!(format!("https://app.sender.test/{}", "a".repeat(2048))), "unsubscribe_url", "at most 2048"),
+        (
+            json!(format!("https://app.sender.test/{}", "a".repeat(2048))),
+            "unsubscribe_url",
+            "at most 2048",
+        ),
         (json!("javascript:alert(1)"), "unsubscribe_url", "https: or mailto:"),
     ];
     for (url, field, why) in cases {
@@ -110,7 +126,10 @@ async fn bad_unsubscribe_urls_and_a_clashing_custom_header_are_422() {
     let (status, problem) = app.send(&body).await.unwrap();
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "headers.List-Unsubscribe", "{problem}");
-    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("send one or the other"), "{problem}");
+    assert!(
+        problem["errors"][0]["message"].as_str().unwrap().contains("send one or the other"),
+        "{problem}"
+    );
     // The same header without `unsubscribe_url` is the caller's own business.
     body.as_object_mut().unwrap().remove("unsubscribe_url");
     let (status, problem) = app.send(&body).await.unwrap();

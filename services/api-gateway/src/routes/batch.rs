@@ -17,11 +17,11 @@ use postwire_proto::{
 };
 use serde::Deserialize;
 
+use super::messages::Refused;
 use super::{body_bytes, json_body};
 use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::idempotency::idempotent;
-use super::messages::Refused;
 use crate::Gateway;
 
 pub fn router() -> Router<Gateway> {
@@ -77,7 +77,11 @@ pub async fn send_batch(
     .await
 }
 
-async fn accept_batch(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+async fn accept_batch(
+    gw: Gateway,
+    key: ApiKey,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
     let batch: RawBatch = json_body(Ok(body))?;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
         return Err(ApiError::field(
@@ -122,7 +126,8 @@ async fn accept_batch(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCo
                 results[i] = Some(BatchResult::Rejected {
                     errors: vec![FieldError {
                         field: "(message)".into(),
-                        message: "not queued: storage is unavailable; send this message again".into(),
+                        message: "not queued: storage is unavailable; send this message again"
+                            .into(),
                     }],
                 });
                 failures.push(e);
@@ -153,8 +158,10 @@ async fn prepare(
             message: e.into_inner().to_string(),
         }]
     })?;
-    super::messages::prepare_send(gw, key, request, templates).await.map_err(|refused| match refused {
-        Refused::Render(e) => e.into_field_errors(),
-        Refused::Invalid(errors) => errors,
-    })
+    super::messages::prepare_send(gw, key, request, templates).await.map_err(
+        |refused| match refused {
+            Refused::Render(e) => e.into_field_errors(),
+            Refused::Invalid(errors) => errors,
+        },
+    )
 }

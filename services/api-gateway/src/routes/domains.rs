@@ -15,7 +15,8 @@ use axum::{Json, Router};
 use chrono::Utc;
 use postwire_mta_worker::keygen::{self, config_algorithm, KeyError};
 use postwire_proto::{
-    CreateDomain, DomainList, DomainSummary, DomainView, FieldError, SigningAlgorithm, DEFAULT_SELECTOR,
+    CreateDomain, DomainList, DomainSummary, DomainView, FieldError, SigningAlgorithm,
+    DEFAULT_SELECTOR,
 };
 use postwire_store::SendingDomain;
 
@@ -50,7 +51,9 @@ fn selector(raw: &str, domain: Option<&DomainName>) -> Result<String, String> {
             && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     };
     if !s.split('.').all(label_ok) {
-        return Err(format!("`{raw}` is not a DKIM selector: DNS labels of letters, digits and `-`, up to 63 each"));
+        return Err(format!(
+            "`{raw}` is not a DKIM selector: DNS labels of letters, digits and `-`, up to 63 each"
+        ));
     }
     let full = s.len() + "._domainkey.".len() + domain.map_or(0, |d| d.as_str().len());
     if full > MAX_NAME {
@@ -71,12 +74,21 @@ fn summary(d: &SendingDomain) -> DomainSummary {
 /// The domain with its records, each checked against DNS now.
 async fn view(gw: &Gateway, d: SendingDomain) -> DomainView {
     let records = gw.domain_checker.check(&d.domain, &d.selector, &d.public_record).await;
-    DomainView { domain: d.domain, selector: d.selector, algorithm: d.algorithm, created_at: d.created_at, records }
+    DomainView {
+        domain: d.domain,
+        selector: d.selector,
+        algorithm: d.algorithm,
+        created_at: d.created_at,
+        records,
+    }
 }
 
 /// Makes the key: imports `private_key` when given, else generates one (off the async threads:
 /// an RSA key takes a noticeable fraction of a second).
-async fn key_pair(algorithm: SigningAlgorithm, private_key: Option<String>) -> Result<keygen::DkimKeyPair, ApiError> {
+async fn key_pair(
+    algorithm: SigningAlgorithm,
+    private_key: Option<String>,
+) -> Result<keygen::DkimKeyPair, ApiError> {
     let algorithm = config_algorithm(algorithm);
     let made = tokio::task::spawn_blocking(move || match private_key {
         Some(pem) => keygen::import(algorithm, &pem),
@@ -85,7 +97,9 @@ async fn key_pair(algorithm: SigningAlgorithm, private_key: Option<String>) -> R
     .await
     .map_err(|e| ApiError::Internal(Box::new(e)))?;
     made.map_err(|e| match e {
-        KeyError::Parse { .. } | KeyError::TooShort { .. } => ApiError::field("private_key", e.to_string()),
+        KeyError::Parse { .. } | KeyError::TooShort { .. } => {
+            ApiError::field("private_key", e.to_string())
+        }
         KeyError::Generate(_) => ApiError::Internal(Box::new(e)),
     })
 }
@@ -114,9 +128,10 @@ pub async fn create_domain(
     let domain = DomainName::parse(&request.domain)
         .map_err(|message| errors.push(FieldError { field: "domain".into(), message }))
         .ok();
-    let selector = selector(request.selector.as_deref().unwrap_or(DEFAULT_SELECTOR), domain.as_ref())
-        .map_err(|message| errors.push(FieldError { field: "selector".into(), message }))
-        .ok();
+    let selector =
+        selector(request.selector.as_deref().unwrap_or(DEFAULT_SELECTOR), domain.as_ref())
+            .map_err(|message| errors.push(FieldError { field: "selector".into(), message }))
+            .ok();
     let (Some(domain), Some(selector)) = (domain, selector) else {
         return Err(ApiError::Invalid(errors));
     };
@@ -149,7 +164,10 @@ pub async fn create_domain(
     responses((status = 200, body = DomainList)),
     security(("bearer" = []))
 )]
-pub async fn list_domains(State(gw): State<Gateway>, key: ApiKey) -> Result<Json<DomainList>, ApiError> {
+pub async fn list_domains(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+) -> Result<Json<DomainList>, ApiError> {
     key.require("read")?;
     let data = gw.domains.list_domains().await?.iter().map(summary).collect();
     Ok(Json(DomainList { data }))

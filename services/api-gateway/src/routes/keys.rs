@@ -30,7 +30,14 @@ pub fn router() -> Router<Gateway> {
 }
 
 fn view(k: ApiKeyRecord) -> ApiKeyView {
-    ApiKeyView { id: k.id, name: k.name, scopes: k.scopes, sandbox: k.sandbox, created_at: k.created_at, revoked_at: k.revoked_at }
+    ApiKeyView {
+        id: k.id,
+        name: k.name,
+        scopes: k.scopes,
+        sandbox: k.sandbox,
+        created_at: k.created_at,
+        revoked_at: k.revoked_at,
+    }
 }
 
 /// The name trimmed and the scopes deduplicated (all three when absent), or every bad field.
@@ -40,9 +47,15 @@ fn validate(request: &CreateApiKey) -> Result<(String, Vec<String>), ApiError> {
     if name.is_empty() {
         errors.push(FieldError { field: "name".into(), message: "is required".into() });
     } else if name.chars().count() > MAX_NAME_CHARS {
-        errors.push(FieldError { field: "name".into(), message: format!("must be at most {MAX_NAME_CHARS} characters") });
+        errors.push(FieldError {
+            field: "name".into(),
+            message: format!("must be at most {MAX_NAME_CHARS} characters"),
+        });
     } else if name.chars().any(char::is_control) {
-        errors.push(FieldError { field: "name".into(), message: "must not contain control characters".into() });
+        errors.push(FieldError {
+            field: "name".into(),
+            message: "must not contain control characters".into(),
+        });
     }
     let scopes = match &request.scopes {
         None => SCOPES.map(String::from).to_vec(),
@@ -55,7 +68,8 @@ fn validate(request: &CreateApiKey) -> Result<(String, Vec<String>), ApiError> {
             let mut scopes: Vec<String> = Vec::new();
             for (i, scope) in list.iter().enumerate() {
                 if !SCOPES.contains(&scope.as_str()) {
-                    let message = format!("unknown scope `{scope}`: choose from {}", SCOPES.join(", "));
+                    let message =
+                        format!("unknown scope `{scope}`: choose from {}", SCOPES.join(", "));
                     errors.push(FieldError { field: format!("scopes[{i}]"), message });
                 } else if !scopes.contains(scope) {
                     scopes.push(scope.clone());
@@ -105,7 +119,14 @@ pub async fn create_key(
         })
         .await?;
     tracing::info!(key = %minted.id, by = %key.id, sandbox = request.sandbox, "API key created");
-    let created = CreatedApiKey { id: minted.id, key: minted.key, name, scopes, sandbox: request.sandbox, created_at };
+    let created = CreatedApiKey {
+        id: minted.id,
+        key: minted.key,
+        name,
+        scopes,
+        sandbox: request.sandbox,
+        created_at,
+    };
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -118,7 +139,10 @@ pub async fn create_key(
     ),
     security(("bearer" = []))
 )]
-pub async fn list_keys(State(gw): State<Gateway>, key: ApiKey) -> Result<Json<ApiKeyList>, ApiError> {
+pub async fn list_keys(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+) -> Result<Json<ApiKeyList>, ApiError> {
     key.require("admin")?;
     Ok(Json(ApiKeyList { data: gw.state.list_api_keys().await?.into_iter().map(view).collect() }))
 }
@@ -134,7 +158,11 @@ pub async fn list_keys(State(gw): State<Gateway>, key: ApiKey) -> Result<Json<Ap
     ),
     security(("bearer" = []))
 )]
-pub async fn revoke_key(State(gw): State<Gateway>, key: ApiKey, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_key(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     key.require("admin")?;
     if id == key.id {
         return Err(ApiError::Conflict(

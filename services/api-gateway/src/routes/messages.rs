@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use postwire_proto::{FieldError, MessageView, RecipientStatus, RecipientSummary, SendRequest, SendResponse};
+use postwire_proto::{
+    FieldError, MessageView, RecipientStatus, RecipientSummary, SendRequest, SendResponse,
+};
 use postwire_store::{Cancel, NewMessage};
 
 use super::{body_bytes, json_body};
@@ -65,16 +67,22 @@ pub async fn send_message(
     .await
 }
 
-async fn accept_message(gw: Gateway, key: ApiKey, body: Bytes) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
+async fn accept_message(
+    gw: Gateway,
+    key: ApiKey,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
     let request: SendRequest = json_body(Ok(body))?;
     let mut templates = TemplateCache::default();
-    let (message, mut response) = prepare_send(&gw, &key, request, &mut templates).await.map_err(|refused| match refused {
-        Refused::Render(e) => e.into(),
-        Refused::Invalid(errors) => match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
-            Some(e) => ApiError::TooLarge(e.message.clone()),
-            None => ApiError::Invalid(errors),
+    let (message, mut response) = prepare_send(&gw, &key, request, &mut templates).await.map_err(
+        |refused| match refused {
+            Refused::Render(e) => e.into(),
+            Refused::Invalid(errors) => match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
+                Some(e) => ApiError::TooLarge(e.message.clone()),
+                None => ApiError::Invalid(errors),
+            },
         },
-    })?;
+    )?;
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
     let taken = crate::ratelimit::take_messages(&gw, &key.id, 1).await?;
     if let Err(e) = gw.queue.accept(message).await {
@@ -120,9 +128,10 @@ pub(crate) async fn prepare_send(
     request: SendRequest,
     templates: &mut TemplateCache,
 ) -> Result<(NewMessage, SendResponse), Refused> {
-    let request = render_send(gw.templates.as_ref(), templates, request, gw.limits.max_message_size.0)
-        .await
-        .map_err(Refused::Render)?;
+    let request =
+        render_send(gw.templates.as_ref(), templates, request, gw.limits.max_message_size.0)
+            .await
+            .map_err(Refused::Render)?;
     let mut message = validate_send(request, &gw.limits, &key.id).map_err(Refused::Invalid)?;
     message.sandbox = key.sandbox;
     let response = accepted_response(&message);
@@ -132,11 +141,19 @@ pub(crate) async fn prepare_send(
 /// The 202 body for a validated message before suppression screening: every recipient
 /// `scheduled` when it has a future `send_at`, else `queued`.
 pub(crate) fn accepted_response(message: &NewMessage) -> SendResponse {
-    let status = if message.request.send_at.is_some() { RecipientStatus::Scheduled } else { RecipientStatus::Queued };
+    let status = if message.request.send_at.is_some() {
+        RecipientStatus::Scheduled
+    } else {
+        RecipientStatus::Queued
+    };
     SendResponse {
         id: message.id.clone(),
         status,
-        recipients: message.recipients.iter().map(|r| RecipientSummary { email: r.email.clone(), status }).collect(),
+        recipients: message
+            .recipients
+            .iter()
+            .map(|r| RecipientSummary { email: r.email.clone(), status })
+            .collect(),
     }
 }
 

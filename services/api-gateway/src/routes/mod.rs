@@ -22,7 +22,9 @@ use crate::error::ApiError;
 
 /// Reads a JSON body: 413 over the size limit, 400 for broken JSON, 422 naming the field
 /// for JSON of the wrong shape (unknown field, wrong type, missing field).
-pub(crate) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body_bytes(body)?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -31,10 +33,14 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>
         if inner.is_syntax() || inner.is_eof() {
             ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
         } else {
-            ApiError::field(if field == "." { "(body)".to_string() } else { field }, inner.to_string())
+            ApiError::field(
+                if field == "." { "(body)".to_string() } else { field },
+                inner.to_string(),
+            )
         }
     })?;
-    de.end().map_err(|e| ApiError::BadRequest(format!("trailing data after the JSON body: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::BadRequest(format!("trailing data after the JSON body: {e}")))?;
     Ok(value)
 }
 
@@ -42,7 +48,9 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge("the request body is over the size limit (limits.max_request_size)".into())
+            ApiError::TooLarge(
+                "the request body is over the size limit (limits.max_request_size)".into(),
+            )
         } else {
             ApiError::BadRequest(r.body_text())
         }
@@ -73,7 +81,9 @@ pub(crate) fn page_params<C>(
         return Err(ApiError::field("limit", format!("must be 1 to {MAX_LIMIT}")));
     }
     let cursor = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(raw) => Some(decode(raw).ok_or_else(|| ApiError::field("cursor", "not a cursor from this list"))?),
+        Some(raw) => Some(
+            decode(raw).ok_or_else(|| ApiError::field("cursor", "not a cursor from this list"))?,
+        ),
         None => None,
     };
     Ok((cursor, limit))

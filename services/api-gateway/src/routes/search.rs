@@ -57,7 +57,10 @@ fn time(field: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<DateTime
     match DateTime::parse_from_rfc3339(raw) {
         Ok(t) => Some(t.with_timezone(&Utc)),
         Err(e) => {
-            errors.push(FieldError { field: field.into(), message: format!("must be an RFC 3339 time like 2025-01-31T09:00:00Z ({e})") });
+            errors.push(FieldError {
+                field: field.into(),
+                message: format!("must be an RFC 3339 time like 2025-01-31T09:00:00Z ({e})"),
+            });
             None
         }
     }
@@ -66,7 +69,8 @@ fn time(field: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<DateTime
 /// Checks every parameter; all bad ones are listed. Empty values count as absent.
 pub fn parse(params: &SearchParams) -> Result<Search, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let mut bad = |field: &str, message: String| errors.push(FieldError { field: field.into(), message });
+    let mut bad =
+        |field: &str, message: String| errors.push(FieldError { field: field.into(), message });
     let status = present(&params.status).and_then(|s| {
         let parsed = RecipientStatus::parse(s);
         if parsed.is_none() {
@@ -85,7 +89,10 @@ pub fn parse(params: &SearchParams) -> Result<Search, Vec<FieldError>> {
     let after = present(&params.cursor).and_then(|c| {
         let parsed = MessageCursor::decode(c);
         if parsed.is_none() {
-            bad("cursor", "not a cursor from this search (pass `next_cursor` back unchanged)".into());
+            bad(
+                "cursor",
+                "not a cursor from this search (pass `next_cursor` back unchanged)".into(),
+            );
         }
         parsed
     });
@@ -133,7 +140,8 @@ pub async fn search_messages(
     key.require("read")?;
     let Query(params) = params.map_err(|e| ApiError::field("(query)", e.body_text()))?;
     let search = parse(&params).map_err(ApiError::Invalid)?;
-    let page = gw.messages.search_messages(&search.query, search.after.as_ref(), search.limit).await?;
+    let page =
+        gw.messages.search_messages(&search.query, search.after.as_ref(), search.limit).await?;
     Ok(Json(MessageList { data: page.data, next_cursor: page.next.map(|c| c.encode()) }))
 }
 
@@ -143,7 +151,9 @@ mod tests {
 
     fn params(pairs: &[(&str, &str)]) -> SearchParams {
         let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        Query::<SearchParams>::try_from_uri(&format!("/v1/messages?{query}").parse().unwrap()).unwrap().0
+        Query::<SearchParams>::try_from_uri(&format!("/v1/messages?{query}").parse().unwrap())
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -186,10 +196,16 @@ mod tests {
 
     #[test]
     fn search_and_cancel_are_in_the_openapi_document() {
-        let spec: serde_json::Value = serde_json::from_str(&crate::openapi::spec_json()).expect("spec is JSON");
+        let spec: serde_json::Value =
+            serde_json::from_str(&crate::openapi::spec_json()).expect("spec is JSON");
         let search = &spec["paths"]["/v1/messages"]["get"];
         assert!(search.is_object(), "GET /v1/messages missing");
-        let names: Vec<&str> = search["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = search["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["status", "recipient", "tag", "since", "until", "cursor", "limit"]);
         assert!(spec["paths"]["/v1/messages"]["post"].is_object(), "sending is still there");
         assert!(spec["paths"]["/v1/messages/{id}"]["delete"]["responses"]["409"].is_object());

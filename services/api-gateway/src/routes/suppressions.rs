@@ -9,7 +9,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use postwire_proto::{CreateSuppression, RecipientStatus, SendResponse, Suppression, SuppressionList, SuppressionReason};
+use postwire_proto::{
+    CreateSuppression, RecipientStatus, SendResponse, Suppression, SuppressionList,
+    SuppressionReason,
+};
 use postwire_store::{NewSuppression, SuppressionCursor};
 
 use super::{json_body, page_params, PageParams};
@@ -26,7 +29,10 @@ pub fn router() -> Router<Gateway> {
 
 /// Marks the recipients of a send's 202 that are on the list, as the store will record them
 /// (it screens again, atomically, when it accepts the message). Call before accepting.
-pub(crate) async fn mark_suppressed(gw: &Gateway, response: &mut SendResponse) -> Result<(), ApiError> {
+pub(crate) async fn mark_suppressed(
+    gw: &Gateway,
+    response: &mut SendResponse,
+) -> Result<(), ApiError> {
     let emails: Vec<String> = response.recipients.iter().map(|r| r.email.clone()).collect();
     let listed = gw.suppressions.suppressed_among(&emails).await?;
     if listed.is_empty() {

@@ -22,9 +22,10 @@ use crate::template::check_template;
 use crate::Gateway;
 
 pub fn router() -> Router<Gateway> {
-    Router::new()
-        .route("/v1/templates", get(list_templates).post(create_template))
-        .route("/v1/templates/{id}", get(get_template).put(replace_template).delete(delete_template))
+    Router::new().route("/v1/templates", get(list_templates).post(create_template)).route(
+        "/v1/templates/{id}",
+        get(get_template).put(replace_template).delete(delete_template),
+    )
 }
 
 /// Writing templates: the `send` scope, or `admin`.
@@ -128,7 +129,11 @@ pub async fn replace_template(
 ) -> Result<Json<Template>, ApiError> {
     require_write(&key)?;
     let request = template_body(body)?;
-    gw.templates.replace_template(&id, request, Utc::now()).await?.map(Json).ok_or(ApiError::NotFound)
+    gw.templates
+        .replace_template(&id, request, Utc::now())
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
 }
 
 /// Delete a template: later sends naming it are refused (422 on `template_id`).
@@ -159,7 +164,8 @@ pub async fn delete_template(
 mod tests {
     #[test]
     fn the_template_routes_and_bodies_are_in_the_openapi_document() {
-        let spec: serde_json::Value = serde_json::from_str(&crate::openapi::spec_json()).expect("spec is JSON");
+        let spec: serde_json::Value =
+            serde_json::from_str(&crate::openapi::spec_json()).expect("spec is JSON");
         for (path, method) in [
             ("/v1/templates", "get"),
             ("/v1/templates", "post"),

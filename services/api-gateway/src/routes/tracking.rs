@@ -15,9 +15,9 @@ use crate::Gateway;
 
 /// A transparent 1×1 GIF.
 const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff,
-    0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00,
-    0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 pub fn router() -> Router<Gateway> {
@@ -25,10 +25,17 @@ pub fn router() -> Router<Gateway> {
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<String> {
-    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect())
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(512).collect())
 }
 
-async fn open(State(gw): State<Gateway>, Path(token): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn open(
+    State(gw): State<Gateway>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Ok(Tracked::Open { message_id, recipient }) = gw.tracking.verify(&token) else {
         return Err(ApiError::NotFound);
     };
@@ -42,7 +49,11 @@ async fn open(State(gw): State<Gateway>, Path(token): Path<String>, headers: Hea
         .into_response())
 }
 
-async fn click(State(gw): State<Gateway>, Path(token): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn click(
+    State(gw): State<Gateway>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Ok(Tracked::Click { message_id, recipient, url }) = gw.tracking.verify(&token) else {
         return Err(ApiError::NotFound);
     };

@@ -38,7 +38,8 @@ pub async fn create_webhook(
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
     key.require("admin")?;
     let request: CreateWebhook = json_body(body)?;
-    let url = url::Url::parse(request.url.trim()).map_err(|e| ApiError::field("url", format!("not a URL: {e}")))?;
+    let url = url::Url::parse(request.url.trim())
+        .map_err(|e| ApiError::field("url", format!("not a URL: {e}")))?;
     postwire_webhook_dispatcher::check_target(url.as_str(), gw.allow_private_targets)
         .await
         .map_err(|e| ApiError::field("url", e.to_string()))?;
@@ -60,7 +61,10 @@ pub async fn create_webhook(
 
 /// List endpoints (secrets are not shown).
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)), security(("bearer" = [])))]
-pub async fn list_webhooks(State(gw): State<Gateway>, key: ApiKey) -> Result<Json<WebhookList>, ApiError> {
+pub async fn list_webhooks(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+) -> Result<Json<WebhookList>, ApiError> {
     key.require("admin")?;
     Ok(Json(WebhookList { data: gw.state.webhooks().await? }))
 }
@@ -72,7 +76,11 @@ pub async fn list_webhooks(State(gw): State<Gateway>, key: ApiKey) -> Result<Jso
     responses((status = 200, body = Webhook), (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
-pub async fn get_webhook(State(gw): State<Gateway>, key: ApiKey, Path(id): Path<String>) -> Result<Json<Webhook>, ApiError> {
+pub async fn get_webhook(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<Json<Webhook>, ApiError> {
     key.require("admin")?;
     gw.state.webhooks().await?.into_iter().find(|w| w.id == id).map(Json).ok_or(ApiError::NotFound)
 }
@@ -84,7 +92,11 @@ pub async fn get_webhook(State(gw): State<Gateway>, key: ApiKey, Path(id): Path<
     responses((status = 204), (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
-pub async fn delete_webhook(State(gw): State<Gateway>, key: ApiKey, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_webhook(
+    State(gw): State<Gateway>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     key.require("admin")?;
     if gw.state.delete_webhook(&id).await? {
         Ok(StatusCode::NO_CONTENT)

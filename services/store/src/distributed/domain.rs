@@ -43,12 +43,17 @@ return 1
 });
 
 /// Reads one domain hash (as `HGETALL` answers it); `None` when the hash is empty (no domain).
-fn from_hash(name: &str, mut h: HashMap<String, String>) -> Result<Option<SendingDomain>, StoreError> {
+fn from_hash(
+    name: &str,
+    mut h: HashMap<String, String>,
+) -> Result<Option<SendingDomain>, StoreError> {
     if h.is_empty() {
         return Ok(None);
     }
-    let mut take =
-        |field: &str| h.remove(field).ok_or_else(|| StoreError::Corrupt(format!("domain {name} has no `{field}`")));
+    let mut take = |field: &str| {
+        h.remove(field)
+            .ok_or_else(|| StoreError::Corrupt(format!("domain {name} has no `{field}`")))
+    };
     let selector = take("selector")?;
     let algorithm = take("algorithm")?;
     let private_key = take("private_key")?;
@@ -56,8 +61,9 @@ fn from_hash(name: &str, mut h: HashMap<String, String>) -> Result<Option<Sendin
     let created_at = take("created_at")?
         .parse::<i64>()
         .map_err(|e| StoreError::Corrupt(format!("domain {name} created_at: {e}")))?;
-    let algorithm = SigningAlgorithm::parse(&algorithm)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown DKIM algorithm {algorithm:?} for {name}")))?;
+    let algorithm = SigningAlgorithm::parse(&algorithm).ok_or_else(|| {
+        StoreError::Corrupt(format!("unknown DKIM algorithm {algorithm:?} for {name}"))
+    })?;
     Ok(Some(SendingDomain {
         domain: name.to_string(),
         selector,
@@ -95,16 +101,22 @@ impl Domains for DistributedStore {
     async fn domain(&self, name: &str) -> Result<Option<SendingDomain>, StoreError> {
         let name = normalize(name);
         let mut con = self.redis().await?;
-        let h: HashMap<String, String> =
-            self.run_redis(redis::cmd("HGETALL").arg(self.inner.keys.domain(&name)).query_async(&mut con)).await?;
+        let h: HashMap<String, String> = self
+            .run_redis(
+                redis::cmd("HGETALL").arg(self.inner.keys.domain(&name)).query_async(&mut con),
+            )
+            .await?;
         from_hash(&name, h)
     }
 
     async fn list_domains(&self) -> Result<Vec<SendingDomain>, StoreError> {
         let keys = &self.inner.keys;
         let mut con = self.redis().await?;
-        let names: Vec<String> =
-            self.run_redis(redis::cmd("ZRANGE").arg(keys.domains()).arg(0).arg(-1).query_async(&mut con)).await?;
+        let names: Vec<String> = self
+            .run_redis(
+                redis::cmd("ZRANGE").arg(keys.domains()).arg(0).arg(-1).query_async(&mut con),
+            )
+            .await?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -112,7 +124,8 @@ impl Domains for DistributedStore {
         for name in &names {
             pipe.cmd("HGETALL").arg(keys.domain(name));
         }
-        let hashes: Vec<HashMap<String, String>> = self.run_redis(pipe.query_async(&mut con)).await?;
+        let hashes: Vec<HashMap<String, String>> =
+            self.run_redis(pipe.query_async(&mut con)).await?;
         let mut out = Vec::with_capacity(names.len());
         for (name, h) in names.iter().zip(hashes) {
             // Removed between the two reads: skip it rather than fail the listing.
@@ -142,8 +155,11 @@ impl Domains for DistributedStore {
 
     async fn domains_generation(&self) -> Result<u64, StoreError> {
         let mut con = self.redis().await?;
-        let value: Option<u64> =
-            self.run_redis(redis::cmd("GET").arg(self.inner.keys.domains_generation()).query_async(&mut con)).await?;
+        let value: Option<u64> = self
+            .run_redis(
+                redis::cmd("GET").arg(self.inner.keys.domains_generation()).query_async(&mut con),
+            )
+            .await?;
         Ok(value.unwrap_or(0))
     }
 }
@@ -176,8 +192,15 @@ mod tests {
         let worker = ns.second_process().await;
         let before = worker.domains_generation().await.unwrap();
         assert!(worker.domain("brand.test").await.unwrap().is_none());
-        assert!(ns.store.create_domain(contract::domain("brand.test", "s1", 1_764_000_000_000)).await.unwrap());
+        assert!(ns
+            .store
+            .create_domain(contract::domain("brand.test", "s1", 1_764_000_000_000))
+            .await
+            .unwrap());
         assert!(worker.domains_generation().await.unwrap() > before);
-        assert_eq!(worker.domain("brand.test").await.unwrap().unwrap().public_record, "v=DKIM1; k=ed25519; p=s1");
+        assert_eq!(
+            worker.domain("brand.test").await.unwrap().unwrap().public_record,
+            "v=DKIM1; k=ed25519; p=s1"
+        );
     }
 }

@@ -124,10 +124,20 @@ impl Idempotency for DistributedStore {
         Ok(stored == 1)
     }
 
-    async fn idempotency_abandon(&self, key_id: &str, idem_key: &str, token: &str) -> Result<(), StoreError> {
+    async fn idempotency_abandon(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
         let mut con = self.redis().await?;
-        self.run_redis(ABANDON.key(self.idempotency_key(key_id, idem_key)).arg(token).invoke_async::<i64>(&mut con))
-            .await?;
+        self.run_redis(
+            ABANDON
+                .key(self.idempotency_key(key_id, idem_key))
+                .arg(token)
+                .invoke_async::<i64>(&mut con),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -156,15 +166,28 @@ mod tests {
     async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another() {
         let ns = TestNs::new().await;
         let store = ns.store.clone();
-        let t = token(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
-        assert_eq!(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
-        assert_eq!(store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
-        assert!(store.idempotency_finish("key_a", "k 1:x", &t, 202, "{\"id\":\"msg_1\"}".into()).await.unwrap());
+        let t =
+            token(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
+        assert_eq!(
+            store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::InProgress
+        );
+        assert_eq!(
+            store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::Mismatch
+        );
+        assert!(store
+            .idempotency_finish("key_a", "k 1:x", &t, 202, "{\"id\":\"msg_1\"}".into())
+            .await
+            .unwrap());
         assert_eq!(
             store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(),
             IdemBegin::Replay { status: 202, body: "{\"id\":\"msg_1\"}".into() }
         );
-        assert_eq!(store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
+        assert_eq!(
+            store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::Mismatch
+        );
         token(store.idempotency_begin("key_b", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
     }
 
@@ -172,12 +195,20 @@ mod tests {
     async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish() {
         let ns = TestNs::new().await;
         let store = ns.store.clone();
-        let first = token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
+        let first =
+            token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
         store.idempotency_abandon("key_a", "k", &first).await.unwrap();
-        let second = token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
-        assert!(!store.idempotency_finish("key_a", "k", &first, 202, "stale".into()).await.unwrap());
+        let second =
+            token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
+        assert!(!store
+            .idempotency_finish("key_a", "k", &first, 202, "stale".into())
+            .await
+            .unwrap());
         store.idempotency_abandon("key_a", "k", &first).await.unwrap();
-        assert_eq!(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
+        assert_eq!(
+            store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::InProgress
+        );
         assert!(store.idempotency_finish("key_a", "k", &second, 200, "ok".into()).await.unwrap());
     }
 
@@ -185,8 +216,18 @@ mod tests {
     async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again() {
         let ns = TestNs::new().await;
         let store = ns.store.clone();
-        token(store.idempotency_begin("key_a", "lease", [1; 32], Duration::from_millis(20), TTL).await.unwrap());
-        let t = token(store.idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(50)).await.unwrap());
+        token(
+            store
+                .idempotency_begin("key_a", "lease", [1; 32], Duration::from_millis(20), TTL)
+                .await
+                .unwrap(),
+        );
+        let t = token(
+            store
+                .idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(50))
+                .await
+                .unwrap(),
+        );
         assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
         tokio::time::sleep(Duration::from_millis(120)).await;
         token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
@@ -201,7 +242,9 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap() })
+                tokio::spawn(async move {
+                    store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap()
+                })
             })
             .collect();
         let mut started = 0;

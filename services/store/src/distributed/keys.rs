@@ -45,7 +45,8 @@
 /// The retry ladder: one delay queue per entry. A job waiting longer hops through the largest
 /// step that fits (re-checked on arrival), so the number of queues stays fixed however many
 /// distinct delays the retry schedule produces.
-pub(crate) const RETRY_STEPS_MS: [u64; 7] = [1_000, 5_000, 15_000, 60_000, 300_000, 900_000, 3_600_000];
+pub(crate) const RETRY_STEPS_MS: [u64; 7] =
+    [1_000, 5_000, 15_000, 60_000, 300_000, 900_000, 3_600_000];
 
 /// Key and queue names under one namespace.
 #[derive(Debug, Clone)]

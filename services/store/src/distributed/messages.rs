@@ -48,14 +48,19 @@ struct StoredSummary {
 
 /// The `summary` field for a new message.
 pub(crate) fn summary_json(request: &SendRequest) -> Result<String, StoreError> {
-    let s = StoredSummary { from: request.from.clone(), subject: request.subject.clone(), tags: request.tags.clone() };
+    let s = StoredSummary {
+        from: request.from.clone(),
+        subject: request.subject.clone(),
+        tags: request.tags.clone(),
+    };
     serde_json::to_string(&s).map_err(corrupt)
 }
 
 /// Every index a message belongs to.
 fn indexes(keys: &Keys, message: &NewMessage) -> Vec<String> {
     let tags: BTreeSet<&String> = message.request.tags.iter().collect();
-    let rcpts: BTreeSet<String> = message.recipients.iter().map(|r| normalize_address(&r.email)).collect();
+    let rcpts: BTreeSet<String> =
+        message.recipients.iter().map(|r| normalize_address(&r.email)).collect();
     let mut out = vec![keys.search()];
     out.extend(tags.into_iter().map(|t| keys.search_tag(t)));
     out.extend(rcpts.iter().map(|r| keys.search_recipient(r)));
@@ -64,10 +69,18 @@ fn indexes(keys: &Keys, message: &NewMessage) -> Vec<String> {
 
 /// Adds the message to its search indexes (in the accept `MULTI`) and trims entries older
 /// than the retention from each; the per-tag and per-recipient indexes expire with it.
-pub(crate) fn index_message(pipe: &mut redis::Pipeline, keys: &Keys, message: &NewMessage, retention_s: u64) {
+pub(crate) fn index_message(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    message: &NewMessage,
+    retention_s: u64,
+) {
     let created = message.created_at.timestamp_millis();
     let member = Keys::search_member(created, &message.id);
-    let cutoff = format!("({}", Keys::search_member(now_ms() - (retention_s as i64).saturating_mul(1000), ""));
+    let cutoff = format!(
+        "({}",
+        Keys::search_member(now_ms() - (retention_s as i64).saturating_mul(1000), "")
+    );
     let global = keys.search();
     for index in indexes(keys, message) {
         pipe.zadd(&index, &member, 0).ignore();
@@ -137,7 +150,12 @@ fn cursor_of(member: &str) -> Option<MessageCursor> {
 type Loaded = (Option<String>, Option<String>, HashMap<String, String>);
 
 impl DistributedStore {
-    async fn search(&self, query: &MessageQuery, after: Option<&MessageCursor>, limit: usize) -> Result<MessagePage, StoreError> {
+    async fn search(
+        &self,
+        query: &MessageQuery,
+        after: Option<&MessageCursor>,
+        limit: usize,
+    ) -> Result<MessagePage, StoreError> {
         let keys = &self.inner.keys;
         let index = match (query.recipient_normalized(), &query.tag) {
             (Some(rcpt), _) => keys.search_recipient(&rcpt),
@@ -190,8 +208,11 @@ impl DistributedStore {
                 pipe.cmd("HMGET").arg(keys.message(&c.id)).arg("created_at").arg("summary");
                 pipe.hgetall(keys.recipients(&c.id));
             }
-            let flat: Vec<redis::Value> =
-                if candidates.is_empty() { Vec::new() } else { self.run_redis(pipe.query_async(&mut con)).await? };
+            let flat: Vec<redis::Value> = if candidates.is_empty() {
+                Vec::new()
+            } else {
+                self.run_redis(pipe.query_async(&mut con)).await?
+            };
             let mut gone = Vec::new();
             for ((member, cursor), pair) in candidates.into_iter().zip(flat.chunks(2)) {
                 examined += 1;
@@ -200,7 +221,8 @@ impl DistributedStore {
                     redis::from_redis_value(&pair[0]).map_err(corrupt)?,
                     redis::from_redis_value(&pair[1]).map_err(corrupt)?,
                 );
-                let loaded: Loaded = (fields.first().cloned().flatten(), fields.get(1).cloned().flatten(), rcpts);
+                let loaded: Loaded =
+                    (fields.first().cloned().flatten(), fields.get(1).cloned().flatten(), rcpts);
                 let Some(found) = self.candidate(loaded, &cursor, now, &mut con).await? else {
                     // The message expired: its index entry goes too.
                     gone.push(member);
@@ -210,22 +232,42 @@ impl DistributedStore {
                 if !query.matches(created, &stored.tags, &recipients) {
                     continue;
                 }
-                data.push(summary(cursor.id.clone(), created, stored.from, stored.subject, stored.tags, recipients));
+                data.push(summary(
+                    cursor.id.clone(),
+                    created,
+                    stored.from,
+                    stored.subject,
+                    stored.tags,
+                    recipients,
+                ));
                 if data.len() == limit {
                     break;
                 }
             }
             if !gone.is_empty() {
-                self.run_redis(redis::cmd("ZREM").arg(&index).arg(&gone).query_async::<()>(&mut con)).await?;
+                self.run_redis(
+                    redis::cmd("ZREM").arg(&index).arg(&gone).query_async::<()>(&mut con),
+                )
+                .await?;
             }
             if data.len() == limit {
                 // Anything older left to look at?
                 let more: Vec<String> = self
                     .run_redis(
-                        redis::cmd("ZRANGE").arg(&index).arg(&max).arg(&min).arg("BYLEX").arg("REV").arg("LIMIT").arg(0).arg(1).query_async(&mut con),
+                        redis::cmd("ZRANGE")
+                            .arg(&index)
+                            .arg(&max)
+                            .arg(&min)
+                            .arg("BYLEX")
+                            .arg("REV")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(1)
+                            .query_async(&mut con),
                     )
                     .await?;
-                let next = if more.is_empty() { None } else { max.strip_prefix('(').and_then(cursor_of) };
+                let next =
+                    if more.is_empty() { None } else { max.strip_prefix('(').and_then(cursor_of) };
                 return Ok(MessagePage { data, next });
             }
             if exhausted {
@@ -252,8 +294,14 @@ impl DistributedStore {
             Some(json) => serde_json::from_str(&json).map_err(corrupt)?,
             // Stored before search existed: read the request itself.
             None => {
-                let request: Option<String> =
-                    self.run_redis(redis::cmd("HGET").arg(self.inner.keys.message(&cursor.id)).arg("request").query_async(con)).await?;
+                let request: Option<String> = self
+                    .run_redis(
+                        redis::cmd("HGET")
+                            .arg(self.inner.keys.message(&cursor.id))
+                            .arg("request")
+                            .query_async(con),
+                    )
+                    .await?;
                 let request: SendRequest = match request {
                     Some(r) => serde_json::from_str(&r).map_err(corrupt)?,
                     None => return Ok(None),
@@ -413,10 +461,16 @@ mod tests {
         // More non-matching entries than one page may look at: a short page with a cursor.
         let mut pipe = redis::pipe();
         for i in 0..(MAX_SCAN + 10) {
-            pipe.zadd(keys.search(), Keys::search_member(1_000 + i as i64, &format!("msg_filler{i:04}")), 0).ignore();
+            pipe.zadd(
+                keys.search(),
+                Keys::search_member(1_000 + i as i64, &format!("msg_filler{i:04}")),
+                0,
+            )
+            .ignore();
         }
         let _: () = pipe.query_async(&mut con).await.unwrap();
-        let q = MessageQuery { since: Some(crate::embedded::from_ms(0)), ..MessageQuery::default() };
+        let q =
+            MessageQuery { since: Some(crate::embedded::from_ms(0)), ..MessageQuery::default() };
         let mut cursor = None;
         let mut pages = 0;
         let mut seen = Vec::new();

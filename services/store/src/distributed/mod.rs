@@ -44,8 +44,8 @@
 
 mod domain;
 mod idempotency;
-mod messages;
 pub mod keys;
+mod messages;
 mod queue;
 mod ratelimit;
 mod scripts;
@@ -64,7 +64,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::acker::Acker;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -134,7 +137,11 @@ impl Options {
         Self {
             prefetch: u16::try_from(settings.worker.concurrency.max(1)).unwrap_or(u16::MAX),
             retention: settings.storage.retention.std(),
-            ..Self::new(settings.amqp.url.expose(), settings.redis.url.expose(), &settings.storage.namespace)
+            ..Self::new(
+                settings.amqp.url.expose(),
+                settings.redis.url.expose(),
+                &settings.storage.namespace,
+            )
         }
     }
 }
@@ -192,12 +199,19 @@ pub(crate) struct Broker {
 
 impl Broker {
     /// The delivery consumer, started on first use.
-    pub(crate) async fn consumer(&self) -> lapin::Result<tokio::sync::MappedMutexGuard<'_, Consumer>> {
+    pub(crate) async fn consumer(
+        &self,
+    ) -> lapin::Result<tokio::sync::MappedMutexGuard<'_, Consumer>> {
         let mut slot = self.consumer.lock().await;
         if slot.is_none() {
             let consumer = self
                 .consumer_channel
-                .basic_consume(&self.deliveries_queue, "", BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    &self.deliveries_queue,
+                    "",
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
             *slot = Some(consumer);
         }
@@ -225,10 +239,9 @@ impl DistributedStore {
     /// [`StoreError::Unavailable`] until it comes up, so `/readyz` can say which one is down.
     pub async fn connect(options: &Options) -> Result<Self, StoreError> {
         let options = options.clone();
-        options
-            .amqp_url
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|reason| StoreError::Unavailable { backend: RABBITMQ, reason: format!("bad amqp.url: {reason}") })?;
+        options.amqp_url.parse::<lapin::uri::AMQPUri>().map_err(|reason| {
+            StoreError::Unavailable { backend: RABBITMQ, reason: format!("bad amqp.url: {reason}") }
+        })?;
         let redis_client = redis::Client::open(options.redis_url.as_str())?;
         let store = Self {
             inner: Arc::new(Inner {
@@ -262,7 +275,11 @@ impl DistributedStore {
         self.inner.claims.lock().expect("claims lock").clear();
         self.inner.parked.lock().expect("parked lock").clear();
         if let Some(b) = broker {
-            let _ = tokio::time::timeout(self.inner.options.op_timeout, b.connection.close(200, "closing")).await;
+            let _ = tokio::time::timeout(
+                self.inner.options.op_timeout,
+                b.connection.close(200, "closing"),
+            )
+            .await;
         }
     }
 
@@ -273,7 +290,9 @@ impl DistributedStore {
         // A connection of its own that declares nothing, so queues declared with other
         // arguments (another delivery limit) are deleted too.
         let keys = &self.inner.keys;
-        let connection = self.amqp(Connection::connect(&self.inner.options.amqp_url, self.connection_properties())).await?;
+        let connection = self
+            .amqp(Connection::connect(&self.inner.options.amqp_url, self.connection_properties()))
+            .await?;
         let channel = self.amqp(connection.create_channel()).await?;
         let mut queues = vec![keys.deliveries_queue(), keys.dead_queue()];
         queues.extend(RETRY_STEPS_MS.iter().map(|&s| keys.retry_queue(s)));
@@ -285,7 +304,15 @@ impl DistributedStore {
         let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = self
-                .run_redis(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(keys.pattern()).arg("COUNT").arg(500).query_async(&mut con))
+                .run_redis(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(keys.pattern())
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut con),
+                )
                 .await?;
             if !batch.is_empty() {
                 self.run_redis(redis::cmd("DEL").arg(&batch).query_async::<()>(&mut con)).await?;
@@ -310,16 +337,22 @@ impl DistributedStore {
             .set_response_timeout(timeout)
             .set_number_of_retries(1)
             .set_max_delay(1000);
-        let made = tokio::time::timeout(timeout, ConnectionManager::new_with_config(self.inner.redis_client.clone(), config))
-            .await
-            .map_err(|_| unavailable(REDIS, "no connection within the timeout"))?
-            .map_err(redis_error)?;
+        let made = tokio::time::timeout(
+            timeout,
+            ConnectionManager::new_with_config(self.inner.redis_client.clone(), config),
+        )
+        .await
+        .map_err(|_| unavailable(REDIS, "no connection within the timeout"))?
+        .map_err(redis_error)?;
         *slot = Some(made.clone());
         Ok(made)
     }
 
     /// Runs one Redis call under the operation timeout.
-    pub(crate) async fn run_redis<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    pub(crate) async fn run_redis<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.inner.options.op_timeout, call).await {
             Ok(result) => result.map_err(redis_error),
             Err(_) => Err(unavailable(REDIS, "no answer within the timeout")),
@@ -327,7 +360,10 @@ impl DistributedStore {
     }
 
     /// Runs one RabbitMQ call under the operation timeout.
-    pub(crate) async fn amqp<T>(&self, call: impl Future<Output = lapin::Result<T>>) -> Result<T, StoreError> {
+    pub(crate) async fn amqp<T>(
+        &self,
+        call: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.inner.options.op_timeout, call).await {
             Ok(result) => result.map_err(amqp_error),
             Err(_) => Err(unavailable(RABBITMQ, "no answer within the timeout")),
@@ -356,10 +392,16 @@ impl DistributedStore {
         self.inner.parked.lock().expect("parked lock").clear();
         if let Some(old) = self.inner.broker.lock().expect("broker lock").take() {
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), old.connection.close(200, "reconnecting")).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    old.connection.close(200, "reconnecting"),
+                )
+                .await;
             });
         }
-        let opened = tokio::time::timeout(self.inner.options.op_timeout * 2, self.open_broker(generation)).await;
+        let opened =
+            tokio::time::timeout(self.inner.options.op_timeout * 2, self.open_broker(generation))
+                .await;
         match opened {
             Ok(Ok(broker)) => {
                 let broker = Arc::new(broker);
@@ -397,11 +439,16 @@ impl DistributedStore {
     }
 
     async fn open_broker(&self, generation: u64) -> Result<Broker, StoreError> {
-        let connection = Connection::connect(&self.inner.options.amqp_url, self.connection_properties()).await.map_err(amqp_error)?;
+        let connection =
+            Connection::connect(&self.inner.options.amqp_url, self.connection_properties())
+                .await
+                .map_err(amqp_error)?;
         connection.on_error(|e| tracing::warn!(error = %e, "rabbitmq connection failed"));
         let publisher = connection.create_channel().await.map_err(amqp_error)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp_error)?;
-        declare_topology(&publisher, &self.inner.keys, &self.inner.options).await.map_err(amqp_error)?;
+        declare_topology(&publisher, &self.inner.keys, &self.inner.options)
+            .await
+            .map_err(amqp_error)?;
         let consumer_channel = connection.create_channel().await.map_err(amqp_error)?;
         consumer_channel
             .basic_qos(self.inner.options.prefetch, BasicQosOptions::default())
@@ -428,16 +475,25 @@ async fn declare_topology(channel: &Channel, keys: &Keys, options: &Options) -> 
     // dead-lettered after `delivery_limit` instead of looping forever.
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(options.delivery_limit)));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(options.delivery_limit)),
+    );
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(keys.dead_queue().into()));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(keys.dead_queue().into()),
+    );
     channel.queue_declare(&keys.deliveries_queue(), durable, args).await?;
 
     for step in RETRY_STEPS_MS {
         let mut args = FieldTable::default();
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(step as i64));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(keys.deliveries_queue().into()));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(keys.deliveries_queue().into()),
+        );
         channel.queue_declare(&keys.retry_queue(step), durable, args).await?;
     }
     Ok(())
@@ -460,9 +516,9 @@ pub(crate) fn redis_error(e: redis::RedisError) -> StoreError {
 /// connection or channel state is `Unavailable`.
 pub(crate) fn amqp_error(e: lapin::Error) -> StoreError {
     match e {
-        lapin::Error::ProtocolError(_) | lapin::Error::ParsingError(_) | lapin::Error::SerialisationError(_) => {
-            StoreError::Amqp(e)
-        }
+        lapin::Error::ProtocolError(_)
+        | lapin::Error::ParsingError(_)
+        | lapin::Error::SerialisationError(_) => StoreError::Amqp(e),
         other => unavailable(RABBITMQ, other.to_string()),
     }
 }

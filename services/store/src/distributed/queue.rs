@@ -59,7 +59,12 @@ fn job_id(message_id: &str, domain: &str) -> String {
 
 impl DistributedStore {
     /// Publishes one persistent job to `queue` and waits for the broker's confirm.
-    async fn publish(&self, broker: &Broker, queue: &str, payload: &[u8]) -> Result<(), StoreError> {
+    async fn publish(
+        &self,
+        broker: &Broker,
+        queue: &str,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
         let confirm = self
             .amqp(broker.publisher.basic_publish(
                 "",
@@ -73,7 +78,12 @@ impl DistributedStore {
     }
 
     /// Puts a job copy that must not run yet into the delay queue for `delay_ms`, then acks it.
-    async fn redelay(&self, broker: &Broker, delivery: Delivery, delay_ms: i64) -> Result<(), StoreError> {
+    async fn redelay(
+        &self,
+        broker: &Broker,
+        delivery: Delivery,
+        delay_ms: i64,
+    ) -> Result<(), StoreError> {
         let queue = self.inner.keys.retry_queue(retry_step(delay_ms));
         if let Err(e) = self.publish(broker, &queue, &delivery.data).await {
             broker.mark_broken();
@@ -99,13 +109,19 @@ impl DistributedStore {
     }
 
     /// Looks one delivery up in Redis and either hands it out or disposes of it.
-    async fn try_claim(&self, broker: &Broker, delivery: Delivery, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+    async fn try_claim(
+        &self,
+        broker: &Broker,
+        delivery: Delivery,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
         let job: JobPayload = match serde_json::from_slice(&delivery.data) {
             Ok(job) => job,
             Err(e) => {
                 // Poison: dead-lettered to `{ns}.deliveries.dead` for a human to look at.
                 tracing::error!(error = %e, "rabbitmq: unreadable delivery job dead-lettered");
-                let _ = self.amqp(delivery.acker.reject(BasicRejectOptions { requeue: false })).await;
+                let _ =
+                    self.amqp(delivery.acker.reject(BasicRejectOptions { requeue: false })).await;
                 return Ok(None);
             }
         };
@@ -161,7 +177,12 @@ impl DistributedStore {
                     .chunks(2)
                     .map(|pair| PendingRecipient {
                         email: pair[0].clone().unwrap_or_default(),
-                        attempts: pair.get(1).cloned().flatten().and_then(|a| a.parse().ok()).unwrap_or(0),
+                        attempts: pair
+                            .get(1)
+                            .cloned()
+                            .flatten()
+                            .and_then(|a| a.parse().ok())
+                            .unwrap_or(0),
                     })
                     .collect();
                 let claimed = ClaimedJob {
@@ -195,7 +216,11 @@ impl DistributedStore {
         let now = Instant::now();
         let expired: Vec<HeldClaim> = {
             let mut claims = self.inner.claims.lock().expect("claims lock");
-            let tokens: Vec<String> = claims.iter().filter(|(_, c)| c.lease_until <= now).map(|(t, _)| t.clone()).collect();
+            let tokens: Vec<String> = claims
+                .iter()
+                .filter(|(_, c)| c.lease_until <= now)
+                .map(|(t, _)| t.clone())
+                .collect();
             tokens.iter().filter_map(|t| claims.remove(t)).collect()
         };
         for claim in expired {
@@ -227,7 +252,10 @@ fn confirmed(confirmation: Confirmation) -> Result<(), StoreError> {
 
 /// The event for one outcome (built as the embedded backend builds it), with the attempt
 /// count left for the `complete` script to fill in.
-fn outcome_event(job: &ClaimedJob, outcome: &RecipientOutcome) -> (RecipientStatus, Option<i64>, Event) {
+fn outcome_event(
+    job: &ClaimedJob,
+    outcome: &RecipientOutcome,
+) -> (RecipientStatus, Option<i64>, Event) {
     let (status, event) = crate::model::outcome_event(job, outcome, ATTEMPT_PLACEHOLDER);
     (status, event.data.next_attempt_at.map(to_ms), event)
 }
@@ -243,7 +271,9 @@ impl Queue for DistributedStore {
         // Suppression list: listed recipients are stored `suppressed` with their event, no job.
         let screened = self.screen_recipients(&message).await?;
         let mut domains: Vec<&str> = Vec::new();
-        for r in message.recipients.iter().zip(&screened).filter(|(_, s)| s.is_none()).map(|(r, _)| r) {
+        for r in
+            message.recipients.iter().zip(&screened).filter(|(_, s)| s.is_none()).map(|(r, _)| r)
+        {
             if !domains.contains(&r.domain.as_str()) {
                 domains.push(&r.domain);
             }
@@ -289,7 +319,8 @@ impl Queue for DistributedStore {
             pipe.expire(&rcpt_key, retention as i64).ignore();
         }
         suppression::queue_suppressed_events(&mut pipe, keys, &message, &screened, retention)?;
-        let members: Vec<String> = domains.iter().map(|d| Keys::job_member(&message.id, d)).collect();
+        let members: Vec<String> =
+            domains.iter().map(|d| Keys::job_member(&message.id, d)).collect();
         if !members.is_empty() {
             pipe.sadd(keys.jobs(), &members).ignore();
         }
@@ -305,8 +336,11 @@ impl Queue for DistributedStore {
         let published: Result<(), StoreError> = async {
             let mut confirms = Vec::with_capacity(domains.len());
             for domain in &domains {
-                let payload = serde_json::to_vec(&JobPayload { message_id: message.id.clone(), domain: domain.to_string() })
-                    .map_err(corrupt)?;
+                let payload = serde_json::to_vec(&JobPayload {
+                    message_id: message.id.clone(),
+                    domain: domain.to_string(),
+                })
+                .map_err(corrupt)?;
                 let confirm = self
                     .amqp(broker.publisher.basic_publish(
                         "",
@@ -342,7 +376,11 @@ impl Queue for DistributedStore {
         Ok(())
     }
 
-    async fn claim(&self, _worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+    async fn claim(
+        &self,
+        _worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
         let deadline = Instant::now() + CLAIM_WAIT;
         let broker = self.broker().await?;
         self.release_expired_claims(&broker).await;
@@ -365,7 +403,10 @@ impl Queue for DistributedStore {
                         Err(_) => return Ok(None),
                         Ok(None) => {
                             broker.mark_broken();
-                            return Err(unavailable(RABBITMQ, "the delivery consumer was cancelled"));
+                            return Err(unavailable(
+                                RABBITMQ,
+                                "the delivery consumer was cancelled",
+                            ));
                         }
                         Ok(Some(Err(e))) => {
                             broker.mark_broken();
@@ -381,7 +422,11 @@ impl Queue for DistributedStore {
         }
     }
 
-    async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        job: &ClaimedJob,
+        outcomes: Vec<RecipientOutcome>,
+    ) -> Result<(), StoreError> {
         let keys = &self.inner.keys;
         let mut script = COMPLETE.prepare_invoke();
         script
@@ -411,11 +456,13 @@ impl Queue for DistributedStore {
                 .arg(suppression::hard_bounce_arg(outcome, &job.message_id)?);
         }
         let mut con = self.redis().await?;
-        let (remaining, earliest, ours): (i64, i64, i64) = self.run_redis(script.invoke_async(&mut con)).await?;
+        let (remaining, earliest, ours): (i64, i64, i64) =
+            self.run_redis(script.invoke_async(&mut con)).await?;
 
         // A claim this process no longer holds (its connection dropped) went back to the queue
         // with its connection; whoever gets it next finds these outcomes recorded.
-        let Some(held) = self.inner.claims.lock().expect("claims lock").remove(&job.claim_token) else {
+        let Some(held) = self.inner.claims.lock().expect("claims lock").remove(&job.claim_token)
+        else {
             return Ok(());
         };
         let Some(broker) = self.current_broker().filter(|b| b.generation == held.generation) else {
@@ -429,7 +476,11 @@ impl Queue for DistributedStore {
             if let Err(e) = self.publish(&broker, &queue, &held.payload).await {
                 // Give the delivery back rather than lose the job: it comes back at once, finds
                 // nothing due yet and is re-delayed.
-                if self.amqp(held.acker.nack(BasicNackOptions { requeue: true, ..Default::default() })).await.is_err() {
+                if self
+                    .amqp(held.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }))
+                    .await
+                    .is_err()
+                {
                     broker.mark_broken();
                 }
                 return Err(e);
@@ -452,7 +503,9 @@ impl Queue for DistributedStore {
             )
             .await?;
         if held == 1 {
-            if let Some(claim) = self.inner.claims.lock().expect("claims lock").get_mut(&job.claim_token) {
+            if let Some(claim) =
+                self.inner.claims.lock().expect("claims lock").get_mut(&job.claim_token)
+            {
                 claim.lease_until = Instant::now() + lease;
             }
         }

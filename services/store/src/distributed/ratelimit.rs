@@ -71,7 +71,12 @@ impl DistributedStore {
 
 #[async_trait]
 impl RateLimiter for DistributedStore {
-    async fn acquire(&self, key_id: &str, quota: Quota, cost: Cost) -> Result<Decision, StoreError> {
+    async fn acquire(
+        &self,
+        key_id: &str,
+        quota: Quota,
+        cost: Cost,
+    ) -> Result<Decision, StoreError> {
         let mut con = self.redis().await?;
         let (verdict, used, now): (i64, u64, i64) = self
             .run_redis(
@@ -88,7 +93,9 @@ impl RateLimiter for DistributedStore {
             0 => return Ok(Decision::Granted(Granted { day: Window::Day.index(now) })),
             1 => (Window::Second, quota.per_second, cost.requests),
             2 => (Window::Day, quota.per_day, cost.messages),
-            other => return Err(StoreError::Corrupt(format!("rate-limit script answered {other}"))),
+            other => {
+                return Err(StoreError::Corrupt(format!("rate-limit script answered {other}")))
+            }
         };
         Ok(Decision::Limited(Limited {
             window,
@@ -99,7 +106,12 @@ impl RateLimiter for DistributedStore {
         }))
     }
 
-    async fn release_messages(&self, key_id: &str, day: i64, messages: u32) -> Result<(), StoreError> {
+    async fn release_messages(
+        &self,
+        key_id: &str,
+        day: i64,
+        messages: u32,
+    ) -> Result<(), StoreError> {
         let mut con = self.redis().await?;
         let key = format!("{}:d:{day}", self.rate_prefix(key_id));
         self.run_redis(RELEASE.key(key).arg(messages).invoke_async::<i64>(&mut con)).await?;
@@ -129,7 +141,8 @@ mod tests {
     async fn distributed_messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back() {
         let ns = TestNs::new().await;
         let store = ns.store.clone();
-        contract::messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(&store).await;
+        contract::messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(&store)
+            .await;
     }
 
     #[tokio::test]
@@ -145,15 +158,25 @@ mod tests {
         let first = ns.store.clone();
         let second = ns.second_process().await;
         let quota = Quota { per_second: 0, per_day: 3 };
-        assert!(matches!(first.acquire("key_a", quota, Cost::messages(2)).await.unwrap(), Decision::Granted(_)));
+        assert!(matches!(
+            first.acquire("key_a", quota, Cost::messages(2)).await.unwrap(),
+            Decision::Granted(_)
+        ));
         match second.acquire("key_a", quota, Cost::messages(2)).await.unwrap() {
             Decision::Limited(l) => assert_eq!((l.window, l.used), (Window::Day, 2)),
             other => panic!("the other gateway's messages count: {other:?}"),
         }
         let mut con = first.redis().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", first.rate_prefix("key_a"))).query_async(&mut con).await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", first.rate_prefix("key_a")))
+            .query_async(&mut con)
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 1, "{keys:?}");
         let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut con).await.unwrap();
-        assert!(ttl > 3_600_000 && ttl <= 86_400_000 + 3_600_000, "the day counter expires after its day: {ttl}");
+        assert!(
+            ttl > 3_600_000 && ttl <= 86_400_000 + 3_600_000,
+            "the day counter expires after its day: {ttl}"
+        );
     }
 }

@@ -5,15 +5,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_proto::{Event, EventData, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook};
+use postwire_proto::{
+    Event, EventData, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
+};
 
 use super::queue::StoredRecipient;
-use super::scripts::{APPEND_EVENT, CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY};
+use super::scripts::{
+    APPEND_EVENT, CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY,
+};
 use super::{unavailable, DistributedStore, RABBITMQ, REDIS};
 use crate::embedded::{from_ms, now_ms, to_ms};
 use crate::messages::shown_status;
 use crate::model::overall_status;
-use crate::{ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery};
+use crate::{
+    ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt,
+    WebhookDelivery,
+};
 
 type Fields = HashMap<String, String>;
 
@@ -22,16 +29,24 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn ms_field(fields: &Fields, name: &str) -> Result<i64, StoreError> {
-    fields.get(name).ok_or_else(|| corrupt(format!("missing field {name}")))?.parse().map_err(corrupt)
+    fields
+        .get(name)
+        .ok_or_else(|| corrupt(format!("missing field {name}")))?
+        .parse()
+        .map_err(corrupt)
 }
 
 fn key_record(fields: Fields) -> Result<ApiKeyRecord, StoreError> {
-    let hash = hex::decode(fields.get("hash").map(String::as_str).unwrap_or_default()).map_err(corrupt)?;
+    let hash =
+        hex::decode(fields.get("hash").map(String::as_str).unwrap_or_default()).map_err(corrupt)?;
     Ok(ApiKeyRecord {
         hash: hash.try_into().map_err(|_| corrupt("api key hash is not 32 bytes"))?,
         created_at: from_ms(ms_field(&fields, "created_at")?),
         revoked_at: fields.get("revoked_at").and_then(|v| v.parse().ok()).map(from_ms),
-        scopes: fields.get("scopes").map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default(),
+        scopes: fields
+            .get("scopes")
+            .map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default(),
         name: fields.get("name").cloned().unwrap_or_default(),
         id: fields.get("id").cloned().unwrap_or_default(),
         // Absent on keys stored before sandbox keys existed: a live key.
@@ -50,9 +65,15 @@ fn webhook_record(fields: Fields) -> Result<Webhook, StoreError> {
 
 impl DistributedStore {
     /// Every hash listed in a creation-ordered index, oldest first.
-    async fn indexed(&self, index: String, key: impl Fn(&str) -> String) -> Result<Vec<Fields>, StoreError> {
+    async fn indexed(
+        &self,
+        index: String,
+        key: impl Fn(&str) -> String,
+    ) -> Result<Vec<Fields>, StoreError> {
         let mut con = self.redis().await?;
-        let ids: Vec<String> = self.run_redis(redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(&mut con)).await?;
+        let ids: Vec<String> = self
+            .run_redis(redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(&mut con))
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -76,7 +97,10 @@ impl State for DistributedStore {
         let (redis, broker) = tokio::join!(redis, self.broker());
         match (redis, broker) {
             (Ok(()), Ok(_)) => Ok(()),
-            (Err(r), Err(b)) => Err(StoreError::Unavailable { backend: "rabbitmq and redis", reason: format!("{b}; {r}") }),
+            (Err(r), Err(b)) => Err(StoreError::Unavailable {
+                backend: "rabbitmq and redis",
+                reason: format!("{b}; {r}"),
+            }),
             (Err(e), Ok(_)) => Err(match e {
                 e @ StoreError::Unavailable { .. } => e,
                 other => unavailable(REDIS, other.to_string()),
@@ -98,8 +122,22 @@ impl State for DistributedStore {
                 .key(keys.api_keys())
                 .arg(&key.id)
                 .arg(created)
-                .arg(&["id", &key.id, "name", &key.name, "hash", &hex::encode(key.hash), "scopes", &key.scopes.join(",")])
-                .arg(&["created_at", &created.to_string(), "sandbox", if key.sandbox { "1" } else { "0" }])
+                .arg(&[
+                    "id",
+                    &key.id,
+                    "name",
+                    &key.name,
+                    "hash",
+                    &hex::encode(key.hash),
+                    "scopes",
+                    &key.scopes.join(","),
+                ])
+                .arg(&[
+                    "created_at",
+                    &created.to_string(),
+                    "sandbox",
+                    if key.sandbox { "1" } else { "0" },
+                ])
                 .invoke_async::<i64>(&mut con),
         )
         .await?;
@@ -108,7 +146,9 @@ impl State for DistributedStore {
 
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let mut con = self.redis().await?;
-        let fields: Fields = self.run_redis(redis::cmd("HGETALL").arg(self.inner.keys.api_key(id)).query_async(&mut con)).await?;
+        let fields: Fields = self
+            .run_redis(redis::cmd("HGETALL").arg(self.inner.keys.api_key(id)).query_async(&mut con))
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -124,7 +164,9 @@ impl State for DistributedStore {
     async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
         let mut con = self.redis().await?;
         let found: i64 = self
-            .run_redis(REVOKE_KEY.key(self.inner.keys.api_key(id)).arg(now_ms()).invoke_async(&mut con))
+            .run_redis(
+                REVOKE_KEY.key(self.inner.keys.api_key(id)).arg(now_ms()).invoke_async(&mut con),
+            )
             .await?;
         Ok(found == 1)
     }
@@ -145,7 +187,8 @@ impl State for DistributedStore {
             return Ok(None);
         }
         let request: SendRequest =
-            serde_json::from_str(message.get("request").map(String::as_str).unwrap_or_default()).map_err(corrupt)?;
+            serde_json::from_str(message.get("request").map(String::as_str).unwrap_or_default())
+                .map_err(corrupt)?;
         let mut positioned = recipients
             .into_iter()
             .map(|(pos, json)| {
@@ -159,14 +202,21 @@ impl State for DistributedStore {
         let recipients: Vec<RecipientView> = positioned
             .into_iter()
             .map(|(_, r)| RecipientView {
-                status: shown_status(RecipientStatus::parse(&r.status).unwrap_or(RecipientStatus::Queued), r.next_attempt_at, now),
+                status: shown_status(
+                    RecipientStatus::parse(&r.status).unwrap_or(RecipientStatus::Queued),
+                    r.next_attempt_at,
+                    now,
+                ),
                 attempts: r.attempts,
                 last_response: r.last_response,
                 next_attempt_at: r.next_attempt_at.map(from_ms),
                 email: r.email,
             })
             .collect();
-        let events = events.iter().map(|b| serde_json::from_str::<Event>(b).map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
+        let events = events
+            .iter()
+            .map(|b| serde_json::from_str::<Event>(b).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(MessageView {
             id: id.to_string(),
             status: overall_status(&recipients),
@@ -252,12 +302,26 @@ impl State for DistributedStore {
                 .key(keys.webhooks())
                 .arg(&webhook.id)
                 .arg(created)
-                .arg(&["id", &webhook.id, "url", &webhook.url, "secret", &webhook.secret, "events", &events])
+                .arg(&[
+                    "id",
+                    &webhook.id,
+                    "url",
+                    &webhook.url,
+                    "secret",
+                    &webhook.secret,
+                    "events",
+                    &events,
+                ])
                 .arg(&["created_at", &created.to_string()])
                 .invoke_async::<i64>(&mut con),
         )
         .await?;
-        Ok(Webhook { id: webhook.id, url: webhook.url, events: webhook.events, created_at: webhook.created_at })
+        Ok(Webhook {
+            id: webhook.id,
+            url: webhook.url,
+            events: webhook.events,
+            created_at: webhook.created_at,
+        })
     }
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
@@ -284,7 +348,11 @@ impl State for DistributedStore {
         Ok(found == 1)
     }
 
-    async fn claim_webhook_deliveries(&self, limit: usize, lease: Duration) -> Result<Vec<WebhookDelivery>, StoreError> {
+    async fn claim_webhook_deliveries(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let keys = &self.inner.keys;
         let now = now_ms();
         let mut con = self.redis().await?;
@@ -314,7 +382,11 @@ impl State for DistributedStore {
             .collect())
     }
 
-    async fn finish_webhook_delivery(&self, delivery: &WebhookDelivery, attempt: WebhookAttempt) -> Result<(), StoreError> {
+    async fn finish_webhook_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: WebhookAttempt,
+    ) -> Result<(), StoreError> {
         let keys = &self.inner.keys;
         let (state, next) = match (attempt.succeeded, attempt.retry_at) {
             (true, _) => ("delivered", None),
@@ -342,7 +414,14 @@ impl State for DistributedStore {
     async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let mut con = self.redis().await?;
         let first: Vec<(String, f64)> = self
-            .run_redis(redis::cmd("ZRANGE").arg(self.inner.keys.outbox()).arg(0).arg(0).arg("WITHSCORES").query_async(&mut con))
+            .run_redis(
+                redis::cmd("ZRANGE")
+                    .arg(self.inner.keys.outbox())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut con),
+            )
             .await?;
         Ok(first.first().map(|(_, score)| from_ms(*score as i64)))
     }

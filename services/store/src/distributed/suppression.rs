@@ -19,7 +19,9 @@ use super::scripts::{HELPERS, PAGE_NEWEST_FIRST};
 use super::DistributedStore;
 use crate::embedded::{from_ms, now_ms, to_ms};
 use crate::suppression::suppressed_response;
-use crate::{NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions};
+use crate::{
+    NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions,
+};
 
 /// One entry as stored in `{ns}:suppressions`. `created_at` is unix ms (also its score in
 /// the index), so the `complete` script can read it.
@@ -46,8 +48,9 @@ impl StoredSuppression {
     }
 
     fn into_entry(self) -> Result<Suppression, StoreError> {
-        let reason = SuppressionReason::parse(&self.reason)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown suppression reason {:?}", self.reason)))?;
+        let reason = SuppressionReason::parse(&self.reason).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown suppression reason {:?}", self.reason))
+        })?;
         Ok(Suppression {
             email: self.email,
             reason,
@@ -58,13 +61,18 @@ impl StoredSuppression {
     }
 
     fn parse(raw: &str) -> Result<Suppression, StoreError> {
-        serde_json::from_str::<Self>(raw).map_err(|e| StoreError::Corrupt(e.to_string()))?.into_entry()
+        serde_json::from_str::<Self>(raw)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .into_entry()
     }
 }
 
 /// The `suppression` argument of one outcome in the `complete` script: the JSON entry to list
 /// when the outcome is a hard bounce, else `''`.
-pub(crate) fn hard_bounce_arg(outcome: &crate::RecipientOutcome, message_id: &str) -> Result<String, StoreError> {
+pub(crate) fn hard_bounce_arg(
+    outcome: &crate::RecipientOutcome,
+    message_id: &str,
+) -> Result<String, StoreError> {
     if !(outcome.suppress && outcome.result == crate::DeliveryResult::Bounced) {
         return Ok(String::new());
     }
@@ -120,17 +128,29 @@ return 1
 impl DistributedStore {
     /// For each recipient of `message`, in order: the `last_response` to store it with when
     /// its address is listed, else `None`.
-    pub(crate) async fn screen_recipients(&self, message: &NewMessage) -> Result<Vec<Option<String>>, StoreError> {
+    pub(crate) async fn screen_recipients(
+        &self,
+        message: &NewMessage,
+    ) -> Result<Vec<Option<String>>, StoreError> {
         if message.recipients.is_empty() {
             return Ok(Vec::new());
         }
-        let emails: Vec<String> = message.recipients.iter().map(|r| r.email.to_lowercase()).collect();
+        let emails: Vec<String> =
+            message.recipients.iter().map(|r| r.email.to_lowercase()).collect();
         let mut con = self.redis().await?;
         let raw: Vec<Option<String>> = self
-            .run_redis(redis::cmd("HMGET").arg(list_key(self.inner.keys.ns())).arg(&emails).query_async(&mut con))
+            .run_redis(
+                redis::cmd("HMGET")
+                    .arg(list_key(self.inner.keys.ns()))
+                    .arg(&emails)
+                    .query_async(&mut con),
+            )
             .await?;
         raw.into_iter()
-            .map(|v| v.map(|json| StoredSuppression::parse(&json).map(|e| suppressed_response(&e))).transpose())
+            .map(|v| {
+                v.map(|json| StoredSuppression::parse(&json).map(|e| suppressed_response(&e)))
+                    .transpose()
+            })
             .collect()
     }
 }
@@ -157,7 +177,9 @@ pub(crate) fn queue_suppressed_events(
         if let Some(response) = response {
             let event = crate::suppression::suppressed_event(message, &r.email, response.clone());
             args.push(event.id.clone());
-            args.push(serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            args.push(
+                serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
         }
     }
     if args.is_empty() {
@@ -190,7 +212,8 @@ impl Suppressions for DistributedStore {
         let mut con = self.redis().await?;
         let raw: Vec<String> = self
             .run_redis(
-                PAGE_NEWEST_FIRST.key(index_key(ns))
+                PAGE_NEWEST_FIRST
+                    .key(index_key(ns))
                     .key(list_key(ns))
                     .arg(max)
                     .arg(cursor_email)
@@ -198,7 +221,8 @@ impl Suppressions for DistributedStore {
                     .invoke_async(&mut con),
             )
             .await?;
-        let mut data = raw.iter().map(|r| StoredSuppression::parse(r)).collect::<Result<Vec<_>, _>>()?;
+        let mut data =
+            raw.iter().map(|r| StoredSuppression::parse(r)).collect::<Result<Vec<_>, _>>()?;
         let next = if data.len() > limit {
             data.truncate(limit);
             data.last().map(SuppressionCursor::after)
@@ -208,10 +232,14 @@ impl Suppressions for DistributedStore {
         Ok(SuppressionPage { data, next })
     }
 
-    async fn add_suppression(&self, entry: NewSuppression) -> Result<(Suppression, bool), StoreError> {
+    async fn add_suppression(
+        &self,
+        entry: NewSuppression,
+    ) -> Result<(Suppression, bool), StoreError> {
         let entry = entry.into_entry();
         let stored = StoredSuppression::from_entry(&entry);
-        let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ns = self.inner.keys.ns();
         let mut con = self.redis().await?;
         let (added, current): (i64, String) = self
@@ -231,7 +259,10 @@ impl Suppressions for DistributedStore {
         let mut con = self.redis().await?;
         let raw: Option<String> = self
             .run_redis(
-                redis::cmd("HGET").arg(list_key(self.inner.keys.ns())).arg(email.to_lowercase()).query_async(&mut con),
+                redis::cmd("HGET")
+                    .arg(list_key(self.inner.keys.ns()))
+                    .arg(email.to_lowercase())
+                    .query_async(&mut con),
             )
             .await?;
         raw.map(|r| StoredSuppression::parse(&r)).transpose()
@@ -254,7 +285,12 @@ impl Suppressions for DistributedStore {
         let lower: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
         let mut con = self.redis().await?;
         let raw: Vec<Option<String>> = self
-            .run_redis(redis::cmd("HMGET").arg(list_key(self.inner.keys.ns())).arg(&lower).query_async(&mut con))
+            .run_redis(
+                redis::cmd("HMGET")
+                    .arg(list_key(self.inner.keys.ns()))
+                    .arg(&lower)
+                    .query_async(&mut con),
+            )
             .await?;
         Ok(emails.iter().zip(raw).filter(|(_, v)| v.is_some()).map(|(e, _)| e.clone()).collect())
     }

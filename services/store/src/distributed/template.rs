@@ -56,7 +56,9 @@ impl Templates for DistributedStore {
     async fn template(&self, id: &str) -> Result<Option<Template>, StoreError> {
         let mut con = self.redis().await?;
         let raw: Option<String> = self
-            .run_redis(redis::cmd("HGET").arg(self.inner.keys.templates()).arg(id).query_async(&mut con))
+            .run_redis(
+                redis::cmd("HGET").arg(self.inner.keys.templates()).arg(id).query_async(&mut con),
+            )
             .await?;
         raw.as_deref().map(parse).transpose()
     }
@@ -74,7 +76,8 @@ impl Templates for DistributedStore {
         let mut con = self.redis().await?;
         let raw: Vec<String> = self
             .run_redis(
-                PAGE_NEWEST_FIRST.key(keys.templates_index())
+                PAGE_NEWEST_FIRST
+                    .key(keys.templates_index())
                     .key(keys.templates())
                     .arg(max)
                     .arg(cursor_id)
@@ -103,7 +106,9 @@ impl Templates for DistributedStore {
         let json = to_json(&template)?;
         let mut con = self.redis().await?;
         let written: i64 = self
-            .run_redis(REPLACE.key(self.inner.keys.templates()).arg(id).arg(json).invoke_async(&mut con))
+            .run_redis(
+                REPLACE.key(self.inner.keys.templates()).arg(id).arg(json).invoke_async(&mut con),
+            )
             .await?;
         Ok((written == 1).then_some(template))
     }

@@ -13,7 +13,8 @@ pub(crate) struct TestNs {
 
 impl TestNs {
     pub async fn new() -> Self {
-        let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+        let env =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
         let ns = format!("pwtest_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let options = Options {
             op_timeout: Duration::from_secs(3),
@@ -38,7 +39,10 @@ impl Drop for TestNs {
         let options = self.options.clone();
         // A fresh runtime on its own thread: the test's runtime may be gone or panicking.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async {
                 if let Ok(store) = DistributedStore::connect(&options).await {
                     let _ = store.destroy_namespace().await;

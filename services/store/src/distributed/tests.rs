@@ -15,8 +15,8 @@ use postwire_proto::{Event, EventType, RecipientStatus};
 use super::{DistributedStore, Options};
 use crate::embedded::to_ms;
 use crate::{
-    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue,
-    RecipientOutcome, State, StoreError, WebhookAttempt, WebhookDelivery,
+    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue, RecipientOutcome,
+    State, StoreError, WebhookAttempt, WebhookDelivery,
 };
 
 // The message builder of the shared capability contracts, so every store test sends alike.
@@ -26,7 +26,8 @@ const LONG_LEASE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn amqp_url() -> String {
-    std::env::var("POSTWIRE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("POSTWIRE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn redis_url() -> String {
@@ -42,7 +43,10 @@ impl Ns {
     }
 
     fn options(&self) -> Options {
-        Options { op_timeout: Duration::from_secs(3), ..Options::new(&amqp_url(), &redis_url(), &self.0) }
+        Options {
+            op_timeout: Duration::from_secs(3),
+            ..Options::new(&amqp_url(), &redis_url(), &self.0)
+        }
     }
 
     async fn store(&self) -> DistributedStore {
@@ -59,7 +63,10 @@ impl Drop for Ns {
         let options = self.options();
         // A fresh runtime on its own thread: the test's runtime may be gone or panicking.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async {
                 if let Ok(store) = DistributedStore::connect(&options).await {
                     if let Err(e) = store.destroy_namespace().await {
@@ -73,7 +80,13 @@ impl Drop for Ns {
 }
 
 fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {
-    RecipientOutcome { email: email.into(), result, response: "250 ok".into(), mx_host: Some("mx.test".into()), suppress: false }
+    RecipientOutcome {
+        email: email.into(),
+        result,
+        response: "250 ok".into(),
+        mx_host: Some("mx.test".into()),
+        suppress: false,
+    }
 }
 
 fn webhook(events: Vec<EventType>) -> NewWebhook {
@@ -86,7 +99,10 @@ fn webhook(events: Vec<EventType>) -> NewWebhook {
     }
 }
 
-async fn redis_query<T: redis::FromRedisValue>(store: &DistributedStore, cmd: &mut redis::Cmd) -> T {
+async fn redis_query<T: redis::FromRedisValue>(
+    store: &DistributedStore,
+    cmd: &mut redis::Cmd,
+) -> T {
     let mut con = store.redis().await.expect("redis");
     cmd.query_async(&mut con).await.expect("redis query")
 }
@@ -99,8 +115,11 @@ async fn pending_for(store: &DistributedStore, webhook_id: &str) -> u64 {
 
 async fn delivery_state(store: &DistributedStore, id: &str) -> (String, i64, i64) {
     let key = store.inner.keys.webhook_delivery(id);
-    let (state, attempts, next): (String, i64, i64) =
-        redis_query(store, redis::cmd("HMGET").arg(key).arg("state").arg("attempts").arg("next_attempt_at")).await;
+    let (state, attempts, next): (String, i64, i64) = redis_query(
+        store,
+        redis::cmd("HMGET").arg(key).arg("state").arg("attempts").arg("next_attempt_at"),
+    )
+    .await;
     (state, attempts, next)
 }
 
@@ -117,7 +136,8 @@ async fn claim_eventually(store: &DistributedStore, lease: Duration) -> ClaimedJ
 async fn claim_deliveries_eventually(store: &DistributedStore) -> Vec<WebhookDelivery> {
     let start = Instant::now();
     loop {
-        let claimed = store.claim_webhook_deliveries(10, LONG_LEASE).await.expect("claim deliveries");
+        let claimed =
+            store.claim_webhook_deliveries(10, LONG_LEASE).await.expect("claim deliveries");
         if !claimed.is_empty() {
             return claimed;
         }
@@ -131,15 +151,24 @@ async fn delivered_message(store: &DistributedStore) -> String {
     let id = msg.id.clone();
     store.accept(msg).await.unwrap();
     let job = claim_eventually(store, LONG_LEASE).await;
-    store.complete(&job, vec![outcome("rcpt@example.test", DeliveryResult::Delivered)]).await.unwrap();
+    store
+        .complete(&job, vec![outcome("rcpt@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
     id
 }
 
 /// Messages ready in one of this store's queues, read from the broker.
 async fn ready_in(store: &DistributedStore, queue: &str) -> u32 {
     let broker = store.broker().await.expect("broker");
-    let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
-    broker.publisher.queue_declare(queue, passive, FieldTable::default()).await.expect("passive declare").message_count()
+    let passive =
+        QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+    broker
+        .publisher
+        .queue_declare(queue, passive, FieldTable::default())
+        .await
+        .expect("passive declare")
+        .message_count()
 }
 
 #[tokio::test]
@@ -192,7 +221,10 @@ async fn delivered_and_bounced_outcomes_finish_the_job() {
     store
         .complete(
             &job,
-            vec![outcome("a@example.test", DeliveryResult::Delivered), outcome("b@example.test", DeliveryResult::Bounced)],
+            vec![
+                outcome("a@example.test", DeliveryResult::Delivered),
+                outcome("b@example.test", DeliveryResult::Bounced),
+            ],
         )
         .await
         .unwrap();
@@ -234,8 +266,15 @@ async fn deferred_job_comes_back_after_its_delay_through_the_retry_queue() {
         .unwrap();
 
     assert_eq!(store.depth().await.unwrap(), 1);
-    assert_eq!(ready_in(&store, &store.inner.keys.retry_queue(1_000)).await, 1, "waiting in the 1 s delay queue");
-    assert!(store.claim("w", LONG_LEASE).await.unwrap().is_none(), "not due before next_attempt_at");
+    assert_eq!(
+        ready_in(&store, &store.inner.keys.retry_queue(1_000)).await,
+        1,
+        "waiting in the 1 s delay queue"
+    );
+    assert!(
+        store.claim("w", LONG_LEASE).await.unwrap().is_none(),
+        "not due before next_attempt_at"
+    );
 
     let view = store.message(&id).await.unwrap().unwrap();
     assert_eq!(view.status, RecipientStatus::Deferred);
@@ -250,7 +289,10 @@ async fn deferred_job_comes_back_after_its_delay_through_the_retry_queue() {
     assert_eq!(retry.recipients[0].email, "b@example.test");
     assert_eq!(retry.recipients[0].attempts, 1);
 
-    store.complete(&retry, vec![outcome("b@example.test", DeliveryResult::Delivered)]).await.unwrap();
+    store
+        .complete(&retry, vec![outcome("b@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
     let view = store.message(&id).await.unwrap().unwrap();
     assert_eq!(view.status, RecipientStatus::Delivered);
     assert_eq!(view.recipients[1].attempts, 2);
@@ -259,7 +301,8 @@ async fn deferred_job_comes_back_after_its_delay_through_the_retry_queue() {
 }
 
 #[tokio::test]
-async fn a_crashed_workers_claim_is_redelivered_to_another_and_a_stale_completion_records_nothing_twice() {
+async fn a_crashed_workers_claim_is_redelivered_to_another_and_a_stale_completion_records_nothing_twice(
+) {
     let ns = Ns::new();
     let crashed = ns.store().await;
     let msg = message(&["a@example.test"]);
@@ -274,11 +317,20 @@ async fn a_crashed_workers_claim_is_redelivered_to_another_and_a_stale_completio
     let current = claim_eventually(&survivor, LONG_LEASE).await;
     assert_eq!(current.job_id, stale.job_id);
     assert_ne!(current.claim_token, stale.claim_token);
-    assert!(!crashed.renew(&stale, LONG_LEASE).await.unwrap(), "the dead worker's lease was taken over");
+    assert!(
+        !crashed.renew(&stale, LONG_LEASE).await.unwrap(),
+        "the dead worker's lease was taken over"
+    );
     assert!(survivor.renew(&current, LONG_LEASE).await.unwrap());
 
-    survivor.complete(&current, vec![outcome("a@example.test", DeliveryResult::Delivered)]).await.unwrap();
-    crashed.complete(&stale, vec![outcome("a@example.test", DeliveryResult::Delivered)]).await.unwrap();
+    survivor
+        .complete(&current, vec![outcome("a@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
+    crashed
+        .complete(&stale, vec![outcome("a@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
 
     let view = survivor.message(&id).await.unwrap().unwrap();
     assert_eq!(view.recipients[0].status, RecipientStatus::Delivered);
@@ -302,8 +354,14 @@ async fn an_expired_lease_makes_the_job_claimable_again_within_one_process() {
     assert_eq!(current.job_id, stale.job_id);
     assert_ne!(current.claim_token, stale.claim_token);
 
-    store.complete(&current, vec![outcome("a@example.test", DeliveryResult::Delivered)]).await.unwrap();
-    store.complete(&stale, vec![outcome("a@example.test", DeliveryResult::Delivered)]).await.unwrap();
+    store
+        .complete(&current, vec![outcome("a@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
+    store
+        .complete(&stale, vec![outcome("a@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
     let view = store.message(&id).await.unwrap().unwrap();
     assert_eq!(view.recipients[0].attempts, 1);
     assert_eq!(view.events.len(), 1);
@@ -323,11 +381,17 @@ async fn stale_completion_does_not_reschedule_a_job_another_worker_holds() {
 
     let next_attempt_at = Utc::now() - chrono::Duration::seconds(1);
     crashed
-        .complete(&stale, vec![outcome("a@example.test", DeliveryResult::Deferred { next_attempt_at })])
+        .complete(
+            &stale,
+            vec![outcome("a@example.test", DeliveryResult::Deferred { next_attempt_at })],
+        )
         .await
         .unwrap();
 
-    assert!(survivor.claim("w3", LONG_LEASE).await.unwrap().is_none(), "the re-claimed job is not handed out again");
+    assert!(
+        survivor.claim("w3", LONG_LEASE).await.unwrap().is_none(),
+        "the re-claimed job is not handed out again"
+    );
     assert!(survivor.renew(&current, LONG_LEASE).await.unwrap());
     assert!(!crashed.renew(&stale, LONG_LEASE).await.unwrap());
     assert_eq!(current.recipients[0].attempts, 0);
@@ -341,7 +405,11 @@ async fn renew_extends_the_lease_of_a_live_claim() {
     store.accept(msg).await.unwrap();
     let job = claim_eventually(&store, Duration::from_millis(200)).await;
     assert!(store.renew(&job, Duration::from_secs(3600)).await.unwrap());
-    let pttl: i64 = redis_query(&store, redis::cmd("PTTL").arg(store.inner.keys.lease(&job.message_id, &job.domain))).await;
+    let pttl: i64 = redis_query(
+        &store,
+        redis::cmd("PTTL").arg(store.inner.keys.lease(&job.message_id, &job.domain)),
+    )
+    .await;
     assert!(pttl > 3_500_000, "lease not extended: {pttl} ms left");
     // A lapsed lease nobody took over is still ours.
     assert!(store.renew(&job, Duration::from_millis(1)).await.unwrap());
@@ -356,7 +424,13 @@ async fn an_unreadable_job_is_dead_lettered_not_retried() {
     let broker = store.broker().await.unwrap();
     broker
         .publisher
-        .basic_publish("", &store.inner.keys.deliveries_queue(), BasicPublishOptions::default(), b"not json", BasicProperties::default())
+        .basic_publish(
+            "",
+            &store.inner.keys.deliveries_queue(),
+            BasicPublishOptions::default(),
+            b"not json",
+            BasicProperties::default(),
+        )
         .await
         .unwrap()
         .await
@@ -435,10 +509,18 @@ async fn events_fan_out_only_to_subscribed_webhooks() {
     let store = ns.store().await;
     let all = store.create_webhook(webhook(vec![])).await.unwrap();
     let delivered_only = store.create_webhook(webhook(vec![EventType::Delivered])).await.unwrap();
-    let bounced_only = store.create_webhook(webhook(vec![EventType::Bounced, EventType::Opened])).await.unwrap();
-    let listed: Vec<_> = store.webhooks().await.unwrap().into_iter().map(|w| (w.id, w.events, to_ms(w.created_at))).collect();
-    let created: Vec<_> =
-        [&all, &delivered_only, &bounced_only].map(|w| (w.id.clone(), w.events.clone(), to_ms(w.created_at))).to_vec();
+    let bounced_only =
+        store.create_webhook(webhook(vec![EventType::Bounced, EventType::Opened])).await.unwrap();
+    let listed: Vec<_> = store
+        .webhooks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.events, to_ms(w.created_at)))
+        .collect();
+    let created: Vec<_> = [&all, &delivered_only, &bounced_only]
+        .map(|w| (w.id.clone(), w.events.clone(), to_ms(w.created_at)))
+        .to_vec();
     assert_eq!(listed, created, "listed oldest first, as stored");
 
     let id = delivered_message(&store).await;
@@ -461,15 +543,30 @@ async fn events_fan_out_only_to_subscribed_webhooks() {
         let body: Event = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body, view.events[0], "the body is the stored event");
     }
-    assert!(store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(), "leased deliveries are not handed out twice");
+    assert!(
+        store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(),
+        "leased deliveries are not handed out twice"
+    );
 
-    let opened = store.record_event(&id, "rcpt@example.test", EventType::Opened, EventDetail::default()).await.unwrap().unwrap();
+    let opened = store
+        .record_event(&id, "rcpt@example.test", EventType::Opened, EventDetail::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pending_for(&store, &all.id).await, 2);
     assert_eq!(pending_for(&store, &delivered_only.id).await, 1);
     assert_eq!(pending_for(&store, &bounced_only.id).await, 1);
     assert_eq!(store.message(&id).await.unwrap().unwrap().events.last(), Some(&opened));
-    assert!(store.record_event(&id, "nobody@example.test", EventType::Opened, EventDetail::default()).await.unwrap().is_none());
-    assert!(store.record_event("msg_unknown", "rcpt@example.test", EventType::Opened, EventDetail::default()).await.unwrap().is_none());
+    assert!(store
+        .record_event(&id, "nobody@example.test", EventType::Opened, EventDetail::default())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .record_event("msg_unknown", "rcpt@example.test", EventType::Opened, EventDetail::default())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -484,21 +581,34 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     let [ok, retry, give_up] = <[WebhookDelivery; 3]>::try_from(claimed).expect("three deliveries");
 
     store
-        .finish_webhook_delivery(&ok, WebhookAttempt { status: Some(200), error: None, retry_at: None, succeeded: true })
+        .finish_webhook_delivery(
+            &ok,
+            WebhookAttempt { status: Some(200), error: None, retry_at: None, succeeded: true },
+        )
         .await
         .unwrap();
     let retry_at: DateTime<Utc> = Utc::now() + chrono::Duration::milliseconds(300);
     store
         .finish_webhook_delivery(
             &retry,
-            WebhookAttempt { status: Some(503), error: Some("503".into()), retry_at: Some(retry_at), succeeded: false },
+            WebhookAttempt {
+                status: Some(503),
+                error: Some("503".into()),
+                retry_at: Some(retry_at),
+                succeeded: false,
+            },
         )
         .await
         .unwrap();
     store
         .finish_webhook_delivery(
             &give_up,
-            WebhookAttempt { status: None, error: Some("connection refused".into()), retry_at: None, succeeded: false },
+            WebhookAttempt {
+                status: None,
+                error: Some("connection refused".into()),
+                retry_at: None,
+                succeeded: false,
+            },
         )
         .await
         .unwrap();
@@ -510,7 +620,10 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     assert_eq!(delivery_state(&store, &give_up.id).await.1, 1);
 
     assert_eq!(store.next_webhook_due().await.unwrap().map(to_ms), Some(to_ms(retry_at)));
-    assert!(store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(), "retry is not due yet");
+    assert!(
+        store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(),
+        "retry is not due yet"
+    );
     let again = claim_deliveries_eventually(&store).await;
     assert!(to_ms(Utc::now()) >= to_ms(retry_at));
     assert_eq!(again.len(), 1, "only the retried delivery comes back");
@@ -519,7 +632,10 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     assert_eq!(again[0].attempts, 1);
 
     store
-        .finish_webhook_delivery(&again[0], WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true })
+        .finish_webhook_delivery(
+            &again[0],
+            WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true },
+        )
         .await
         .unwrap();
     assert_eq!(delivery_state(&store, &retry.id).await.0, "delivered");
@@ -623,13 +739,24 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
     assert!(!record.sandbox);
     assert_eq!(store.list_api_keys().await.unwrap().len(), 1);
     assert!(store.api_key("key_unknown").await.unwrap().is_none());
-    let duplicate = NewApiKey { id: minted.id.clone(), name: "again".into(), hash: [0; 32], scopes: vec![], created_at, sandbox: false };
+    let duplicate = NewApiKey {
+        id: minted.id.clone(),
+        name: "again".into(),
+        hash: [0; 32],
+        scopes: vec![],
+        created_at,
+        sandbox: false,
+    };
     assert!(store.create_api_key(duplicate).await.is_err(), "ids are unique");
 
     assert!(store.revoke_api_key(&minted.id).await.unwrap());
     let revoked_at = store.api_key(&minted.id).await.unwrap().unwrap().revoked_at.expect("revoked");
     assert!(store.revoke_api_key(&minted.id).await.unwrap(), "revoking twice is not an error");
-    assert_eq!(store.api_key(&minted.id).await.unwrap().unwrap().revoked_at, Some(revoked_at), "first revocation time kept");
+    assert_eq!(
+        store.api_key(&minted.id).await.unwrap().unwrap().revoked_at,
+        Some(revoked_at),
+        "first revocation time kept"
+    );
     assert!(!store.revoke_api_key("key_unknown").await.unwrap());
 }
 
@@ -640,9 +767,12 @@ async fn ping_names_the_backend_that_is_down() {
     healthy.ping().await.expect("both backends up");
 
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
-    let no_broker = DistributedStore::connect(&Options { amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(), ..ns.options() })
-        .await
-        .expect("an unreachable broker is not a start-up error");
+    let no_broker = DistributedStore::connect(&Options {
+        amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        ..ns.options()
+    })
+    .await
+    .expect("an unreachable broker is not a start-up error");
     match no_broker.ping().await {
         Err(StoreError::Unavailable { backend: "rabbitmq", .. }) => {}
         other => panic!("expected rabbitmq unavailable, got {other:?}"),
@@ -652,12 +782,22 @@ async fn ping_names_the_backend_that_is_down() {
         Err(StoreError::Unavailable { backend: "rabbitmq", .. })
     ));
 
-    let no_redis = DistributedStore::connect(&Options { redis_url: "redis://127.0.0.1:1".into(), ..ns.options() }).await.unwrap();
+    let no_redis = DistributedStore::connect(&Options {
+        redis_url: "redis://127.0.0.1:1".into(),
+        ..ns.options()
+    })
+    .await
+    .unwrap();
     match no_redis.ping().await {
-        Err(e @ StoreError::Unavailable { backend: "redis", .. }) => assert!(e.to_string().starts_with("redis")),
+        Err(e @ StoreError::Unavailable { backend: "redis", .. }) => {
+            assert!(e.to_string().starts_with("redis"))
+        }
         other => panic!("expected redis unavailable, got {other:?}"),
     }
-    assert!(matches!(no_redis.message("msg_x").await, Err(StoreError::Unavailable { backend: "redis", .. })));
+    assert!(matches!(
+        no_redis.message("msg_x").await,
+        Err(StoreError::Unavailable { backend: "redis", .. })
+    ));
     no_redis.close().await;
 }
 
@@ -666,7 +806,14 @@ async fn sandbox_flag_round_trips_on_keys_and_reaches_the_claimed_job() {
     let ns = Ns::new();
     let store = ns.store().await;
     let minted = ids::mint_api_key();
-    let key = NewApiKey { id: minted.id.clone(), name: "sb".into(), hash: minted.hash, scopes: vec!["send".into()], created_at: Utc::now(), sandbox: true };
+    let key = NewApiKey {
+        id: minted.id.clone(),
+        name: "sb".into(),
+        hash: minted.hash,
+        scopes: vec!["send".into()],
+        created_at: Utc::now(),
+        sandbox: true,
+    };
     store.create_api_key(key).await.unwrap();
     assert!(store.api_key(&minted.id).await.unwrap().unwrap().sandbox);
     assert!(store.list_api_keys().await.unwrap()[0].sandbox);

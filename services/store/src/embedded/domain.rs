@@ -42,13 +42,22 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 
 fn entry(row: Row) -> Result<SendingDomain, StoreError> {
     let (domain, selector, algorithm, private_key, public_record, created_at) = row;
-    let algorithm = SigningAlgorithm::parse(&algorithm)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown DKIM algorithm {algorithm:?} for {domain}")))?;
-    Ok(SendingDomain { domain, selector, algorithm, private_key, public_record, created_at: from_ms(created_at) })
+    let algorithm = SigningAlgorithm::parse(&algorithm).ok_or_else(|| {
+        StoreError::Corrupt(format!("unknown DKIM algorithm {algorithm:?} for {domain}"))
+    })?;
+    Ok(SendingDomain {
+        domain,
+        selector,
+        algorithm,
+        private_key,
+        public_record,
+        created_at: from_ms(created_at),
+    })
 }
 
 fn bump_generation(conn: &Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE domain_generation SET value = value + 1 WHERE id = 1")?.execute([])?;
+    conn.prepare_cached("UPDATE domain_generation SET value = value + 1 WHERE id = 1")?
+        .execute([])?;
     Ok(())
 }
 
@@ -57,8 +66,10 @@ impl Domains for SqliteStore {
     async fn create_domain(&self, domain: SendingDomain) -> Result<bool, StoreError> {
         let d = domain.normalized();
         self.write(move |conn| {
-            let added = conn
-                .prepare_cached(&format!("INSERT OR IGNORE INTO domains ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"))?
+            let added =
+                conn.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO domains ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ))?
                 .execute(params![
                     d.domain,
                     d.selector,
@@ -66,8 +77,7 @@ impl Domains for SqliteStore {
                     d.private_key,
                     d.public_record,
                     to_ms(d.created_at)
-                ])?
-                == 1;
+                ])? == 1;
             if added {
                 bump_generation(conn)?;
             }
@@ -90,7 +100,8 @@ impl Domains for SqliteStore {
 
     async fn list_domains(&self) -> Result<Vec<SendingDomain>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM domains ORDER BY domain"))?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM domains ORDER BY domain"))?;
             let rows = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(entry).collect()
         })
@@ -100,7 +111,8 @@ impl Domains for SqliteStore {
     async fn delete_domain(&self, name: &str) -> Result<bool, StoreError> {
         let name = normalize(name);
         self.write(move |conn| {
-            let removed = conn.prepare_cached("DELETE FROM domains WHERE domain = ?1")?.execute([name])? == 1;
+            let removed =
+                conn.prepare_cached("DELETE FROM domains WHERE domain = ?1")?.execute([name])? == 1;
             if removed {
                 bump_generation(conn)?;
             }
@@ -144,7 +156,10 @@ mod tests {
     async fn domains_and_their_generation_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).expect("open store");
-        assert!(store.create_domain(contract::domain("keep.test", "k1", 1_764_000_000_000)).await.unwrap());
+        assert!(store
+            .create_domain(contract::domain("keep.test", "k1", 1_764_000_000_000))
+            .await
+            .unwrap());
         let gen = store.domains_generation().await.unwrap();
         store.close();
         drop(store);

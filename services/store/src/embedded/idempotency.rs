@@ -64,7 +64,9 @@ impl Idempotency for SqliteStore {
                     "SELECT body_hash, status, body, lease_until, expires_at FROM idempotency
                      WHERE key_id = ?1 AND idem_key = ?2",
                 )?
-                .query_row(params![key_id, idem_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .query_row(params![key_id, idem_key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
                 .optional()?;
             if let Some((hash, status, body, lease_until, expires_at)) = row {
                 let live = expires_at > now && (status.is_some() || lease_until > now);
@@ -73,7 +75,8 @@ impl Idempotency for SqliteStore {
                         _ if hash != body_hash => IdemBegin::Mismatch,
                         None => IdemBegin::InProgress,
                         Some(status) => IdemBegin::Replay {
-                            status: u16::try_from(status).map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
+                            status: u16::try_from(status)
+                                .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
                             body: body.unwrap_or_default(),
                         },
                     });
@@ -85,7 +88,14 @@ impl Idempotency for SqliteStore {
                  (key_id, idem_key, body_hash, token, status, body, lease_until, expires_at)
                  VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
             )?
-            .execute(params![key_id, idem_key, body_hash.as_slice(), token, now + lease_ms, now + ttl_ms])?;
+            .execute(params![
+                key_id,
+                idem_key,
+                body_hash.as_slice(),
+                token,
+                now + lease_ms,
+                now + ttl_ms
+            ])?;
             Ok(IdemBegin::Started { token })
         })
         .await
@@ -99,7 +109,8 @@ impl Idempotency for SqliteStore {
         status: u16,
         body: String,
     ) -> Result<bool, StoreError> {
-        let (key_id, idem_key, token) = (key_id.to_string(), idem_key.to_string(), token.to_string());
+        let (key_id, idem_key, token) =
+            (key_id.to_string(), idem_key.to_string(), token.to_string());
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(
@@ -112,8 +123,14 @@ impl Idempotency for SqliteStore {
         .await
     }
 
-    async fn idempotency_abandon(&self, key_id: &str, idem_key: &str, token: &str) -> Result<(), StoreError> {
-        let (key_id, idem_key, token) = (key_id.to_string(), idem_key.to_string(), token.to_string());
+    async fn idempotency_abandon(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let (key_id, idem_key, token) =
+            (key_id.to_string(), idem_key.to_string(), token.to_string());
         self.write(move |conn| {
             conn.prepare_cached(
                 "DELETE FROM idempotency WHERE key_id = ?1 AND idem_key = ?2 AND token = ?3 AND status IS NULL",
@@ -147,14 +164,26 @@ mod tests {
     async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another() {
         let (_dir, store) = open();
         let t = token(store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap());
-        assert_eq!(store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
-        assert_eq!(store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
-        assert!(store.idempotency_finish("key_a", "k1", &t, 202, "{\"id\":\"msg_1\"}".into()).await.unwrap());
+        assert_eq!(
+            store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::InProgress
+        );
+        assert_eq!(
+            store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::Mismatch
+        );
+        assert!(store
+            .idempotency_finish("key_a", "k1", &t, 202, "{\"id\":\"msg_1\"}".into())
+            .await
+            .unwrap());
         assert_eq!(
             store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(),
             IdemBegin::Replay { status: 202, body: "{\"id\":\"msg_1\"}".into() }
         );
-        assert_eq!(store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::Mismatch);
+        assert_eq!(
+            store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::Mismatch
+        );
     }
 
     #[tokio::test]
@@ -167,21 +196,36 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish() {
         let (_dir, store) = open();
-        let first = token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
+        let first =
+            token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
         store.idempotency_abandon("key_a", "k", &first).await.unwrap();
-        let second = token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
-        assert!(!store.idempotency_finish("key_a", "k", &first, 202, "stale".into()).await.unwrap());
+        let second =
+            token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
+        assert!(!store
+            .idempotency_finish("key_a", "k", &first, 202, "stale".into())
+            .await
+            .unwrap());
         store.idempotency_abandon("key_a", "k", &first).await.unwrap();
-        assert_eq!(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(), IdemBegin::InProgress);
+        assert_eq!(
+            store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(),
+            IdemBegin::InProgress
+        );
         assert!(store.idempotency_finish("key_a", "k", &second, 200, "ok".into()).await.unwrap());
     }
 
     #[tokio::test]
     async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again() {
         let (_dir, store) = open();
-        token(store.idempotency_begin("key_a", "lease", [1; 32], Duration::ZERO, TTL).await.unwrap());
+        token(
+            store.idempotency_begin("key_a", "lease", [1; 32], Duration::ZERO, TTL).await.unwrap(),
+        );
         token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
-        let t = token(store.idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(1)).await.unwrap());
+        let t = token(
+            store
+                .idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(1))
+                .await
+                .unwrap(),
+        );
         assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
         tokio::time::sleep(Duration::from_millis(5)).await;
         token(store.idempotency_begin("key_a", "ttl", [9; 32], LEASE, TTL).await.unwrap());
@@ -194,7 +238,9 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap() })
+                tokio::spawn(async move {
+                    store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap()
+                })
             })
             .collect();
         let mut started = 0;

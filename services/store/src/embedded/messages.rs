@@ -43,7 +43,8 @@ pub fn migrate_messages(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Inside the accept transaction: indexes the message's tags.
 pub(crate) fn insert_tags(conn: &Connection, message: &NewMessage) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached("INSERT OR IGNORE INTO message_tags (tag, message_id) VALUES (?1, ?2)")?;
+    let mut stmt = conn
+        .prepare_cached("INSERT OR IGNORE INTO message_tags (tag, message_id) VALUES (?1, ?2)")?;
     for tag in &message.request.tags {
         stmt.execute(params![tag, message.id])?;
     }
@@ -108,11 +109,22 @@ fn search(
                 Ok((r.get::<_, String>(0)?, shown_status(stored, r.get(2)?, now)))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let tags: Vec<String> = tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        data.push(summary(id, created_at, from.unwrap_or_default(), subject.unwrap_or_default(), tags, statuses));
+        let tags: Vec<String> =
+            tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        data.push(summary(
+            id,
+            created_at,
+            from.unwrap_or_default(),
+            subject.unwrap_or_default(),
+            tags,
+            statuses,
+        ));
     }
     let next = if more {
-        data.last().map(|m| MessageCursor { created_at_ms: m.created_at.timestamp_millis(), id: m.id.clone() })
+        data.last().map(|m| MessageCursor {
+            created_at_ms: m.created_at.timestamp_millis(),
+            id: m.id.clone(),
+        })
     } else {
         None
     };
@@ -147,7 +159,8 @@ fn cancel(conn: &Connection, id: &str) -> Result<Cancel, StoreError> {
         return Ok(Cancel::NothingToCancel { in_flight });
     }
     // Every job not leased now has no pending recipient left.
-    conn.prepare_cached("DELETE FROM jobs WHERE message_id = ?1 AND lease_until <= ?2")?.execute(params![id, now])?;
+    conn.prepare_cached("DELETE FROM jobs WHERE message_id = ?1 AND lease_until <= ?2")?
+        .execute(params![id, now])?;
     Ok(Cancel::Canceled(canceled as u32))
 }
 
@@ -233,7 +246,13 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(tagged, [("legacy".to_string(), "msg_old".to_string()), ("x".to_string(), "msg_old".to_string())]);
+        assert_eq!(
+            tagged,
+            [
+                ("legacy".to_string(), "msg_old".to_string()),
+                ("x".to_string(), "msg_old".to_string())
+            ]
+        );
         // Running it again (every start) changes nothing.
         migrate_messages(&conn).unwrap();
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM message_tags", [], |r| r.get(0)).unwrap();

@@ -125,7 +125,8 @@ impl SqliteStore {
                 });
             })
         });
-        let sender = self.inner.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        let sender =
+            self.inner.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
         sender.send(op).map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }

@@ -12,7 +12,8 @@ use crate::{ids, ClaimedJob, NewMessage, PendingRecipient, Queue, RecipientOutco
 #[async_trait]
 impl Queue for SqliteStore {
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError> {
-        let request = serde_json::to_string(&message.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let request = serde_json::to_string(&message.request)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(move |conn| {
             let created = to_ms(message.created_at);
             conn.prepare_cached(
@@ -50,7 +51,12 @@ impl Queue for SqliteStore {
         Ok(self.claim_many(worker, lease, 1).await?.pop())
     }
 
-    async fn claim_many(&self, _worker: &str, lease: Duration, max: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim_many(
+        &self,
+        _worker: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
         let lease_ms = lease.as_millis() as i64;
         let raw = self
             .write(move |conn| {
@@ -85,7 +91,11 @@ impl Queue for SqliteStore {
         }
     }
 
-    async fn complete(&self, job: &ClaimedJob, outcomes: Vec<RecipientOutcome>) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        job: &ClaimedJob,
+        outcomes: Vec<RecipientOutcome>,
+    ) -> Result<(), StoreError> {
         let job = job.clone();
         self.write(move |conn| {
             let now = now_ms();
@@ -121,7 +131,9 @@ impl Queue for SqliteStore {
         let until = now_ms() + lease.as_millis() as i64;
         self.write(move |conn| {
             let n = conn
-                .prepare_cached("UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND claim_token = ?3")?
+                .prepare_cached(
+                    "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND claim_token = ?3",
+                )?
                 .execute(params![until, job_id, token])?;
             Ok(n == 1)
         })
@@ -140,7 +152,9 @@ impl Queue for SqliteStore {
             .ok()
             .flatten();
         let wait = match due {
-            Some(at) => Duration::from_millis((at - now_ms()).clamp(0, max.as_millis() as i64) as u64),
+            Some(at) => {
+                Duration::from_millis((at - now_ms()).clamp(0, max.as_millis() as i64) as u64)
+            }
             None => max,
         };
         if wait.is_zero() {
@@ -153,8 +167,10 @@ impl Queue for SqliteStore {
     }
 
     async fn depth(&self) -> Result<u64, StoreError> {
-        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))? as u64))
-            .await
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 }
 
@@ -166,7 +182,8 @@ struct RawClaim {
 
 impl RawClaim {
     fn parse(self) -> Result<ClaimedJob, StoreError> {
-        let request: SendRequest = serde_json::from_str(&self.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let request: SendRequest =
+            serde_json::from_str(&self.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(ClaimedJob { request, ..self.job })
     }
 }
@@ -216,7 +233,11 @@ fn claim_due(conn: &Connection, lease_ms: i64) -> Result<Option<RawClaim>, Store
     }
 }
 
-fn pending_recipients(conn: &Connection, message_id: &str, domain: &str) -> Result<Vec<PendingRecipient>, StoreError> {
+fn pending_recipients(
+    conn: &Connection,
+    message_id: &str,
+    domain: &str,
+) -> Result<Vec<PendingRecipient>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT email, attempts FROM recipients
          WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'scheduled', 'deferred') ORDER BY position",
@@ -228,7 +249,12 @@ fn pending_recipients(conn: &Connection, message_id: &str, domain: &str) -> Resu
 }
 
 /// Applies one outcome unless the recipient is already final, and writes its event.
-fn record_outcome(conn: &Connection, job: &ClaimedJob, outcome: &RecipientOutcome, now: i64) -> Result<(), StoreError> {
+fn record_outcome(
+    conn: &Connection,
+    job: &ClaimedJob,
+    outcome: &RecipientOutcome,
+    now: i64,
+) -> Result<(), StoreError> {
     let current = conn
         .prepare_cached(
             "SELECT position, status, attempts FROM recipients
@@ -255,7 +281,13 @@ fn record_outcome(conn: &Connection, job: &ClaimedJob, outcome: &RecipientOutcom
     .execute(params![status.as_str(), attempts, next.map(to_ms), outcome.response, now, job.message_id, position])?;
     // Suppression list: a hard bounce (5xx to RCPT TO) lists the address in this transaction.
     if outcome.suppress && status == RecipientStatus::Bounced {
-        super::suppression::record_hard_bounce(conn, &outcome.email, &outcome.response, &job.message_id, now)?;
+        super::suppression::record_hard_bounce(
+            conn,
+            &outcome.email,
+            &outcome.response,
+            &job.message_id,
+            now,
+        )?;
     }
     insert_event(conn, &event)
 }

@@ -21,7 +21,9 @@ use crate::StoreError;
 
 /// Creates the index the day count is rebuilt from; called from [`super::schema::migrate`].
 pub fn migrate_ratelimit(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS messages_by_key ON messages (key_id, created_at);")
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_by_key ON messages (key_id, created_at);",
+    )
 }
 
 /// One key's windows.
@@ -68,7 +70,12 @@ impl LocalRateLimiter {
 
 #[async_trait]
 impl RateLimiter for LocalRateLimiter {
-    async fn acquire(&self, key_id: &str, quota: Quota, cost: Cost) -> Result<Decision, StoreError> {
+    async fn acquire(
+        &self,
+        key_id: &str,
+        quota: Quota,
+        cost: Cost,
+    ) -> Result<Decision, StoreError> {
         let now = now_ms();
         let (second, day) = (Window::Second.index(now), Window::Day.index(now));
         // Read outside the lock; a concurrent first use may read too, and the first to store
@@ -95,7 +102,12 @@ impl RateLimiter for LocalRateLimiter {
         Ok(Decision::Granted(Granted { day }))
     }
 
-    async fn release_messages(&self, key_id: &str, day: i64, messages: u32) -> Result<(), StoreError> {
+    async fn release_messages(
+        &self,
+        key_id: &str,
+        day: i64,
+        messages: u32,
+    ) -> Result<(), StoreError> {
         if let Some(counts) = self.keys.lock().expect("rate counters").get_mut(key_id) {
             if counts.day == Some(day) {
                 counts.messages = counts.messages.saturating_sub(u64::from(messages));
@@ -118,20 +130,28 @@ mod tests {
     #[tokio::test]
     async fn embedded_requests_over_the_per_second_limit_wait_for_the_next_second() {
         let (_dir, store) = open();
-        contract::requests_over_the_per_second_limit_wait_for_the_next_second(&LocalRateLimiter::new(store)).await;
+        contract::requests_over_the_per_second_limit_wait_for_the_next_second(
+            &LocalRateLimiter::new(store),
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn embedded_messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back() {
         let (_dir, store) = open();
-        contract::messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(&LocalRateLimiter::new(store))
-            .await;
+        contract::messages_are_taken_from_the_day_all_or_nothing_and_can_be_given_back(
+            &LocalRateLimiter::new(store),
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn embedded_concurrent_acquires_never_overrun_the_limit() {
         let (_dir, store) = open();
-        contract::concurrent_acquires_never_overrun_the_limit(Arc::new(LocalRateLimiter::new(store))).await;
+        contract::concurrent_acquires_never_overrun_the_limit(Arc::new(LocalRateLimiter::new(
+            store,
+        )))
+        .await;
     }
 
     #[tokio::test]
@@ -151,7 +171,13 @@ mod tests {
             Decision::Limited(l) => assert_eq!((l.used, l.remaining()), (3, 1)),
             other => panic!("three stored messages count against the day: {other:?}"),
         }
-        assert!(matches!(limiter.acquire("key_test", quota, Cost::messages(1)).await.unwrap(), Decision::Granted(_)));
-        assert!(matches!(limiter.acquire("key_other", quota, Cost::messages(4)).await.unwrap(), Decision::Granted(_)));
+        assert!(matches!(
+            limiter.acquire("key_test", quota, Cost::messages(1)).await.unwrap(),
+            Decision::Granted(_)
+        ));
+        assert!(matches!(
+            limiter.acquire("key_other", quota, Cost::messages(4)).await.unwrap(),
+            Decision::Granted(_)
+        ));
     }
 }

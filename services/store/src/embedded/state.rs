@@ -4,13 +4,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_proto::{Event, EventData, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook};
+use postwire_proto::{
+    Event, EventData, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_ms, now_ms, to_ms, SqliteStore};
 use crate::messages::shown_status;
 use crate::model::overall_status;
-use crate::{ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery};
+use crate::{
+    ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt,
+    WebhookDelivery,
+};
 
 /// Stores an event and queues one webhook delivery per endpoint subscribed to its type,
 /// in the caller's transaction (the outbox: no event without its deliveries).
@@ -104,7 +109,9 @@ impl State for SqliteStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at"
+            ))?;
             let rows = stmt.query_map([], key_from_row)?.collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(key_record).collect()
         })
@@ -133,7 +140,8 @@ impl State for SqliteStore {
             else {
                 return Ok(None);
             };
-            let request: SendRequest = serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let request: SendRequest =
+                serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut stmt = conn.prepare_cached(
                 "SELECT email, status, attempts, last_response, next_attempt_at FROM recipients
                  WHERE message_id = ?1 ORDER BY position",
@@ -153,11 +161,13 @@ impl State for SqliteStore {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut stmt = conn.prepare_cached("SELECT body FROM events WHERE message_id = ?1 ORDER BY seq")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT body FROM events WHERE message_id = ?1 ORDER BY seq")?;
             let events = stmt
                 .query_map([&id], |r| r.get::<_, String>(0))?
                 .map(|b| {
-                    serde_json::from_str::<Event>(&b?).map_err(|e| StoreError::Corrupt(e.to_string()))
+                    serde_json::from_str::<Event>(&b?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(MessageView {
@@ -193,7 +203,8 @@ impl State for SqliteStore {
             else {
                 return Ok(None);
             };
-            let request: SendRequest = serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let request: SendRequest =
+                serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let event = Event {
                 id: ids::new_id("evt"),
                 kind,
@@ -234,7 +245,9 @@ impl State for SqliteStore {
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT id, url, events, created_at FROM webhooks ORDER BY created_at")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, url, events, created_at FROM webhooks ORDER BY created_at",
+            )?;
             let rows = stmt.query_map([], webhook_from_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -244,13 +257,20 @@ impl State for SqliteStore {
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |conn| {
-            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?1 AND state = 'pending'", [&id])?;
+            conn.execute(
+                "DELETE FROM webhook_deliveries WHERE webhook_id = ?1 AND state = 'pending'",
+                [&id],
+            )?;
             Ok(conn.execute("DELETE FROM webhooks WHERE id = ?1", [&id])? > 0)
         })
         .await
     }
 
-    async fn claim_webhook_deliveries(&self, limit: usize, lease: Duration) -> Result<Vec<WebhookDelivery>, StoreError> {
+    async fn claim_webhook_deliveries(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let lease_ms = lease.as_millis() as i64;
         self.write(move |conn| {
             let now = now_ms();
@@ -299,7 +319,11 @@ impl State for SqliteStore {
         .await
     }
 
-    async fn finish_webhook_delivery(&self, delivery: &WebhookDelivery, attempt: WebhookAttempt) -> Result<(), StoreError> {
+    async fn finish_webhook_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: WebhookAttempt,
+    ) -> Result<(), StoreError> {
         let id = delivery.id.clone();
         self.write(move |conn| {
             let (state, next) = match (attempt.succeeded, attempt.retry_at) {

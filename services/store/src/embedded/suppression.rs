@@ -8,7 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_ms, state::insert_event, to_ms, SqliteStore};
 use crate::suppression::{suppressed_event, suppressed_response};
-use crate::{NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions};
+use crate::{
+    NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions,
+};
 
 /// Creates the `suppressions` table; called from [`super::schema::migrate`].
 pub fn migrate_suppression(conn: &Connection) -> rusqlite::Result<()> {
@@ -56,7 +58,9 @@ fn lookup(conn: &Connection, email: &str) -> Result<Option<Suppression>, StoreEr
 /// is the new one.
 fn insert(conn: &Connection, entry: Suppression) -> Result<(Suppression, bool), StoreError> {
     let added = conn
-        .prepare_cached(&format!("INSERT OR IGNORE INTO suppressions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"))?
+        .prepare_cached(&format!(
+            "INSERT OR IGNORE INTO suppressions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ))?
         .execute(params![
             entry.email,
             entry.reason.as_str(),
@@ -67,7 +71,8 @@ fn insert(conn: &Connection, entry: Suppression) -> Result<(Suppression, bool), 
     if added == 1 {
         return Ok((entry, true));
     }
-    let existing = lookup(conn, &entry.email)?.ok_or_else(|| StoreError::Corrupt("suppression vanished".into()))?;
+    let existing = lookup(conn, &entry.email)?
+        .ok_or_else(|| StoreError::Corrupt("suppression vanished".into()))?;
     Ok((existing, false))
 }
 
@@ -157,7 +162,10 @@ impl Suppressions for SqliteStore {
         .await
     }
 
-    async fn add_suppression(&self, entry: NewSuppression) -> Result<(Suppression, bool), StoreError> {
+    async fn add_suppression(
+        &self,
+        entry: NewSuppression,
+    ) -> Result<(Suppression, bool), StoreError> {
         let entry = entry.into_entry();
         self.write(move |conn| insert(conn, entry)).await
     }
@@ -170,7 +178,10 @@ impl Suppressions for SqliteStore {
     async fn remove_suppression(&self, email: &str) -> Result<bool, StoreError> {
         let email = email.to_lowercase();
         self.write(move |conn| {
-            Ok(conn.prepare_cached("DELETE FROM suppressions WHERE email = ?1")?.execute([email])? == 1)
+            Ok(conn
+                .prepare_cached("DELETE FROM suppressions WHERE email = ?1")?
+                .execute([email])?
+                == 1)
         })
         .await
     }

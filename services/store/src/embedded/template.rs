@@ -53,16 +53,18 @@ fn lookup(conn: &Connection, id: &str) -> Result<Option<Template>, StoreError> {
 impl Templates for SqliteStore {
     async fn create_template(&self, template: Template) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(&format!("INSERT INTO templates ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))?
-                .execute(params![
-                    template.id,
-                    template.name,
-                    template.subject,
-                    template.text,
-                    template.html,
-                    to_ms(template.created_at),
-                    to_ms(template.updated_at)
-                ])?;
+            conn.prepare_cached(&format!(
+                "INSERT INTO templates ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))?
+            .execute(params![
+                template.id,
+                template.name,
+                template.subject,
+                template.text,
+                template.html,
+                to_ms(template.created_at),
+                to_ms(template.updated_at)
+            ])?;
             Ok(())
         })
         .await
@@ -137,8 +139,10 @@ impl Templates for SqliteStore {
 
     async fn delete_template(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |conn| Ok(conn.prepare_cached("DELETE FROM templates WHERE id = ?1")?.execute([id])? == 1))
-            .await
+        self.write(move |conn| {
+            Ok(conn.prepare_cached("DELETE FROM templates WHERE id = ?1")?.execute([id])? == 1)
+        })
+        .await
     }
 }
 

@@ -11,8 +11,8 @@ use tempfile::TempDir;
 
 use super::{to_ms, SqliteStore};
 use crate::{
-    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue,
-    RecipientOutcome, State, WebhookAttempt, WebhookDelivery,
+    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue, RecipientOutcome,
+    State, WebhookAttempt, WebhookDelivery,
 };
 
 // The message builder of the shared capability contracts, so every store test sends alike.
@@ -28,7 +28,13 @@ fn open() -> (TempDir, SqliteStore) {
 }
 
 fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {
-    RecipientOutcome { email: email.into(), result, response: "250 ok".into(), mx_host: Some("mx.test".into()), suppress: false }
+    RecipientOutcome {
+        email: email.into(),
+        result,
+        response: "250 ok".into(),
+        mx_host: Some("mx.test".into()),
+        suppress: false,
+    }
 }
 
 fn webhook(events: Vec<EventType>) -> NewWebhook {
@@ -74,7 +80,8 @@ async fn claim_eventually(store: &SqliteStore, lease: Duration) -> ClaimedJob {
 async fn claim_deliveries_eventually(store: &SqliteStore) -> Vec<WebhookDelivery> {
     let start = Instant::now();
     loop {
-        let claimed = store.claim_webhook_deliveries(10, LONG_LEASE).await.expect("claim deliveries");
+        let claimed =
+            store.claim_webhook_deliveries(10, LONG_LEASE).await.expect("claim deliveries");
         if !claimed.is_empty() {
             return claimed;
         }
@@ -89,7 +96,10 @@ async fn delivered_message(store: &SqliteStore) -> String {
     let id = msg.id.clone();
     store.accept(msg).await.unwrap();
     let job = store.claim("w", LONG_LEASE).await.unwrap().unwrap();
-    store.complete(&job, vec![outcome("rcpt@example.test", DeliveryResult::Delivered)]).await.unwrap();
+    store
+        .complete(&job, vec![outcome("rcpt@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
     id
 }
 
@@ -138,7 +148,10 @@ async fn delivered_and_bounced_outcomes_delete_the_job() {
     store
         .complete(
             &job,
-            vec![outcome("a@example.test", DeliveryResult::Delivered), outcome("b@example.test", DeliveryResult::Bounced)],
+            vec![
+                outcome("a@example.test", DeliveryResult::Delivered),
+                outcome("b@example.test", DeliveryResult::Bounced),
+            ],
         )
         .await
         .unwrap();
@@ -174,9 +187,13 @@ async fn deferred_outcome_reschedules_the_job_at_next_attempt_at() {
         .unwrap();
 
     assert_eq!(store.depth().await.unwrap(), 1);
-    let not_before = count(&store, "SELECT not_before FROM jobs WHERE message_id = ?1", id.clone()).await;
+    let not_before =
+        count(&store, "SELECT not_before FROM jobs WHERE message_id = ?1", id.clone()).await;
     assert_eq!(not_before, to_ms(next_attempt_at));
-    assert!(store.claim("w", LONG_LEASE).await.unwrap().is_none(), "not due before next_attempt_at");
+    assert!(
+        store.claim("w", LONG_LEASE).await.unwrap().is_none(),
+        "not due before next_attempt_at"
+    );
 
     let view = store.message(&id).await.unwrap().unwrap();
     assert_eq!(view.status, RecipientStatus::Deferred);
@@ -192,7 +209,8 @@ async fn deferred_outcome_reschedules_the_job_at_next_attempt_at() {
 }
 
 #[tokio::test]
-async fn expired_lease_makes_the_job_claimable_again_and_a_stale_completion_records_nothing_twice() {
+async fn expired_lease_makes_the_job_claimable_again_and_a_stale_completion_records_nothing_twice()
+{
     let (_dir, store) = open();
     let msg = message(&["a@example.test"]);
     let id = msg.id.clone();
@@ -203,8 +221,14 @@ async fn expired_lease_makes_the_job_claimable_again_and_a_stale_completion_reco
     assert_eq!(current.job_id, stale.job_id);
     assert_ne!(current.claim_token, stale.claim_token);
 
-    store.complete(&current, vec![outcome("a@example.test", DeliveryResult::Delivered)]).await.unwrap();
-    store.complete(&stale, vec![outcome("a@example.test", DeliveryResult::Delivered)]).await.unwrap();
+    store
+        .complete(&current, vec![outcome("a@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
+    store
+        .complete(&stale, vec![outcome("a@example.test", DeliveryResult::Delivered)])
+        .await
+        .unwrap();
 
     let view = store.message(&id).await.unwrap().unwrap();
     assert_eq!(view.recipients[0].status, RecipientStatus::Delivered);
@@ -224,11 +248,17 @@ async fn stale_completion_does_not_release_a_job_another_worker_holds() {
     let current = claim_eventually(&store, LONG_LEASE).await;
     let next_attempt_at = Utc::now() - chrono::Duration::seconds(1);
     store
-        .complete(&stale, vec![outcome("a@example.test", DeliveryResult::Deferred { next_attempt_at })])
+        .complete(
+            &stale,
+            vec![outcome("a@example.test", DeliveryResult::Deferred { next_attempt_at })],
+        )
         .await
         .unwrap();
 
-    assert!(store.claim("w3", LONG_LEASE).await.unwrap().is_none(), "the re-claimed job stays leased");
+    assert!(
+        store.claim("w3", LONG_LEASE).await.unwrap().is_none(),
+        "the re-claimed job stays leased"
+    );
     assert!(store.renew(&current, LONG_LEASE).await.unwrap());
     assert!(!store.renew(&stale, LONG_LEASE).await.unwrap());
 }
@@ -243,7 +273,8 @@ async fn renew_extends_a_live_claim_and_refuses_a_stale_claim_token() {
     let job = store.claim("w", Duration::from_millis(200)).await.unwrap().unwrap();
     let before = to_ms(Utc::now());
     assert!(store.renew(&job, Duration::from_secs(3600)).await.unwrap());
-    let lease_until = count(&store, "SELECT lease_until FROM jobs WHERE message_id = ?1", id.clone()).await;
+    let lease_until =
+        count(&store, "SELECT lease_until FROM jobs WHERE message_id = ?1", id.clone()).await;
     assert!(lease_until >= before + 3_600_000, "lease not extended: {lease_until} vs {before}");
     assert!(store.claim("w2", LONG_LEASE).await.unwrap().is_none());
 
@@ -261,14 +292,17 @@ async fn events_fan_out_only_to_subscribed_webhooks() {
     let (_dir, store) = open();
     let all = store.create_webhook(webhook(vec![])).await.unwrap();
     let delivered_only = store.create_webhook(webhook(vec![EventType::Delivered])).await.unwrap();
-    let bounced_only = store.create_webhook(webhook(vec![EventType::Bounced, EventType::Opened])).await.unwrap();
+    let bounced_only =
+        store.create_webhook(webhook(vec![EventType::Bounced, EventType::Opened])).await.unwrap();
     assert_eq!(store.webhooks().await.unwrap().len(), 3);
 
     let id = delivered_message(&store).await;
     let view = store.message(&id).await.unwrap().unwrap();
     let event_id = view.events[0].id.clone();
 
-    let per_endpoint = |w: &str| count(&store, "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1", w.into());
+    let per_endpoint = |w: &str| {
+        count(&store, "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1", w.into())
+    };
     assert_eq!(per_endpoint(&all.id).await, 1);
     assert_eq!(per_endpoint(&delivered_only.id).await, 1);
     assert_eq!(per_endpoint(&bounced_only.id).await, 0);
@@ -285,14 +319,25 @@ async fn events_fan_out_only_to_subscribed_webhooks() {
         let body: Event = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body, view.events[0], "the body is the stored event");
     }
-    assert!(store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(), "leased deliveries are not handed out twice");
+    assert!(
+        store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(),
+        "leased deliveries are not handed out twice"
+    );
 
     // Engagement events fan out the same way.
-    store.record_event(&id, "rcpt@example.test", EventType::Opened, EventDetail::default()).await.unwrap().unwrap();
+    store
+        .record_event(&id, "rcpt@example.test", EventType::Opened, EventDetail::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(per_endpoint(&all.id).await, 2);
     assert_eq!(per_endpoint(&delivered_only.id).await, 1);
     assert_eq!(per_endpoint(&bounced_only.id).await, 1);
-    assert!(store.record_event(&id, "nobody@example.test", EventType::Opened, EventDetail::default()).await.unwrap().is_none());
+    assert!(store
+        .record_event(&id, "nobody@example.test", EventType::Opened, EventDetail::default())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -306,21 +351,34 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     let [ok, retry, give_up] = <[WebhookDelivery; 3]>::try_from(claimed).expect("three deliveries");
 
     store
-        .finish_webhook_delivery(&ok, WebhookAttempt { status: Some(200), error: None, retry_at: None, succeeded: true })
+        .finish_webhook_delivery(
+            &ok,
+            WebhookAttempt { status: Some(200), error: None, retry_at: None, succeeded: true },
+        )
         .await
         .unwrap();
     let retry_at: DateTime<Utc> = Utc::now() + chrono::Duration::milliseconds(300);
     store
         .finish_webhook_delivery(
             &retry,
-            WebhookAttempt { status: Some(503), error: Some("503".into()), retry_at: Some(retry_at), succeeded: false },
+            WebhookAttempt {
+                status: Some(503),
+                error: Some("503".into()),
+                retry_at: Some(retry_at),
+                succeeded: false,
+            },
         )
         .await
         .unwrap();
     store
         .finish_webhook_delivery(
             &give_up,
-            WebhookAttempt { status: None, error: Some("connection refused".into()), retry_at: None, succeeded: false },
+            WebhookAttempt {
+                status: None,
+                error: Some("connection refused".into()),
+                retry_at: None,
+                succeeded: false,
+            },
         )
         .await
         .unwrap();
@@ -332,7 +390,10 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     assert_eq!(delivery_state(&store, &give_up.id).await.1, 1);
 
     assert_eq!(store.next_webhook_due().await.unwrap().map(to_ms), Some(to_ms(retry_at)));
-    assert!(store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(), "retry is not due yet");
+    assert!(
+        store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap().is_empty(),
+        "retry is not due yet"
+    );
     let again = claim_deliveries_eventually(&store).await;
     assert!(to_ms(Utc::now()) >= to_ms(retry_at));
     assert_eq!(again.len(), 1, "only the retried delivery comes back");
@@ -341,7 +402,10 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     assert_eq!(again[0].attempts, 1);
 
     store
-        .finish_webhook_delivery(&again[0], WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true })
+        .finish_webhook_delivery(
+            &again[0],
+            WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true },
+        )
         .await
         .unwrap();
     assert_eq!(delivery_state(&store, &retry.id).await.0, "delivered");
@@ -357,7 +421,12 @@ async fn deleting_a_webhook_drops_its_pending_deliveries() {
 
     assert!(store.delete_webhook(&deleted.id).await.unwrap());
     assert!(!store.delete_webhook(&deleted.id).await.unwrap(), "already gone");
-    let remaining = count(&store, "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1", deleted.id.clone()).await;
+    let remaining = count(
+        &store,
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1",
+        deleted.id.clone(),
+    )
+    .await;
     assert_eq!(remaining, 0);
 
     let claimed = store.claim_webhook_deliveries(10, LONG_LEASE).await.unwrap();
@@ -413,10 +482,16 @@ async fn reopening_the_store_sees_everything_written_before_close() {
     let job = store.claim("w", LONG_LEASE).await.unwrap().unwrap();
     let next_attempt_at = Utc::now() + chrono::Duration::hours(1);
     let email = job.recipients[0].email.clone();
-    store.complete(&job, vec![outcome(&email, DeliveryResult::Deferred { next_attempt_at })]).await.unwrap();
+    store
+        .complete(&job, vec![outcome(&email, DeliveryResult::Deferred { next_attempt_at })])
+        .await
+        .unwrap();
     let before = store.message(&id).await.unwrap().unwrap();
     store.close();
-    assert!(matches!(store.accept(message(&["late@example.test"])).await, Err(crate::StoreError::Closed)));
+    assert!(matches!(
+        store.accept(message(&["late@example.test"])).await,
+        Err(crate::StoreError::Closed)
+    ));
     drop(store);
 
     let store = SqliteStore::open(dir.path()).unwrap();
@@ -465,7 +540,11 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
     assert!(store.revoke_api_key(&minted.id).await.unwrap());
     let revoked_at = store.api_key(&minted.id).await.unwrap().unwrap().revoked_at.expect("revoked");
     assert!(store.revoke_api_key(&minted.id).await.unwrap(), "revoking twice is not an error");
-    assert_eq!(store.api_key(&minted.id).await.unwrap().unwrap().revoked_at, Some(revoked_at), "first revocation time kept");
+    assert_eq!(
+        store.api_key(&minted.id).await.unwrap().unwrap().revoked_at,
+        Some(revoked_at),
+        "first revocation time kept"
+    );
     assert!(!store.revoke_api_key("key_unknown").await.unwrap());
 }
 
@@ -473,7 +552,14 @@ async fn api_keys_can_be_created_looked_up_and_revoked() {
 async fn sandbox_flag_round_trips_on_keys_and_reaches_the_claimed_job() {
     let (_dir, store) = open();
     let minted = ids::mint_api_key();
-    let key = NewApiKey { id: minted.id.clone(), name: "sb".into(), hash: minted.hash, scopes: vec!["send".into()], created_at: Utc::now(), sandbox: true };
+    let key = NewApiKey {
+        id: minted.id.clone(),
+        name: "sb".into(),
+        hash: minted.hash,
+        scopes: vec!["send".into()],
+        created_at: Utc::now(),
+        sandbox: true,
+    };
     store.create_api_key(key).await.unwrap();
     assert!(store.api_key(&minted.id).await.unwrap().unwrap().sandbox);
     assert!(store.list_api_keys().await.unwrap()[0].sandbox);
@@ -518,7 +604,10 @@ async fn claim_many_leases_each_due_job_once_up_to_the_limit() {
     assert_eq!(first.len(), 3, "three of five due jobs were asked for");
     let rest = store.claim_many("w2", LONG_LEASE, 10).await.unwrap();
     assert_eq!(rest.len(), 2, "only the two unleased jobs are left");
-    assert!(store.claim_many("w3", LONG_LEASE, 10).await.unwrap().is_empty(), "every job is leased");
+    assert!(
+        store.claim_many("w3", LONG_LEASE, 10).await.unwrap().is_empty(),
+        "every job is leased"
+    );
 
     let all: Vec<&ClaimedJob> = first.iter().chain(&rest).collect();
     let mut domains: Vec<&str> = all.iter().map(|j| j.domain.as_str()).collect();
@@ -559,7 +648,8 @@ async fn a_job_whose_request_is_unreadable_does_not_hold_back_its_batch_mates() 
         .await
         .unwrap();
 
-    let claimed = store.claim_many("w", LONG_LEASE, 10).await.expect("the readable job is handed out");
+    let claimed =
+        store.claim_many("w", LONG_LEASE, 10).await.expect("the readable job is handed out");
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].message_id, good_id);
     // The unreadable job was leased with the batch: nothing is handed out again before its lease ends.

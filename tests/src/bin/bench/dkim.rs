@@ -32,12 +32,7 @@ pub fn publish_key(
     std::fs::write(&path, pair.private_pem)?;
     dns.add_txt(&format!("{selector}._domainkey.{domain}"), &pair.txt_value);
     Ok((
-        DkimKey {
-            domain: domain.into(),
-            selector: selector.into(),
-            algorithm,
-            private_key: path,
-        },
+        DkimKey { domain: domain.into(), selector: selector.into(), algorithm, private_key: path },
         pair.txt_value,
     ))
 }
@@ -63,9 +58,7 @@ pub async fn verify(message: &[u8], records: &[(String, String)]) -> anyhow::Res
     )?;
     let parsed = AuthenticatedMessage::parse(message)
         .ok_or_else(|| anyhow::anyhow!("the sample does not parse as a message"))?;
-    let outputs = auth
-        .verify_dkim(Parameters::new(&parsed).with_txt_cache(&zone))
-        .await;
+    let outputs = auth.verify_dkim(Parameters::new(&parsed).with_txt_cache(&zone)).await;
     anyhow::ensure!(!outputs.is_empty(), "no DKIM-Signature in the sample");
     let results: Vec<DkimResult> = outputs.iter().map(|o| o.result().clone()).collect();
     anyhow::ensure!(

@@ -28,10 +28,7 @@ pub async fn postfix(bench: &Bench, args: &Args) -> anyhow::Result<Run> {
     std::fs::create_dir_all(&dir)?;
     let sink = Sink::start(MX, Mode::Accept, &dir, "postfix")?;
     let mut postfix = Postfix::start(&dir, SENDER_DOMAIN, "pf1", MX, RECIPIENT_DOMAIN)?;
-    bench.dns.add_txt(
-        &format!("pf1._domainkey.{SENDER_DOMAIN}"),
-        &postfix.txt_value,
-    );
+    bench.dns.add_txt(&format!("pf1._domainkey.{SENDER_DOMAIN}"), &postfix.txt_value);
     let message = dir.join("message.txt");
     std::fs::write(&message, smtp_source_message(&bench.text))?;
     eprintln!(
@@ -60,10 +57,7 @@ pub async fn postfix(bench: &Bench, args: &Args) -> anyhow::Result<Run> {
     let sessions = sink.sessions();
     let summary = sink.finish(SENDER_DOMAIN)?;
     let injected = injected?;
-    let records = [(
-        format!("pf1._domainkey.{SENDER_DOMAIN}"),
-        postfix.txt_value.clone(),
-    )];
+    let records = [(format!("pf1._domainkey.{SENDER_DOMAIN}"), postfix.txt_value.clone())];
     let check = checks(&summary, args.messages, &records).await;
     let detail = format!(
         "{}; smtp-source done after {:.1} s; {sessions} SMTP sessions at the sink; {check}; machine CPU {busy}",
@@ -91,12 +85,7 @@ pub async fn postwire(bench: &Bench, args: &Args, backend: Backend) -> anyhow::R
         workers: args.workers,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
-    let processes = svc
-        .rss_kib()
-        .iter()
-        .map(|(role, _)| *role)
-        .collect::<Vec<_>>()
-        .join(" + ");
+    let processes = svc.rss_kib().iter().map(|(role, _)| *role).collect::<Vec<_>>().join(" + ");
     eprintln!(
         "postwire {}: {} messages from {} HTTP clients to `{processes}`…",
         backend.name(),
@@ -107,10 +96,8 @@ pub async fn postwire(bench: &Bench, args: &Args, backend: Backend) -> anyhow::R
 
     sink.set_target(args.messages);
     let cpu_before = svc.cpu_seconds();
-    let others_before = (
-        sink.cpu_seconds(),
-        service::cpu_seconds(std::process::id()).unwrap_or(0.0),
-    );
+    let others_before =
+        (sink.cpu_seconds(), service::cpu_seconds(std::process::id()).unwrap_or(0.0));
     let machine = MachineCpu::now();
     let posted = load::closed_loop(&target, 0, args.messages, args.clients).await;
     let reached = match &posted {
@@ -132,10 +119,8 @@ pub async fn postwire(bench: &Bench, args: &Args, backend: Backend) -> anyhow::R
     let start = posted.started;
     let window = reached.unwrap_or_else(Instant::now) - start;
     let share = |seconds: f64| format!("{:.0}%", 100.0 * seconds / window.as_secs_f64());
-    let records = [(
-        format!("{}._domainkey.{SENDER_DOMAIN}", bench.rsa.selector),
-        bench.rsa_txt.clone(),
-    )];
+    let records =
+        [(format!("{}._domainkey.{SENDER_DOMAIN}", bench.rsa.selector), bench.rsa_txt.clone())];
     let check = checks(&summary, args.messages, &records).await;
     let detail = format!(
         "{}; all accepted after {:.1} s (POST {}){}; {sessions} SMTP sessions at the sink; {check}; \
@@ -166,8 +151,7 @@ pub fn rows(postfix: Option<&Run>, postwire: &[Run], args: &Args) -> Vec<Row> {
         rows.push(Row::new(
             "End to end",
             format!("{} (`smtp-source -s {}`)", p.name, args.sessions),
-            p.rate
-                .map_or("**incomplete**".into(), |r| format!("{r:.0} msgs/s")),
+            p.rate.map_or("**incomplete**".into(), |r| format!("{r:.0} msgs/s")),
             &p.detail,
         ));
     }
@@ -179,8 +163,7 @@ pub fn rows(postfix: Option<&Run>, postwire: &[Run], args: &Args) -> Vec<Row> {
         rows.push(Row::new(
             "End to end",
             format!("{} ({} HTTP clients)", run.name, args.clients),
-            run.rate
-                .map_or("**incomplete**".into(), |r| format!("{r:.0} msgs/s{ratio}")),
+            run.rate.map_or("**incomplete**".into(), |r| format!("{r:.0} msgs/s{ratio}")),
             &run.detail,
         ));
     }
@@ -213,15 +196,9 @@ async fn checks(summary: &DumpSummary, n: usize, records: &[(String, String)]) -
         ));
     }
     notes.push(if summary.signed_rsa == summary.messages {
-        format!(
-            "{}/{} carry an RSA DKIM-Signature",
-            summary.signed_rsa, summary.messages
-        )
+        format!("{}/{} carry an RSA DKIM-Signature", summary.signed_rsa, summary.messages)
     } else {
-        format!(
-            "**only {}/{} carry an RSA DKIM-Signature**",
-            summary.signed_rsa, summary.messages
-        )
+        format!("**only {}/{} carry an RSA DKIM-Signature**", summary.signed_rsa, summary.messages)
     });
     notes.push(match &summary.sample {
         Some(sample) => match dkim::verify(sample, records).await {
@@ -255,18 +232,12 @@ impl MachineCpu {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let ticks: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
+        let ticks: Vec<u64> =
+            line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
         let total: u64 = ticks.iter().take(8).sum();
         // idle and iowait are the 4th and 5th counters.
         let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-        MachineCpu {
-            busy: total - idle,
-            total,
-        }
+        MachineCpu { busy: total - idle, total }
     }
 
     /// `"87% busy (all cores)"` since `self` was read.

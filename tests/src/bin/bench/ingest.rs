@@ -61,11 +61,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         ),
     ));
 
-    eprintln!(
-        "ingest {}: saturation, {} clients…",
-        backend.name(),
-        args.saturation_clients
-    );
+    eprintln!("ingest {}: saturation, {} clients…", backend.name(), args.saturation_clients);
     let cpu = Cpu::read(&svc);
     let saturated = load::saturate(&target, next, seconds, args.saturation_clients).await?;
     let saturated_cpu = cpu.note(&svc, &saturated);
@@ -87,21 +83,13 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
 
     eprintln!("ingest {}: batches of {}…", backend.name(), args.batch_size);
     let cpu = Cpu::read(&svc);
-    let batch = load::batches(
-        &target,
-        next,
-        args.batch_messages,
-        args.batch_size,
-        args.batch_clients,
-    )
-    .await?;
+    let batch =
+        load::batches(&target, next, args.batch_messages, args.batch_size, args.batch_clients)
+            .await?;
     let batch_cpu = cpu.note(&svc, &batch);
     rows.push(Row::new(
         &section,
-        format!(
-            "`POST /v1/messages/batch` × {} ({} clients)",
-            args.batch_size, args.batch_clients
-        ),
+        format!("`POST /v1/messages/batch` × {} ({} clients)", args.batch_size, args.batch_clients),
         format!("{:.0} msgs/s", batch.rate()),
         &format!(
             "{} messages; per batch {}{}; {batch_cpu}; RSS after: {}",
@@ -178,14 +166,9 @@ pub async fn scale(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
             }
         }
     }
-    let rates: Vec<String> = steps
-        .iter()
-        .map(|(_, o, _)| format!("{:.0}", o.rate()))
-        .collect();
-    let rss: Vec<String> = steps
-        .iter()
-        .map(|(_, _, r)| format!("{:.0}", *r as f64 / 1024.0))
-        .collect();
+    let rates: Vec<String> = steps.iter().map(|(_, o, _)| format!("{:.0}", o.rate())).collect();
+    let rss: Vec<String> =
+        steps.iter().map(|(_, _, r)| format!("{:.0}", *r as f64 / 1024.0)).collect();
     rows.push(Row::new(
         &section,
         format!("every {} step (batches of {}, {} clients)", thousands(args.scale_step), args.batch_size, args.batch_clients),
@@ -237,11 +220,7 @@ fn compact(values: &[String]) -> String {
     if every > 1 && (values.len() - 1) % every != 0 {
         picked.push(values.last().map(String::as_str).unwrap_or_default());
     }
-    let note = if every > 1 {
-        format!(" (every {every}th step)")
-    } else {
-        String::new()
-    };
+    let note = if every > 1 { format!(" (every {every}th step)") } else { String::new() };
     format!("{}{note}", picked.join(", "))
 }
 

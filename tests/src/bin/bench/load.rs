@@ -74,11 +74,7 @@ impl Outcome {
 
     /// `"p50 1.2 ms, p99 8.0 ms"`.
     pub fn latency_summary(&self) -> String {
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms",
-            ms(self.percentile(50.0)),
-            ms(self.percentile(99.0))
-        )
+        format!("p50 {:.1} ms, p99 {:.1} ms", ms(self.percentile(50.0)), ms(self.percentile(99.0)))
     }
 
     /// An empty string, or `"; N failed (first: …)"`.
@@ -121,9 +117,7 @@ impl Target {
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(usize::MAX)
-        .build()?)
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(usize::MAX).build()?)
 }
 
 /// One request; `Ok(accepted messages)` when the status is `expect`.
@@ -137,11 +131,7 @@ async fn post(
     let response = client.post(url).bearer_auth(key).json(body).send().await?;
     let status = response.status();
     let reply = response.bytes().await?;
-    anyhow::ensure!(
-        status.as_u16() == expect,
-        "{status}: {}",
-        String::from_utf8_lossy(&reply)
-    );
+    anyhow::ensure!(status.as_u16() == expect, "{status}: {}", String::from_utf8_lossy(&reply));
     Ok(serde_json::from_slice(&reply).unwrap_or(Value::Null))
 }
 
@@ -228,10 +218,8 @@ pub async fn batches(
                 let sent = Instant::now();
                 match post(&client, &url, &target.key, &body, 200).await {
                     Ok(reply) => {
-                        let results = reply["results"]
-                            .as_array()
-                            .map(Vec::as_slice)
-                            .unwrap_or_default();
+                        let results =
+                            reply["results"].as_array().map(Vec::as_slice).unwrap_or_default();
                         let ok = results.iter().filter(|r| r["id"].is_string()).count();
                         if ok < to - from {
                             out.fail(format!(
@@ -269,20 +257,14 @@ pub async fn open_loop(
     for n in 0..total {
         let due = start + Duration::from_secs_f64(n as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let (client, url, key, body) = (
-            client.clone(),
-            url.clone(),
-            target.key.clone(),
-            target.body(first + n),
-        );
+        let (client, url, key, body) =
+            (client.clone(), url.clone(), target.key.clone(), target.body(first + n));
         tasks.spawn(async move {
             let result = post(&client, &url, &key, &body, 202).await;
             (
                 due,
                 Instant::now(),
-                result
-                    .map(drop)
-                    .map_err(|e| format!("message {}: {e:#}", first + n)),
+                result.map(drop).map_err(|e| format!("message {}: {e:#}", first + n)),
             )
         });
     }

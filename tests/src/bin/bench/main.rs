@@ -143,10 +143,8 @@ impl Bench {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(&args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -179,25 +177,15 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         postwire.display()
     );
 
-    let tmp = tempfile::Builder::new()
-        .prefix("postwire-bench-")
-        .tempdir()?;
+    let tmp = tempfile::Builder::new().prefix("postwire-bench-").tempdir()?;
     let dns = DnsServer::start().await;
     // Long enough that Postwire's MX and key lookups are cached for the run, as in production.
     dns.set_ttl(3600);
     dns.add_mx(RECIPIENT_DOMAIN, 10, &format!("mx.{RECIPIENT_DOMAIN}"));
-    dns.add_a(
-        &format!("mx.{RECIPIENT_DOMAIN}"),
-        Ipv4Addr::new(127, 0, 0, 2),
-    );
+    dns.add_a(&format!("mx.{RECIPIENT_DOMAIN}"), Ipv4Addr::new(127, 0, 0, 2));
     eprintln!("generating DKIM keys…");
-    let (rsa, rsa_txt) = dkim::publish_key(
-        &dns,
-        tmp.path(),
-        SENDER_DOMAIN,
-        "pw1",
-        DkimAlgorithm::RsaSha256,
-    )?;
+    let (rsa, rsa_txt) =
+        dkim::publish_key(&dns, tmp.path(), SENDER_DOMAIN, "pw1", DkimAlgorithm::RsaSha256)?;
     let bench = Bench {
         dir: tmp.path().to_path_buf(),
         dns,
@@ -233,12 +221,9 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         for &backend in &backends {
             match e2e::postwire(&bench, args, backend).await {
                 Ok(run) => runs.push(run),
-                Err(e) => failed(
-                    &mut rows,
-                    "End to end",
-                    &format!("Postwire {}", backend.name()),
-                    e,
-                ),
+                Err(e) => {
+                    failed(&mut rows, "End to end", &format!("Postwire {}", backend.name()), e)
+                }
             }
         }
         sample = runs.iter().find_map(|r| r.sample.clone());
@@ -248,12 +233,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         for &backend in &backends {
             match ingest::ingest(&bench, args, backend).await {
                 Ok(r) => rows.extend(r),
-                Err(e) => failed(
-                    &mut rows,
-                    &format!("Ingest, {}", backend.name()),
-                    "ingest",
-                    e,
-                ),
+                Err(e) => failed(&mut rows, &format!("Ingest, {}", backend.name()), "ingest", e),
             }
         }
     }
@@ -292,16 +272,10 @@ async fn dkim_rows(
     args: &Args,
     sample: Option<Vec<u8>>,
 ) -> anyhow::Result<Vec<Row>> {
-    let (ed, _) = dkim::publish_key(
-        &bench.dns,
-        &bench.dir,
-        "ed.bench",
-        "ed1",
-        DkimAlgorithm::Ed25519Sha256,
-    )?;
-    let message = sample
-        .map(|m| dkim::strip_signatures(&m))
-        .unwrap_or_else(|| stand_in(&bench.text));
+    let (ed, _) =
+        dkim::publish_key(&bench.dns, &bench.dir, "ed.bench", "ed1", DkimAlgorithm::Ed25519Sha256)?;
+    let message =
+        sample.map(|m| dkim::strip_signatures(&m)).unwrap_or_else(|| stand_in(&bench.text));
     let keys = vec![bench.rsa.clone(), ed];
     let seconds = Duration::from_secs_f64(args.dkim_seconds);
     let size = message.len();
@@ -335,15 +309,11 @@ fn loadavg() -> String {
 
 fn notes(args: &Args, load_before: &str) -> Vec<String> {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, m)| m.trim().to_owned())
-            })
-        });
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
+        info.lines().find_map(|l| {
+            l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned())
+        })
+    });
     vec![
         format!(
             "Machine: {cpus} CPUs{}; the load generator, smtp-sink, the DNS server and the service under test share them. \

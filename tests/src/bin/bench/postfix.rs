@@ -37,12 +37,8 @@ impl Postfix {
         recipient_domain: &str,
     ) -> anyhow::Result<Postfix> {
         let root = dir.join("postfix");
-        let (conf, queue, data, keys) = (
-            root.join("conf"),
-            root.join("queue"),
-            root.join("data"),
-            root.join("dkim"),
-        );
+        let (conf, queue, data, keys) =
+            (root.join("conf"), root.join("queue"), root.join("data"), root.join("dkim"));
         for d in [&conf, &queue, &data, &keys] {
             std::fs::create_dir_all(d)?;
         }
@@ -55,9 +51,8 @@ impl Postfix {
         run(Command::new("opendkim-genkey")
             .args(["-b", "2048", "-d", sender_domain, "-s", selector, "-D"])
             .arg(&keys))?;
-        let txt_value = txt_from_genkey(&std::fs::read_to_string(
-            keys.join(format!("{selector}.txt")),
-        )?);
+        let txt_value =
+            txt_from_genkey(&std::fs::read_to_string(keys.join(format!("{selector}.txt")))?);
         let milter_port = free_port()?;
         let smtpd = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         std::fs::write(
@@ -71,11 +66,7 @@ impl Postfix {
         )?;
         std::fs::write(
             conf.join("transport"),
-            format!(
-                "{recipient_domain} smtp:[{}]:{}\n",
-                relay.ip(),
-                relay.port()
-            ),
+            format!("{recipient_domain} smtp:[{}]:{}\n", relay.ip(), relay.port()),
         )?;
         std::fs::write(
             conf.join("main.cf"),
@@ -114,11 +105,8 @@ impl Postfix {
             txt_value,
             versions,
         };
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], milter_port)),
-            Duration::from_secs(15),
-        )
-        .context("opendkim did not start")?;
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], milter_port)), Duration::from_secs(15))
+            .context("opendkim did not start")?;
 
         let log = std::fs::File::create(root.join("postfix.log"))?;
         postfix.master = Some(
@@ -133,10 +121,7 @@ impl Postfix {
                 .context("spawn postfix (apt-get install postfix)")?,
         );
         wait_listening(smtpd, Duration::from_secs(20)).with_context(|| {
-            format!(
-                "postfix did not start; see {}",
-                root.join("postfix.log").display()
-            )
+            format!("postfix did not start; see {}", root.join("postfix.log").display())
         })?;
         Ok(postfix)
     }
@@ -295,27 +280,18 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 pub fn wait_listening(addr: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + deadline;
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        anyhow::ensure!(
-            Instant::now() < end,
-            "nothing listening on {addr} after {deadline:?}"
-        );
+        anyhow::ensure!(Instant::now() < end, "nothing listening on {addr} after {deadline:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())

@@ -70,14 +70,7 @@ impl Service {
             postwire_config::load(&config, true).context("the benchmark's config does not load")?;
 
         let out = postwire(bin, &config)
-            .args([
-                "keys",
-                "create",
-                "--name",
-                "bench",
-                "--scopes",
-                "send,read,admin",
-            ])
+            .args(["keys", "create", "--name", "bench", "--scopes", "send,read,admin"])
             .output()
             .context("run postwire keys create")?;
         anyhow::ensure!(
@@ -138,12 +131,7 @@ impl Service {
                     anyhow::bail!("postwire {role} exited at start: {status}");
                 }
             }
-            if client
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
             anyhow::ensure!(Instant::now() < end, "{url} not ready after {deadline:?}");
@@ -165,10 +153,8 @@ impl Service {
         self.procs
             .iter()
             .map(|(role, child)| {
-                let (now, peak) = (
-                    status_kib(child.id(), "VmRSS:"),
-                    status_kib(child.id(), "VmHWM:"),
-                );
+                let (now, peak) =
+                    (status_kib(child.id(), "VmRSS:"), status_kib(child.id(), "VmHWM:"));
                 format!("{role} {:.0} MB (peak {:.0} MB)", mb(now), mb(peak))
             })
             .collect::<Vec<_>>()
@@ -177,20 +163,14 @@ impl Service {
 
     /// CPU time (user + system) each process has used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        self.procs
-            .iter()
-            .map(|(_, child)| cpu_seconds(child.id()).unwrap_or(0.0))
-            .sum()
+        self.procs.iter().map(|(_, child)| cpu_seconds(child.id()).unwrap_or(0.0)).sum()
     }
 
     /// SIGTERM, then up to 30 s for a graceful exit, then SIGKILL; then, for the distributed
     /// backend, deletes the namespace's queues and keys.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for (_, child) in &self.procs {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         }
         let end = Instant::now() + Duration::from_secs(30);
         for (_, child) in &mut self.procs {
@@ -220,10 +200,9 @@ impl Drop for Service {
 
 fn postwire(bin: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(config).env(
-        "RUST_LOG",
-        std::env::var("POSTWIRE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-    );
+    cmd.arg("--config")
+        .arg(config)
+        .env("RUST_LOG", std::env::var("POSTWIRE_BENCH_LOG").unwrap_or_else(|_| "warn".into()));
     cmd
 }
 
@@ -237,10 +216,7 @@ fn config_text(dir: &Path, port: u16, o: &Options<'_>) -> String {
             )
         }
     };
-    let workers = o
-        .workers
-        .map(|n| format!("[worker]\nconcurrency = {n}\n"))
-        .unwrap_or_default();
+    let workers = o.workers.map(|n| format!("[worker]\nconcurrency = {n}\n")).unwrap_or_default();
     format!(
         r#"# Written by the Postwire benchmark.
 [http]

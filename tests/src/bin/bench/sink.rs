@@ -60,10 +60,7 @@ impl Sink {
         let dump_dir = dir.join("sink");
         std::fs::create_dir_all(&dump_dir)?;
         // smtp-sink drops to `postfix` before it opens the dump file.
-        let status = Command::new("chown")
-            .arg("postfix")
-            .arg(&dump_dir)
-            .status()?;
+        let status = Command::new("chown").arg("postfix").arg(&dump_dir).status()?;
         anyhow::ensure!(status.success(), "chown postfix {}", dump_dir.display());
         let dump = dump_dir.join(format!("{name}.dump"));
         let mut cmd = Command::new("smtp-sink");
@@ -89,11 +86,7 @@ impl Sink {
         let stdout = child.stdout.take().context("smtp-sink stdout")?;
         let shared = Arc::clone(&counter);
         std::thread::spawn(move || read_counter(stdout, &shared));
-        let sink = Sink {
-            child,
-            counter,
-            dump,
-        };
+        let sink = Sink { child, counter, dump };
         wait_listening(addr, Duration::from_secs(10))?;
         Ok(sink)
     }
@@ -174,11 +167,7 @@ fn read_counter(mut stdout: impl std::io::Read, counter: &Mutex<Counter>) {
         let text = String::from_utf8_lossy(&complete);
         let latest = |field: &str| {
             text.split(['\r', '\n'])
-                .filter_map(|update| {
-                    update
-                        .split_whitespace()
-                        .find_map(|f| f.strip_prefix(field))
-                })
+                .filter_map(|update| update.split_whitespace().find_map(|f| f.strip_prefix(field)))
                 .filter_map(|n| n.parse::<usize>().ok())
                 .max()
         };
@@ -196,10 +185,7 @@ fn read_counter(mut stdout: impl std::io::Read, counter: &Mutex<Counter>) {
 fn wait_listening(addr: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + deadline;
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        anyhow::ensure!(
-            Instant::now() < end,
-            "nothing listening on {addr} after {deadline:?}"
-        );
+        anyhow::ensure!(Instant::now() < end, "nothing listening on {addr} after {deadline:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -215,10 +201,7 @@ fn summarize(dump: &Path, signer_domain: &str) -> anyhow::Result<DumpSummary> {
     let mut summary = DumpSummary::default();
     let mut recipients = std::collections::HashSet::new();
     let wanted_d = format!("d={}", signer_domain.to_ascii_lowercase());
-    for message in text
-        .split(&format!("{MESSAGE_MARK}\n"))
-        .filter(|m| !m.trim().is_empty())
-    {
+    for message in text.split(&format!("{MESSAGE_MARK}\n")).filter(|m| !m.trim().is_empty()) {
         summary.messages += 1;
         let mut signed = false;
         let (head, _) = message.split_once("\n\n").unwrap_or((message, ""));
@@ -235,11 +218,7 @@ fn summarize(dump: &Path, signer_domain: &str) -> anyhow::Result<DumpSummary> {
         }
         summary.signed_rsa += usize::from(signed);
         if summary.sample.is_none() {
-            summary.sample = Some(
-                strip_sink_headers(message)
-                    .replace('\n', "\r\n")
-                    .into_bytes(),
-            );
+            summary.sample = Some(strip_sink_headers(message).replace('\n', "\r\n").into_bytes());
         }
     }
     summary.distinct_recipients = recipients.len();

@@ -2,7 +2,10 @@
 //!
 //! Parse, don't validate: addresses become [`Mailbox`] values here, at the edge, and the
 //! stored request carries them in one canonical form (`Name <local@domain>` or `local@domain`)
-//! so no later stage has to guess. CR, LF and NUL never reach a header (RFC 5322 §2.2).
+//! so no later stage has to guess. No control character but HTAB (C0, DEL, C1), and neither
+//! U+2028 nor U+2029, reaches a header or an attachment filename (RFC 5322 §2.2: a header line
+//! is printable characters, and some readers break lines at more than CR LF); custom headers
+//! fit on one RFC 5322 line, and their number, the tags and `metadata` are bounded.
 
 use std::collections::HashSet;
 
@@ -30,6 +33,47 @@ const RESERVED_HEADERS: [&str; 14] = [
     "received",
 ];
 
+/// Trace and authentication headers only relays and receiving servers add (RFC 5321 §4.4,
+/// RFC 8601, RFC 8617, RFC 7208): a sender setting them could forge a verdict downstream.
+/// Every `ARC-*` and `Resent-*` name is refused as well (see [`reserved_header`]).
+const TRACE_HEADERS: [&str; 3] = ["authentication-results", "received-spf", "delivered-to"];
+
+/// Custom `headers` per message (422 on `headers` above it).
+pub const MAX_CUSTOM_HEADERS: usize = 50;
+
+/// Longest custom header line, `Name: value` in octets without the CRLF: the 998 of RFC 5322
+/// §2.1.1. A longer one is refused with 422, not folded: Postwire writes ASCII values as given,
+/// and a value without whitespace could not be folded at all.
+pub const MAX_HEADER_LINE: usize = 998;
+
+/// Tags per message (422 on `tags` above it).
+pub const MAX_TAGS: usize = 20;
+
+/// Longest tag, in bytes of UTF-8 (422 on `tags[i]` above it).
+pub const MAX_TAG_LEN: usize = 128;
+
+/// What [`has_forbidden_chars`] refuses, as said in a field error.
+const FORBIDDEN_CHARS: &str =
+    "control characters (CR, LF, NUL, VT, FF, ESC, DEL, U+0080 to U+009F; tab is allowed), U+2028 or U+2029";
+
+/// Why a custom header name (lower-cased) is refused, if it is.
+fn reserved_header(lower: &str) -> Option<&'static str> {
+    if RESERVED_HEADERS.contains(&lower) {
+        Some("is set by Postwire; use the request's own field")
+    } else if TRACE_HEADERS.contains(&lower)
+        || lower.starts_with("arc-")
+        || lower.starts_with("resent-")
+    {
+        Some("is a trace or authentication header that only relays and receiving servers add")
+    } else if lower == "sender" {
+        Some("is reserved: the message's author is `from`, and Postwire sends as it")
+    } else if lower.starts_with("x-postwire-") {
+        Some("is reserved: `X-Postwire-*` headers are Postwire's own")
+    } else {
+        None
+    }
+}
+
 /// A parsed mailbox: optional display name and an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {
@@ -41,7 +85,7 @@ impl Mailbox {
     /// Parses `addr`, `Name <addr>` or `"Name" <addr>`.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if has_forbidden_chars(raw) {
-            return Err("must not contain CR, LF or NUL".into());
+            return Err(format!("must not contain {FORBIDDEN_CHARS}"));
         }
         let raw = raw.trim();
         match (raw.rfind('<'), raw.ends_with('>')) {
@@ -138,8 +182,9 @@ fn validate_domain(domain: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Any control character but HTAB (C0, DEL and C1), or a Unicode line or paragraph separator.
 fn has_forbidden_chars(s: &str) -> bool {
-    s.contains(['\r', '\n', '\0'])
+    s.chars().any(|c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}')
 }
 
 /// Validates a send request. On success returns the message to queue, with its request
@@ -202,7 +247,7 @@ pub fn validate_send(
         }
     }
     if has_forbidden_chars(&req.subject) {
-        err("subject".into(), "must not contain CR, LF or NUL".into());
+        err("subject".into(), format!("must not contain {FORBIDDEN_CHARS}"));
     }
     let text_empty = req.text.as_deref().is_none_or(str::is_empty);
     let html_empty = req.html.as_deref().is_none_or(str::is_empty);
@@ -210,14 +255,32 @@ pub fn validate_send(
         err("text".into(), "a message needs a `text` or an `html` body".into());
     }
 
+    if req.headers.len() > MAX_CUSTOM_HEADERS {
+        err(
+            "headers".into(),
+            format!(
+                "at most {MAX_CUSTOM_HEADERS} custom headers per message (got {})",
+                req.headers.len()
+            ),
+        );
+    }
     for (name, value) in &req.headers {
         let field = format!("headers.{}", name.escape_debug());
+        let line = name.len() + 2 + value.len();
         if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
             err(field, "header names are printable ASCII without spaces or `:`".into());
-        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            err(field, format!("`{name}` is set by Postwire; use the request's own field"));
+        } else if let Some(why) = reserved_header(&name.to_ascii_lowercase()) {
+            err(field, format!("`{name}` {why}"));
         } else if has_forbidden_chars(value) {
-            err(field, "header values must not contain CR, LF or NUL".into());
+            err(field, format!("header values must not contain {FORBIDDEN_CHARS}"));
+        } else if line > MAX_HEADER_LINE {
+            err(
+                field,
+                format!(
+                    "`{name}: value` must fit on one {MAX_HEADER_LINE}-octet header line \
+                     (RFC 5322 §2.1.1; got {line} octets); longer values are refused, not folded"
+                ),
+            );
         } else if req.unsubscribe_url.is_some()
             && name.to_ascii_lowercase().starts_with("list-unsubscribe")
         {
@@ -250,7 +313,7 @@ pub fn validate_send(
         {
             err(
                 format!("attachments[{i}].filename"),
-                "must be a non-empty name without CR, LF, NUL or `\"`".into(),
+                format!("must be a non-empty name without `\"` or {FORBIDDEN_CHARS}"),
             );
         }
         let ct_ok = a.content_type.split_once('/').is_some_and(|(t, s)| {
@@ -271,13 +334,28 @@ pub fn validate_send(
             Err(_) => err(format!("attachments[{i}].content"), "must be standard base64".into()),
         }
     }
+    if req.tags.len() > MAX_TAGS {
+        err("tags".into(), format!("at most {MAX_TAGS} tags per message (got {})", req.tags.len()));
+    }
     for (i, tag) in req.tags.iter().enumerate() {
-        if tag.is_empty() || tag.len() > 128 || tag.chars().any(char::is_control) {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
             err(
                 format!("tags[{i}]"),
-                "tags are 1 to 128 characters without control characters".into(),
+                format!("tags are 1 to {MAX_TAG_LEN} bytes without control characters"),
             );
         }
+    }
+    // Metadata is not rendered into the message (so not in `size`), but it is stored with it
+    // and copied into every event and webhook: bounded on its own.
+    let metadata_size = serde_json::to_vec(&req.metadata).map_or(usize::MAX, |j| j.len()) as u64;
+    if metadata_size > limits.max_metadata_size.0 {
+        err(
+            "metadata".into(),
+            format!(
+                "must be at most {} bytes as JSON (got {metadata_size}; limits.max_metadata_size)",
+                limits.max_metadata_size.0
+            ),
+        );
     }
     if let Err(e) = check_send_at(&mut req.send_at, Utc::now()) {
         err("send_at".into(), e);
@@ -559,5 +637,127 @@ mod tests {
         r.send_at = Some(now + chrono::TimeDelta::days(8));
         let errors = validate_send(r, &Limits::default(), "k").unwrap_err();
         assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["send_at"]);
+    }
+
+    fn refused_fields(r: SendRequest) -> Vec<(String, String)> {
+        validate_send(r, &Limits::default(), "k")
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn control_characters_other_than_tab_are_refused_in_subject_headers_names_and_filenames() {
+        for c in ['\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}']
+        {
+            let mut r = req();
+            r.subject = format!("a{c}b");
+            r.from = format!("Ann{c}Lee <app@example.com>");
+            r.reply_to = Some(format!("R{c} <r@example.com>"));
+            r.headers.insert("X-Foo".into(), format!("v{c}w"));
+            r.attachments = vec![postwire_proto::Attachment {
+                filename: format!("a{c}.txt"),
+                content_type: "text/plain".into(),
+                content: "aGk=".into(),
+            }];
+            let errors = refused_fields(r);
+            let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_str()).collect();
+            assert_eq!(
+                fields,
+                ["from", "reply_to", "subject", "headers.X-Foo", "attachments[0].filename"],
+                "{c:?}"
+            );
+            assert!(errors.iter().all(|(_, m)| m.contains("control characters")), "{errors:?}");
+        }
+        let mut r = req();
+        r.subject = "tab\there".into();
+        r.headers.insert("X-Foo".into(), "a\tb".into());
+        r.attachments = vec![postwire_proto::Attachment {
+            filename: "caf\u{e9}\t1.txt".into(),
+            content_type: "text/plain".into(),
+            content: "aGk=".into(),
+        }];
+        assert!(validate_send(r, &Limits::default(), "k").is_ok(), "tab and non-ASCII pass");
+    }
+
+    #[test]
+    fn a_custom_header_line_over_998_octets_is_refused() {
+        let mut r = req();
+        // `X-Long: ` is 8 octets: 990 of value make exactly 998.
+        r.headers.insert("X-Long".into(), "v".repeat(990));
+        assert!(validate_send(r.clone(), &Limits::default(), "k").is_ok());
+        r.headers.insert("X-Long".into(), "v".repeat(991));
+        let errors = refused_fields(r);
+        assert_eq!(errors[0].0, "headers.X-Long");
+        assert!(errors[0].1.contains("got 999 octets"), "{}", errors[0].1);
+        // Octets, not characters: 500 two-byte characters are 1000 octets.
+        let mut r = req();
+        r.headers.insert("X-Utf8".into(), "\u{e9}".repeat(500));
+        assert_eq!(refused_fields(r)[0].0, "headers.X-Utf8");
+    }
+
+    #[test]
+    fn more_than_50_custom_headers_or_20_tags_are_refused() {
+        let mut r = req();
+        r.headers = (0..MAX_CUSTOM_HEADERS).map(|i| (format!("X-H{i}"), "v".into())).collect();
+        r.tags = (0..MAX_TAGS).map(|i| format!("t{i}")).collect();
+        assert!(validate_send(r.clone(), &Limits::default(), "k").is_ok(), "the limits pass");
+        r.headers.insert("X-One-More".into(), "v".into());
+        r.tags.push("one-more".into());
+        r.tags.push("x".repeat(MAX_TAG_LEN + 1));
+        let errors = refused_fields(r);
+        let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["headers", "tags", "tags[21]"]);
+        assert_eq!(errors[0].1, "at most 50 custom headers per message (got 51)");
+        assert_eq!(errors[1].1, "at most 20 tags per message (got 22)");
+    }
+
+    #[test]
+    fn trace_authentication_sender_resent_and_postwire_headers_are_reserved() {
+        for name in [
+            "Authentication-Results",
+            "ARC-Seal",
+            "ARC-Message-Signature",
+            "arc-authentication-results",
+            "ARC-Anything",
+            "Received-SPF",
+            "Delivered-To",
+            "Resent-From",
+            "Resent-Message-ID",
+            "Sender",
+            "X-Postwire-Metadata",
+            "x-postwire-track",
+        ] {
+            let mut r = req();
+            r.headers.insert(name.into(), "v".into());
+            let errors = refused_fields(r);
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            assert_eq!(errors[0].0, format!("headers.{name}"));
+            assert!(errors[0].1.contains("reserved") || errors[0].1.contains(" add"), "{errors:?}");
+        }
+        // Near names stay the caller's, and so does List-Unsubscribe without `unsubscribe_url`.
+        let mut r = req();
+        for name in ["X-Postwire", "X-Arc", "Senders", "Resentment", "List-Unsubscribe"] {
+            r.headers.insert(name.into(), "<mailto:u@example.com>".into());
+        }
+        assert!(validate_send(r, &Limits::default(), "k").is_ok());
+    }
+
+    #[test]
+    fn metadata_over_max_metadata_size_is_refused_on_metadata() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_metadata_size.0, 8_000);
+        let mut r = req();
+        r.metadata.insert("k".into(), serde_json::Value::String("x".repeat(7_000)));
+        assert!(validate_send(r.clone(), &limits, "k").is_ok(), "7 KB pass");
+        r.metadata.insert("k".into(), serde_json::Value::String("x".repeat(9_000)));
+        let errors = validate_send(r, &limits, "k").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "metadata");
+        assert_eq!(
+            errors[0].message,
+            "must be at most 8000 bytes as JSON (got 9008; limits.max_metadata_size)"
+        );
     }
 }

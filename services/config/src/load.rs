@@ -111,6 +111,7 @@ mod tests {
         assert_eq!(s.retry.schedule.len(), 7);
         assert_eq!(s.retry.max_age.std().as_secs(), 48 * 3600);
         assert_eq!(s.limits.max_request_size.0, 25_000_000);
+        assert_eq!(s.limits.max_metadata_size.0, 8_000, "8KB");
     }
 
     #[test]

@@ -293,6 +293,10 @@ pub struct Limits {
     pub max_message_size: ByteSize,
     /// Largest HTTP request body accepted (413 above it).
     pub max_request_size: ByteSize,
+    /// Largest `metadata` accepted, measured as its compact JSON (422 on `metadata` above it).
+    /// Metadata is stored with the message and copied into every event and webhook about it,
+    /// so it is bounded on its own, well below `max_message_size`.
+    pub max_metadata_size: ByteSize,
     /// API requests the gateway handles at once (every route but `/healthz`, `/readyz`,
     /// `/metrics` and the docs). Further requests wait for a slot, their bodies unread, so the
     /// gateway's memory stays bounded when it is offered more than it can take; 0 switches the
@@ -312,6 +316,7 @@ impl Default for Limits {
             max_attachments: 20,
             max_message_size: ByteSize(10_000_000),
             max_request_size: ByteSize(25_000_000),
+            max_metadata_size: ByteSize(8_000),
             max_in_flight: 256,
             max_waiting: 1024,
         }

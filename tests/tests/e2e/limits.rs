@@ -1,7 +1,9 @@
 //! Per-message limits: recipients (`limits.max_recipients`) and attachments
 //! (`limits.max_attachments`) over the limit are a 422 naming the field and the limit; a
 //! message whose rendered size (base64 attachments included) is over `limits.max_message_size`
-//! is a 413, and one just under it is delivered no larger than the limit.
+//! is a 413, and one just under it is delivered no larger than the limit. Header hygiene is a
+//! 422 per field: control characters, custom header lines over 998 octets, reserved trace and
+//! `X-Postwire-*` headers, and `metadata` over `limits.max_metadata_size`.
 
 use base64::Engine;
 use postwire_e2e::app::{simple_message, TestApp, World};
@@ -88,4 +90,62 @@ async fn the_size_limit_applies_to_the_rendered_message_with_base64_attachments(
     assert_eq!(recipient(&m, "r@size.test")["status"], "delivered", "{m:#}");
     let size = hosts[0].received()[0].data.len();
     assert!(size > 17_000 && size <= 20_000, "rendered size {size}");
+}
+
+#[tokio::test]
+async fn control_characters_long_header_lines_and_reserved_headers_are_a_422_naming_each_field() {
+    let world = World::new().await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let mut body = simple_message(&["a@limits.invalid"]);
+    body["subject"] = json!("Bell\u{7}and escape\u{1b}[31m");
+    body["headers"] = json!({
+        "X-Vt": "a\u{b}b",
+        "X-Long": "v".repeat(991),
+        "X-Fits": "v".repeat(990),
+        "ARC-Seal": "i=1; a=rsa-sha256; b=forged",
+        "X-Postwire-Metadata": "{}",
+    });
+    body["attachments"] = json!([{
+        "filename": "report\u{7f}.pdf", "content_type": "application/pdf", "content": "aGk="
+    }]);
+    let (status, problem) = app.send(&body).await.unwrap();
+    assert_eq!(status, 422, "{problem}");
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "subject",
+            "headers.ARC-Seal",
+            "headers.X-Long",
+            "headers.X-Postwire-Metadata",
+            "headers.X-Vt",
+            "attachments[0].filename"
+        ],
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_over_max_metadata_size_is_a_422_on_metadata_and_under_it_is_accepted() {
+    let world = World::new().await;
+    let mut settings = world.settings();
+    settings.limits.max_metadata_size = "1KB".parse().unwrap();
+    let app = TestApp::start(settings).await.unwrap();
+    let mut body = simple_message(&["a@limits.invalid"]);
+    body["metadata"] = json!({"order": "x".repeat(1_000)});
+    let (status, problem) = app.send(&body).await.unwrap();
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "metadata", "{problem}");
+    assert_eq!(
+        problem["errors"][0]["message"],
+        "must be at most 1000 bytes as JSON (got 1012; limits.max_metadata_size)"
+    );
+    body["metadata"] = json!({"order": "x".repeat(900)});
+    let (status, accepted) = app.send(&body).await.unwrap();
+    assert_eq!(status, 202, "{accepted}");
 }

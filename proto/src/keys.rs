@@ -1,4 +1,5 @@
-//! Bodies of `/v1/keys`: API keys managed over HTTP (admin scope).
+//! Bodies of `/v1/keys`: API keys managed over HTTP (admin scope; a key never grants more
+//! than it holds, and a sandbox key manages only sandbox keys).
 //!
 //! The full key (`pw_key_…_<secret>`) appears once, in the `201` answer to creating it; only a
 //! hash is stored, so no later answer can show it.
@@ -13,12 +14,15 @@ use utoipa::ToSchema;
 pub struct CreateApiKey {
     /// A label for people (1 to 100 characters, no control characters).
     pub name: String,
-    /// Out of `send`, `read`, `admin`; absent means all three, as with `postwire keys create`.
+    /// Out of `send`, `read`, `admin`, and only scopes the calling key holds itself (else 403).
+    /// Absent means `send,read,admin` for a live key and `send,read` for a sandbox key, as with
+    /// `postwire keys create`, minus any the calling key lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
     /// A sandbox key: its messages are validated and recorded as `delivered` (with
     /// `last_response` `"250 sandbox: not sent (sandbox API key)"`) but never sent — no DNS
-    /// lookup, no SMTP connection. Webhook events still fire.
+    /// lookup, no SMTP connection. Webhook events still fire. A sandbox key can only create
+    /// sandbox keys, and must send `true` here to do so (else 403).
     #[serde(default)]
     pub sandbox: bool,
 }

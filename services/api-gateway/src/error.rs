@@ -11,6 +11,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(&'static str),
+    /// Refused for a reason other than a missing scope (e.g. a key granting more than it holds).
+    #[error("{0}")]
+    Denied(String),
     #[error("not found")]
     NotFound,
     /// The request conflicts with the resource's current state (e.g. revoking the key in use).
@@ -43,7 +46,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -51,9 +51,10 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// Comma-separated scopes out of send, read, admin.
-        #[arg(long, value_delimiter = ',', default_values_t = SCOPES.map(String::from))]
-        scopes: Vec<String>,
+        /// Comma-separated scopes out of send, read, admin [default: send,read,admin; with
+        /// --sandbox: send,read].
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
         /// A sandbox key: its messages are validated and recorded as delivered, but never sent
         /// (no DNS lookup, no SMTP connection).
         #[arg(long)]
@@ -149,11 +150,18 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// Scopes of `keys create` without `--scopes`: all three for a live key; a sandbox key gets no
+/// `admin`, so it cannot manage keys unless asked for explicitly.
+fn default_scopes(sandbox: bool) -> Vec<String> {
+    SCOPES.iter().filter(|s| !(sandbox && **s == "admin")).map(|s| s.to_string()).collect()
+}
+
 async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {
     let stores = Stores::open(&settings).await?;
     let store = &stores.state;
     match cmd {
         KeysCommand::Create { name, scopes, sandbox } => {
+            let scopes = scopes.unwrap_or_else(|| default_scopes(sandbox));
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
@@ -246,4 +254,32 @@ fn dkim_generate(
     println!("publish this DNS TXT record:");
     println!("{}", keygen::zone_record(domain, selector, &pair.txt_value));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created_scopes(args: &[&str]) -> Vec<String> {
+        let cli =
+            Cli::try_parse_from(["postwire", "keys", "create", "--name", "x"].iter().chain(args))
+                .unwrap();
+        match cli.command {
+            Some(Command::Keys(KeysCommand::Create { scopes, sandbox, .. })) => {
+                scopes.unwrap_or_else(|| default_scopes(sandbox))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sandbox_keys_created_by_cli_default_to_send_and_read() {
+        assert_eq!(created_scopes(&["--sandbox"]), ["send", "read"]);
+        assert_eq!(created_scopes(&[]), ["send", "read", "admin"], "live keys keep all three");
+        assert_eq!(
+            created_scopes(&["--sandbox", "--scopes", "send,admin"]),
+            ["send", "admin"],
+            "explicit scopes win"
+        );
+    }
 }

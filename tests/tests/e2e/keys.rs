@@ -1,5 +1,6 @@
 //! API keys over HTTP: scopes enforced per route, keys created, listed and revoked by an admin
-//! key, and sandbox keys whose messages are recorded as delivered without DNS or SMTP.
+//! key, sandbox keys whose messages are recorded as delivered without DNS or SMTP, and the
+//! boundaries between keys: none grants more than it holds, a sandbox key manages only sandbox keys.
 
 use postwire_e2e::app::{simple_message, TestApp, World};
 use postwire_e2e::webhook::{verify_standard_webhook, WebhookReceiver};
@@ -32,6 +33,30 @@ async fn create_key(app: &TestApp, body: Value) -> Value {
         call(app, reqwest::Method::POST, "/v1/keys", &app.key, Some(body)).await;
     assert_eq!(status, 201, "{created}");
     created
+}
+
+/// `method path` with `key`, expecting 403; returns the problem's `detail`.
+async fn forbidden(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> String {
+    let (status, problem) = call(app, method.clone(), path, key, body).await;
+    assert_eq!(
+        (status, problem["status"].as_u64()),
+        (403, Some(403)),
+        "{method} {path}: {problem}"
+    );
+    problem["detail"].as_str().unwrap().to_string()
+}
+
+/// The ids `GET /v1/keys` shows to `key`.
+async fn listed_ids(app: &TestApp, key: &str) -> Vec<String> {
+    let (status, list) = call(app, reqwest::Method::GET, "/v1/keys", key, None).await;
+    assert_eq!(status, 200, "{list}");
+    list["data"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_string()).collect()
 }
 
 fn field_names(problem: &Value) -> Vec<&str> {
@@ -264,4 +289,168 @@ async fn a_sandbox_key_message_is_delivered_without_dns_or_smtp_and_its_webhook_
     assert_ne!(recipient(&m, "ann@sandbox.test")["last_response"], SANDBOX_MARKER);
     assert_eq!(hosts[0].received().len(), 1);
     assert!(world.dns.queries_for("sandbox.test") > 0);
+}
+
+#[tokio::test]
+async fn sandbox_admin_key_cannot_create_a_live_key() {
+    use reqwest::Method as M;
+    let world = World::new().await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let sandbox = create_key(
+        &app,
+        json!({"name": "staging", "scopes": ["send", "read", "admin"], "sandbox": true}),
+    )
+    .await;
+    let sandbox_key = sandbox["key"].as_str().unwrap();
+    let before = listed_ids(&app, &app.key).await;
+
+    for body in [json!({"name": "escape"}), json!({"name": "escape", "sandbox": false})] {
+        let detail = forbidden(&app, M::POST, "/v1/keys", sandbox_key, Some(body.clone())).await;
+        assert!(detail.contains("sandbox"), "{body}: {detail}");
+    }
+    assert_eq!(listed_ids(&app, &app.key).await, before, "nothing was created");
+
+    // Asked for explicitly, a sandbox key is fine, and without `scopes` it gets no admin.
+    let (status, child) =
+        call(&app, M::POST, "/v1/keys", sandbox_key, Some(json!({"name": "ci", "sandbox": true})))
+            .await;
+    assert_eq!(status, 201, "{child}");
+    assert_eq!(
+        (child["sandbox"].as_bool(), &child["scopes"]),
+        (Some(true), &json!(["send", "read"]))
+    );
+}
+
+#[tokio::test]
+async fn a_key_cannot_grant_scopes_it_lacks() {
+    use reqwest::Method as M;
+    let world = World::new().await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let admin_only = create_key(&app, json!({"name": "ops", "scopes": ["admin"]})).await;
+    let admin_only = admin_only["key"].as_str().unwrap();
+
+    let body = json!({"name": "more", "scopes": ["send", "admin", "read"]});
+    let detail = forbidden(&app, M::POST, "/v1/keys", admin_only, Some(body)).await;
+    assert!(detail.contains("`send`") && detail.contains("`read`"), "{detail}");
+    assert!(!detail.contains("`admin`"), "admin is its own: {detail}");
+    let detail = forbidden(
+        &app,
+        M::POST,
+        "/v1/keys",
+        admin_only,
+        Some(json!({"name": "more", "scopes": ["send"]})),
+    )
+    .await;
+    assert!(detail.contains("`send`"), "{detail}");
+
+    // Without `scopes` the default is cut down to what the caller holds.
+    let (status, created) =
+        call(&app, M::POST, "/v1/keys", admin_only, Some(json!({"name": "same"}))).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["scopes"], json!(["admin"]));
+    // A sandbox key's default leaves out admin; with nothing left, the scopes must be named.
+    let (status, problem) = call(
+        &app,
+        M::POST,
+        "/v1/keys",
+        admin_only,
+        Some(json!({"name": "empty", "sandbox": true})),
+    )
+    .await;
+    assert_eq!((status, field_names(&problem)), (422, vec!["scopes"]), "{problem}");
+    // And a subset of its own scopes is allowed.
+    let (status, created) = call(
+        &app,
+        M::POST,
+        "/v1/keys",
+        &app.key,
+        Some(json!({"name": "sub", "scopes": ["read", "admin"]})),
+    )
+    .await;
+    assert_eq!((status, &created["scopes"]), (201, &json!(["read", "admin"])), "{created}");
+}
+
+#[tokio::test]
+async fn sandbox_key_cannot_revoke_a_live_key() {
+    use reqwest::Method as M;
+    let world = World::new().await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let sandbox = create_key(
+        &app,
+        json!({"name": "staging", "scopes": ["send", "read", "admin"], "sandbox": true}),
+    )
+    .await;
+    let sandbox_key = sandbox["key"].as_str().unwrap();
+    let live = create_key(&app, json!({"name": "prod", "scopes": ["send"]})).await;
+    let (live_id, live_key) = (live["id"].as_str().unwrap(), live["key"].as_str().unwrap());
+    let harness_id = postwire_store::ids::split_api_key(&app.key).unwrap().0.to_string();
+
+    for id in [live_id, harness_id.as_str()] {
+        let detail = forbidden(&app, M::DELETE, &format!("/v1/keys/{id}"), sandbox_key, None).await;
+        assert!(detail.contains("sandbox"), "{detail}");
+    }
+    let body = simple_message(&["a@example.org"]);
+    assert_eq!(
+        call(&app, M::POST, "/v1/messages", live_key, Some(body)).await.0,
+        202,
+        "still live"
+    );
+    assert_eq!(listed_ids(&app, &app.key).await.len(), 3, "the harness key still works");
+
+    // Sandbox keys it may revoke; an unknown id is still a 404.
+    let (_, child) =
+        call(&app, M::POST, "/v1/keys", sandbox_key, Some(json!({"name": "ci", "sandbox": true})))
+            .await;
+    let child_id = child["id"].as_str().unwrap();
+    assert_eq!(
+        call(&app, M::DELETE, &format!("/v1/keys/{child_id}"), sandbox_key, None).await.0,
+        204
+    );
+    let (status, problem) =
+        call(&app, M::DELETE, "/v1/keys/key_0000000000000000", sandbox_key, None).await;
+    assert_eq!(status, 404, "{problem}");
+}
+
+#[tokio::test]
+async fn a_sandbox_key_lists_only_sandbox_keys() {
+    let world = World::new().await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let sandbox =
+        create_key(&app, json!({"name": "staging", "scopes": ["read", "admin"], "sandbox": true}))
+            .await;
+    let other = create_key(&app, json!({"name": "qa", "scopes": ["send"], "sandbox": true})).await;
+    let live = create_key(&app, json!({"name": "prod", "scopes": ["send"]})).await;
+
+    let mut seen = listed_ids(&app, sandbox["key"].as_str().unwrap()).await;
+    seen.sort();
+    let mut expected = [sandbox["id"].as_str().unwrap(), other["id"].as_str().unwrap()];
+    expected.sort();
+    assert_eq!(seen, expected, "no live key is shown to a sandbox key");
+    let all = listed_ids(&app, &app.key).await;
+    assert_eq!(all.len(), 4, "a live admin key still sees every key: {all:?}");
+    assert!(all.iter().any(|id| id == live["id"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn sandbox_keys_created_by_the_cli_binary_default_to_send_and_read() {
+    let world = World::new().await;
+    let port = postwire_e2e::smtp::pick_free_port();
+    let config = world.write_config(port, postwire_e2e::app::distributed_backend().is_some());
+    let create = |args: &[&str]| {
+        let out = postwire_e2e::process::postwire(&config)
+            .args(["keys", "create", "--name", "cli"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let sandbox = create(&["--sandbox"]);
+    assert!(
+        sandbox.contains("sandbox API key") && sandbox.contains("scopes: send,read)"),
+        "{sandbox}"
+    );
+    let live = create(&[]);
+    assert!(live.contains("scopes: send,read,admin)"), "live keys keep all three: {live}");
 }

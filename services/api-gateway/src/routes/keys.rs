@@ -4,6 +4,10 @@
 //! by the `201` that creates it; lists show everything else (never the key or its hash). A
 //! revoked key fails with 401 on its next request. A key cannot revoke itself (409): that
 //! would lock out a caller holding a single admin key; use another admin key or the CLI.
+//!
+//! No key hands out more power than it holds: the scopes it grants must be a subset of its own
+//! (403 naming the extra ones), and a sandbox key can only create, list and revoke sandbox keys,
+//! so a leaked sandbox admin key cannot mint or revoke a live key.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -40,8 +44,20 @@ fn view(k: ApiKeyRecord) -> ApiKeyView {
     }
 }
 
-/// The name trimmed and the scopes deduplicated (all three when absent), or every bad field.
-fn validate(request: &CreateApiKey) -> Result<(String, Vec<String>), ApiError> {
+/// Scopes a new key gets when the request names none: `send,read,admin` for a live key,
+/// `send,read` for a sandbox key (as `postwire keys create`), cut down to the caller's own.
+fn default_scopes(caller: &ApiKey, sandbox: bool) -> Vec<String> {
+    SCOPES
+        .iter()
+        .filter(|s| !(sandbox && **s == "admin"))
+        .filter(|s| caller.scopes.iter().any(|own| own == *s))
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The name trimmed and the scopes deduplicated (the caller's default when absent), or every
+/// bad field.
+fn validate(caller: &ApiKey, request: &CreateApiKey) -> Result<(String, Vec<String>), ApiError> {
     let mut errors = Vec::new();
     let name = request.name.trim().to_string();
     if name.is_empty() {
@@ -58,7 +74,15 @@ fn validate(request: &CreateApiKey) -> Result<(String, Vec<String>), ApiError> {
         });
     }
     let scopes = match &request.scopes {
-        None => SCOPES.map(String::from).to_vec(),
+        None => {
+            let scopes = default_scopes(caller, request.sandbox);
+            if scopes.is_empty() {
+                // An admin-only caller asking for a sandbox key: never mint a key with no scope.
+                let message = "is required: this key holds none of the default scopes".into();
+                errors.push(FieldError { field: "scopes".into(), message });
+            }
+            scopes
+        }
         Some(list) if list.is_empty() => {
             let message = format!("must hold at least one of {}", SCOPES.join(", "));
             errors.push(FieldError { field: "scopes".into(), message });
@@ -85,13 +109,39 @@ fn validate(request: &CreateApiKey) -> Result<(String, Vec<String>), ApiError> {
     }
 }
 
+/// 403 unless `caller` may create a key with these powers: every scope must be one the caller
+/// holds, and a sandbox caller must ask for a sandbox key explicitly (`"sandbox": true`) — its
+/// request is refused rather than silently turned into a sandbox key, so nobody believes they
+/// hold a live key that never sends.
+fn check_grant(caller: &ApiKey, scopes: &[String], sandbox: bool) -> Result<(), ApiError> {
+    if caller.sandbox && !sandbox {
+        return Err(ApiError::Denied(
+            "a sandbox key can only create sandbox keys: send `\"sandbox\": true`".into(),
+        ));
+    }
+    let extra: Vec<String> =
+        scopes.iter().filter(|s| !caller.scopes.contains(s)).map(|s| format!("`{s}`")).collect();
+    if extra.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Denied(format!(
+            "a key cannot grant scopes it lacks: this key does not hold {}",
+            extra.join(", ")
+        )))
+    }
+}
+
 /// Create a key. The key is returned here and never again; only its hash is stored.
+///
+/// The new key's scopes must be a subset of the caller's; without `scopes` it gets the
+/// caller's scopes out of `send,read,admin` (live) or `send,read` (sandbox). A sandbox key
+/// can only create sandbox keys and must say so with `"sandbox": true`; anything else is a 403.
 #[utoipa::path(
     post, path = "/v1/keys", tag = "keys",
     request_body = CreateApiKey,
     responses(
         (status = 201, description = "Created; `key` is shown only this once", body = CreatedApiKey),
-        (status = 403, description = "The key lacks the `admin` scope", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `admin` scope, asks for a scope it does not hold (named in `detail`), or is a sandbox key asking for a live key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name or unknown scope, each field named", body = postwire_proto::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -103,7 +153,8 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     key.require("admin")?;
     let request: CreateApiKey = json_body(body)?;
-    let (name, scopes) = validate(&request)?;
+    let (name, scopes) = validate(&key, &request)?;
+    check_grant(&key, &scopes, request.sandbox)?;
     let minted = ids::mint_api_key();
     // Stored at millisecond precision: answer with the same instant a later list shows.
     let now = Utc::now();
@@ -131,10 +182,12 @@ pub async fn create_key(
 }
 
 /// List keys, oldest first, revoked ones included (never the keys themselves).
+///
+/// A sandbox key sees only sandbox keys.
 #[utoipa::path(
     get, path = "/v1/keys", tag = "keys",
     responses(
-        (status = 200, body = ApiKeyList),
+        (status = 200, description = "Every key, or only the sandbox keys when asked by a sandbox key", body = ApiKeyList),
         (status = 403, description = "The key lacks the `admin` scope", body = postwire_proto::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -144,15 +197,20 @@ pub async fn list_keys(
     key: ApiKey,
 ) -> Result<Json<ApiKeyList>, ApiError> {
     key.require("admin")?;
-    Ok(Json(ApiKeyList { data: gw.state.list_api_keys().await?.into_iter().map(view).collect() }))
+    let keys = gw.state.list_api_keys().await?.into_iter();
+    let data = keys.filter(|k| k.sandbox || !key.sandbox).map(view).collect();
+    Ok(Json(ApiKeyList { data }))
 }
 
 /// Revoke a key: it fails with 401 from its next request on. Revoking twice is not an error.
+///
+/// A sandbox key can revoke only sandbox keys (403 for a live one).
 #[utoipa::path(
     delete, path = "/v1/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id (`key_…`)")),
     responses(
         (status = 204, description = "Revoked"),
+        (status = 403, description = "The key lacks the `admin` scope, or is a sandbox key and the target a live key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The key making the request cannot revoke itself", body = postwire_proto::Problem, content_type = "application/problem+json"),
     ),
@@ -168,6 +226,16 @@ pub async fn revoke_key(
         return Err(ApiError::Conflict(
             "a key cannot revoke itself: use another admin key or `postwire keys revoke`".into(),
         ));
+    }
+    if key.sandbox {
+        // Looked up before anything changes: a live key is refused, never revoked.
+        match gw.state.api_key(&id).await? {
+            None => return Err(ApiError::NotFound),
+            Some(target) if !target.sandbox => {
+                return Err(ApiError::Denied("a sandbox key can only revoke sandbox keys".into()));
+            }
+            Some(_) => {}
+        }
     }
     if gw.state.revoke_api_key(&id).await? {
         tracing::info!(key = %id, by = %key.id, "API key revoked");

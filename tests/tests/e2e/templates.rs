@@ -380,7 +380,7 @@ async fn a_replaced_template_changes_later_sends_and_a_deleted_one_is_refused() 
     app.wait_final(&second, SOON).await.unwrap();
     let got = hosts[0].wait_for_messages(2, SOON).await.unwrap();
     let rendered: Vec<(String, String)> =
-        got.iter().map(|r| parts(r)).map(|(s, t, _)| (s, t.trim_end().to_string())).collect();
+        got.iter().map(parts).map(|(s, t, _)| (s, t.trim_end().to_string())).collect();
     assert_eq!(
         rendered,
         [

@@ -76,6 +76,8 @@ impl SqliteStore {
         std::fs::create_dir_all(dir)
             .map_err(|source| StoreError::Open { path: dir.display().to_string(), source })?;
         let path = dir.join("postwire.db");
+        restrict_to_owner(dir, &path)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let conn = Connection::open(&path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -227,4 +229,26 @@ pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
 
 pub(crate) fn now_ms() -> i64 {
     to_ms(Utc::now())
+}
+
+/// The store holds DKIM private keys and webhook secrets: its directory is made 0700 and the
+/// database 0600 whatever the umask, before SQLite opens it. SQLite gives the `-wal` and
+/// `-shm` files it creates the database file's mode; ones left by an earlier run are fixed too.
+#[cfg(unix)]
+fn restrict_to_owner(dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(db)?;
+    for file in [db.to_path_buf(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_dir: &Path, _db: &Path) -> std::io::Result<()> {
+    Ok(())
 }

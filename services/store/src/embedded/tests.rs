@@ -655,3 +655,27 @@ async fn a_job_whose_request_is_unreadable_does_not_hold_back_its_batch_mates() 
     // The unreadable job was leased with the batch: nothing is handed out again before its lease ends.
     assert!(store.claim_many("w", LONG_LEASE, 10).await.unwrap().is_empty(), "it stays leased");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn store_directory_and_database_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // As an operator's umask 022 leaves them: world-readable directory and database.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("postwire.db"), b"").unwrap();
+    std::fs::set_permissions(data.join("postwire.db"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let store = SqliteStore::open(&data).unwrap();
+    store.accept(message(&["a@one.test"])).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "store directory");
+    for name in ["postwire.db", "postwire.db-wal", "postwire.db-shm"] {
+        let path = data.join(name);
+        assert!(path.exists(), "{name} exists after a write");
+        assert_eq!(mode(&path), 0o600, "{name}");
+    }
+    store.close();
+}

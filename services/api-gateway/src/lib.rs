@@ -14,9 +14,11 @@
 //! - [`template`]: template syntax checks, and rendering a send's `template_id` + `variables`.
 //! - [`ratelimit`]: per-API-key request and message limits (429 with `Retry-After`).
 //! - [`capacity`]: the bound on requests handled at once (503 with `Retry-After` beyond it).
+//! - [`conn`]: the accept loop: request-head deadline, connection caps, graceful shutdown.
 
 pub mod auth;
 pub mod capacity;
+pub mod conn;
 pub mod error;
 pub mod idempotency;
 pub mod openapi;
@@ -97,29 +99,15 @@ pub fn ops_router(gw: Gateway) -> Router {
         .with_state(gw)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then drains open requests.
-///
-/// The router is made into a service once, here: handed to `axum::serve` as it is, axum
-/// rebuilds it (`with_state(())`) for every connection, cloning every route and the OpenAPI
-/// document, about 140 KB a connection, which thousands of connections opened at once by an
-/// overloaded client turned into hundreds of MB the allocator kept.
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains open requests,
+/// under the connection bounds of [`conn`].
 pub async fn serve_router(
     listener: TcpListener,
     router: Router,
+    limits: conn::ConnLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-}
-
-/// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
-pub async fn serve(
-    listener: TcpListener,
-    gw: Gateway,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    serve_router(listener, router(gw), shutdown).await
+    conn::serve(listener, router, limits, shutdown).await
 }
 
 async fn record_metrics(AxState(gw): AxState<Gateway>, req: Request, next: Next) -> Response {

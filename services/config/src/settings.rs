@@ -41,6 +41,13 @@ pub struct Http {
     pub listen: SocketAddr,
     /// Public base URL of the gateway; tracking links and the open pixel point here.
     pub public_url: String,
+    /// A connection must send a complete request head within this long of opening (or of its
+    /// previous response), else it is closed: a slowloris client cannot hold sockets forever.
+    pub header_read_timeout: Duration,
+    /// Connections open at once from one client address; more are closed at accept.
+    pub max_connections_per_ip: usize,
+    /// Connections open at once in all; kept below the process's file-descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for Http {
@@ -48,6 +55,9 @@ impl Default for Http {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".into(),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 256,
+            max_connections: 10_000,
         }
     }
 }

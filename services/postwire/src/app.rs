@@ -227,7 +227,11 @@ impl App {
             _ => None,
         };
         let http = match router {
-            Some((l, r)) => postwire_api_gateway::serve_router(l, r, shutdown.clone()).await,
+            Some((l, r)) => {
+                let limits =
+                    postwire_api_gateway::conn::ConnLimits::from_settings(&self.settings.http);
+                postwire_api_gateway::serve_router(l, r, limits, shutdown.clone()).await
+            }
             None => {
                 shutdown.cancelled().await;
                 Ok(())

@@ -14,6 +14,7 @@ mod limits;
 mod ratelimit;
 mod scheduled;
 mod search;
+mod security;
 mod suppressions;
 mod templates;
 mod unsubscribe;

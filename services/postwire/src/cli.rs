@@ -150,10 +150,9 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Scopes of `keys create` without `--scopes`: all three for a live key; a sandbox key gets no
-/// `admin`, so it cannot manage keys unless asked for explicitly.
+/// Scopes of `keys create` without `--scopes` ([`postwire_store::default_scopes`]).
 fn default_scopes(sandbox: bool) -> Vec<String> {
-    SCOPES.iter().filter(|s| !(sandbox && **s == "admin")).map(|s| s.to_string()).collect()
+    postwire_store::default_scopes(sandbox).map(String::from).collect()
 }
 
 async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {

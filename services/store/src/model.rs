@@ -87,6 +87,12 @@ pub struct EventDetail {
 /// Scopes an API key may hold.
 pub const SCOPES: [&str; 3] = ["send", "read", "admin"];
 
+/// Scopes a new key gets when none are asked for: all of [`SCOPES`] for a live key; a sandbox
+/// key gets no `admin`, so it cannot manage keys unless that is asked for explicitly.
+pub fn default_scopes(sandbox: bool) -> impl Iterator<Item = &'static str> {
+    SCOPES.into_iter().filter(move |s| !(sandbox && *s == "admin"))
+}
+
 #[derive(Debug, Clone)]
 pub struct NewApiKey {
     pub id: String,

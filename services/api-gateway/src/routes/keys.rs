@@ -47,11 +47,9 @@ fn view(k: ApiKeyRecord) -> ApiKeyView {
 /// Scopes a new key gets when the request names none: `send,read,admin` for a live key,
 /// `send,read` for a sandbox key (as `postwire keys create`), cut down to the caller's own.
 fn default_scopes(caller: &ApiKey, sandbox: bool) -> Vec<String> {
-    SCOPES
-        .iter()
-        .filter(|s| !(sandbox && **s == "admin"))
-        .filter(|s| caller.scopes.iter().any(|own| own == *s))
-        .map(|s| s.to_string())
+    postwire_store::default_scopes(sandbox)
+        .filter(|s| caller.scopes.iter().any(|own| own == s))
+        .map(String::from)
         .collect()
 }
 

@@ -92,7 +92,13 @@ impl TestApp {
         let base = format!("http://{addr}");
         settings.http.listen = addr;
         settings.http.public_url = base.clone();
-        let app = App::build(settings.clone()).await.context("building the app")?;
+        // Templates render in the real binary's bounded children, as in production.
+        let renderer = postwire_api_gateway::renderer::Renderer::isolated(
+            crate::process::postwire_bin(),
+            vec!["render-template".into()],
+        );
+        let app =
+            App::build(settings.clone()).await.context("building the app")?.with_renderer(renderer);
         let minted = ids::mint_api_key();
         app.state()
             .create_api_key(NewApiKey {

@@ -41,6 +41,11 @@ impl Proc {
         Proc(cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn the process"))
     }
 
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// SIGKILL: no shutdown hook runs, as in a crash.
     pub fn kill9(&mut self) {
         self.0.kill().expect("kill");
@@ -53,4 +58,33 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `postwire keys create --name NAME` against `config`: the new key (all scopes).
+///
+/// # Panics
+/// If the command fails.
+pub fn create_key(config: &std::path::Path, name: &str) -> String {
+    let out = postwire(config).args(["keys", "create", "--name", name]).output().unwrap();
+    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().expect("the key on the last line").trim().to_string()
+}
+
+/// `postwire serve` with `config` and the `POSTWIRE__…` overrides in `env`, once `/healthz`
+/// answers at `base` (within 20 s).
+///
+/// # Panics
+/// If it does not come up in time.
+pub async fn serve_healthy(config: &std::path::Path, env: &[(&str, &str)], base: &str) -> Proc {
+    let mut cmd = postwire(config);
+    cmd.arg("serve").envs(env.iter().copied());
+    let proc = Proc::spawn(cmd);
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "server at {base} never became healthy");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    proc
 }

@@ -1,6 +1,8 @@
 //! Bearer API key authentication. Keys are looked up by their public id and the secret's
 //! SHA-256 compared in constant time; a revoked key fails at once. An authenticated request
 //! then counts against the key's per-second limit ([`crate::ratelimit::admit_request`]).
+//! [`crate::capacity`] authenticates `/v1` requests before giving them a slot and leaves the
+//! key in the request's extensions, where the extractor finds it (one lookup, one count).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -31,6 +33,9 @@ impl FromRequestParts<Gateway> for ApiKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, ApiError> {
+        if let Some(key) = parts.extensions.get::<ApiKey>() {
+            return Ok(key.clone());
+        }
         let presented = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

@@ -1,5 +1,6 @@
-//! The HTTP accept loop: hyper connections with a request-head deadline, a cap on
-//! connections per client address and in all, and graceful shutdown.
+//! The HTTP accept loop: hyper connections with a request-head deadline, a request-body
+//! deadline ([`crate::slow_body`]), a cap on connections per client address and in all, and
+//! graceful shutdown.
 //!
 //! `axum::serve` has none of these: a client that opens a socket and sends half a request
 //! line keeps it forever, and some thousands of those exhaust the file descriptors, so even
@@ -22,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::slow_body::{limit_body_time, BodyDeadline};
+
 /// How long open requests may take to finish once shutdown starts.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -29,6 +32,8 @@ const DRAIN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
+    /// `http.body_read_timeout` and `http.min_body_rate`.
+    pub body: BodyDeadline,
     pub max_connections_per_ip: usize,
     pub max_connections: usize,
 }
@@ -37,6 +42,10 @@ impl ConnLimits {
     pub fn from_settings(http: &postwire_config::Http) -> Self {
         Self {
             header_read_timeout: http.header_read_timeout.std(),
+            body: BodyDeadline {
+                grace: http.body_read_timeout.std(),
+                min_rate: http.min_body_rate.0,
+            },
             max_connections_per_ip: http.max_connections_per_ip.max(1),
             max_connections: http.max_connections.max(1),
         }
@@ -89,6 +98,7 @@ pub async fn serve(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    let router = router.layer(axum::middleware::from_fn_with_state(limits.body, limit_body_time));
     let graceful = GracefulShutdown::new();
     let total = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let per_ip = Arc::new(PerIp::default());

@@ -33,6 +33,14 @@ pub enum ApiError {
     /// More requests than `limits.max_in_flight` + `limits.max_waiting` (see [`crate::capacity`]).
     #[error("the server is over capacity; retry shortly")]
     Overloaded,
+    /// The API key already has its share of the gateway's slots (see [`crate::capacity`]).
+    #[error("this API key already has {0} requests in progress or waiting, its share of the gateway's capacity; retry shortly")]
+    KeyBusy(usize),
+    /// The request body did not arrive in time (see [`crate::slow_body`]).
+    #[error(
+        "the request body did not arrive in time (http.body_read_timeout, http.min_body_rate)"
+    )]
+    BodyTimeout,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -50,9 +58,10 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::KeyBusy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,8 +93,12 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         // Every 503 is temporary: at capacity, or a backend down for a moment (it reconnects itself).
-        let retry_after = matches!(self, Self::Overloaded | Self::Unavailable(_))
-            .then(|| HeaderValue::from(crate::capacity::RETRY_AFTER_SECS));
+        // A key over its share (429) waits as long: its own requests ahead are about as quick.
+        let retry_after =
+            matches!(self, Self::Overloaded | Self::Unavailable(_) | Self::KeyBusy(_))
+                .then(|| HeaderValue::from(crate::capacity::RETRY_AFTER_SECS));
+        // The rest of a late body may never come: the connection is not kept for another request.
+        let close = matches!(self, Self::BodyTimeout);
         let (detail, errors) = match self {
             Self::Invalid(errors) => {
                 (Some("One or more fields are invalid; see `errors`.".to_string()), errors)
@@ -114,6 +127,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, seconds);
+        }
+        if close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -12,9 +12,13 @@
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //! - [`openapi`]: the utoipa document.
 //! - [`template`]: template syntax checks, and rendering a send's `template_id` + `variables`.
+//! - [`renderer`]: where templates render: in process, or in memory-bounded child processes.
 //! - [`ratelimit`]: per-API-key request and message limits (429 with `Retry-After`).
-//! - [`capacity`]: the bound on requests handled at once (503 with `Retry-After` beyond it).
-//! - [`conn`]: the accept loop: request-head deadline, connection caps, graceful shutdown.
+//! - [`capacity`]: the bound on requests handled at once, shared fairly per API key (429 over
+//!   a key's share, 503 with `Retry-After` when full).
+//! - [`slow_body`]: the request-body deadline (408 for a body that arrives too slowly).
+//! - [`conn`]: the accept loop: request-head and body deadlines, connection caps, graceful
+//!   shutdown.
 
 pub mod auth;
 pub mod capacity;
@@ -23,7 +27,9 @@ pub mod error;
 pub mod idempotency;
 pub mod openapi;
 pub mod ratelimit;
+pub mod renderer;
 pub mod routes;
+pub mod slow_body;
 pub mod template;
 pub mod validate;
 
@@ -54,6 +60,8 @@ pub struct Gateway {
     pub messages: Arc<dyn postwire_store::Messages>,
     /// Stored templates, rendered into sends that name one.
     pub templates: Arc<dyn postwire_store::Templates>,
+    /// Where those renders run ([`renderer::Renderer::isolated`] in the `postwire` binary).
+    pub renderer: renderer::Renderer,
     /// Per-API-key rate-limit counters (`limits.per_key_per_second`, `limits.per_key_per_day`).
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Sending domains and their DKIM keys (`/v1/domains`).
@@ -63,16 +71,20 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub tracking: TrackingKeys,
     pub limits: Limits,
+    /// The in-flight slots of the API's routes, one set per process (`/readyz` reports them).
+    pub capacity: capacity::Capacity,
     /// Accept webhook endpoints on loopback/private addresses (`webhooks.allow_private_targets`).
     pub allow_private_targets: bool,
 }
 
 /// Every route, with request metrics and the body size limit applied, and the API's routes
-/// (all but health, metrics and the docs) under the in-flight limit ([`capacity`]).
+/// (all but health, metrics and the docs) under the in-flight limit ([`capacity`]): the `/v1`
+/// routes in their key's share, the tracking links in the anonymous one.
 pub fn router(gw: Gateway) -> Router {
     let limit = usize::try_from(gw.limits.max_request_size.0).unwrap_or(usize::MAX);
-    let capacity = capacity::Capacity::from_limits(&gw.limits);
-    let api = Router::new()
+    let per_key = middleware::from_fn_with_state(gw.clone(), capacity::limit_in_flight_per_key);
+    let anonymous = middleware::from_fn_with_state(gw.clone(), capacity::limit_in_flight_anonymous);
+    let v1 = Router::new()
         .merge(routes::messages::router())
         .merge(routes::search::router())
         .merge(routes::batch::router())
@@ -81,10 +93,11 @@ pub fn router(gw: Gateway) -> Router {
         .merge(routes::domains::router())
         .merge(routes::templates::router())
         .merge(routes::keys::router())
-        .merge(routes::tracking::router())
-        .route_layer(middleware::from_fn_with_state(capacity, capacity::limit_in_flight));
+        .route_layer(per_key);
+    let tracking = routes::tracking::router().route_layer(anonymous);
     Router::new()
-        .merge(api)
+        .merge(v1)
+        .merge(tracking)
         .merge(routes::ops::router())
         .route_layer(middleware::from_fn_with_state(gw.clone(), record_metrics))
         .layer(DefaultBodyLimit::max(limit))

@@ -18,8 +18,10 @@ use std::io::Write;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 use postwire_proto::{FieldError, SendRequest, Template, TemplateRequest};
 use postwire_store::{StoreError, Templates};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::renderer::{Renderer, RendererError};
 use crate::validate::TOO_LARGE_FIELD;
 
 /// Instructions one part of a template may run (loops, filters, output) before it is stopped.
@@ -102,6 +104,9 @@ pub enum RenderError {
     /// The template could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The render process could not be started or talked to (not the template's fault).
+    #[error(transparent)]
+    Renderer(#[from] RendererError),
 }
 
 impl From<RenderError> for ApiError {
@@ -114,6 +119,7 @@ impl From<RenderError> for ApiError {
                 }
             }
             RenderError::Store(e) => e.into(),
+            RenderError::Renderer(e) => ApiError::Internal(Box::new(e)),
         }
     }
 }
@@ -129,6 +135,10 @@ impl RenderError {
                     "(message)",
                     "not queued: storage is unavailable; send this message again",
                 )]
+            }
+            RenderError::Renderer(e) => {
+                tracing::error!(error = %e, "batch: a message's template could not be rendered");
+                vec![field("(message)", "not queued: an internal error; send this message again")]
             }
         }
     }
@@ -157,9 +167,11 @@ impl TemplateCache {
 
 /// Applies a send's `template_id` and `variables`: the request with the template's subject,
 /// text and html rendered into it, ready for validation. A request without a template passes
-/// unchanged (but `variables` alone is refused). `max_size` caps each rendered part.
+/// unchanged (but `variables` alone is refused). `max_size` caps each rendered part; `renderer`
+/// says where the rendering runs.
 pub async fn render_send(
     store: &dyn Templates,
+    renderer: &Renderer,
     cache: &mut TemplateCache,
     mut request: SendRequest,
     max_size: u64,
@@ -193,29 +205,72 @@ pub async fn render_send(
         return Err(RenderError::Invalid(errors));
     }
 
+    let job = RenderJob {
+        template_id: template_id.clone(),
+        subject: template.subject.clone(),
+        text: template.text.clone(),
+        html: template.html.clone(),
+        variables: std::mem::take(&mut request.variables),
+        max_size,
+    };
+    let rendered = renderer.render(job).await?;
+    request.subject = rendered.subject;
+    request.text = rendered.text;
+    request.html = rendered.html;
+    Ok(request)
+}
+
+/// What one render needs: a template's three parts, the send's variables and the size cap.
+/// Serialized as one JSON line when rendered in a child process ([`crate::renderer`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderJob {
+    /// Named in the errors of a render that broke its bounds.
+    pub template_id: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub variables: BTreeMap<String, serde_json::Value>,
+    /// Each rendered part's cap in bytes (`limits.max_message_size`).
+    pub max_size: u64,
+}
+
+/// A template's parts as rendered for one send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}
+
+/// Renders every part of `job` in this thread: the parts, or every problem found in them (one
+/// error per field). Fuel bounds the work and `max_size` each part's output, but not the
+/// memory an expression builds on the way; [`crate::renderer`] runs this in a child process
+/// under a memory limit for that.
+pub fn render_job(job: &RenderJob) -> Result<Rendered, Vec<FieldError>> {
     let env = environment();
-    let context = Value::from_serialize(&request.variables);
+    let context = Value::from_serialize(&job.variables);
+    let mut errors: Vec<FieldError> = Vec::new();
     let mut render = |part: &'static str, source: &str| -> Option<String> {
-        match render_part(&env, part, source, &context, &request.variables, max_size) {
+        match render_part(&env, part, source, &context, &job.variables, job.max_size) {
             Ok(out) => Some(out),
             Err(mut e) => {
-                e.retain(|new| !errors.iter().any(|old: &FieldError| old.field == new.field));
+                e.retain(|new| !errors.iter().any(|old| old.field == new.field));
                 errors.extend(e);
                 None
             }
         }
     };
-    let subject = render(SUBJECT, &template.subject);
-    let text = template.text.as_deref().map(|source| render(TEXT, source));
-    let html = template.html.as_deref().map(|source| render(HTML, source));
+    let subject = render(SUBJECT, &job.subject);
+    let text = job.text.as_deref().map(|source| render(TEXT, source));
+    let html = job.html.as_deref().map(|source| render(HTML, source));
     if !errors.is_empty() {
-        return Err(RenderError::Invalid(errors));
+        return Err(errors);
     }
-    request.subject = subject.unwrap_or_default();
-    request.text = text.flatten();
-    request.html = html.flatten();
-    request.variables = BTreeMap::new();
-    Ok(request)
+    Ok(Rendered {
+        subject: subject.unwrap_or_default(),
+        text: text.flatten(),
+        html: html.flatten(),
+    })
 }
 
 /// Renders one part of a stored template, or says why it cannot be.

@@ -74,10 +74,13 @@ fn send(variables: serde_json::Value) -> SendRequest {
 }
 
 async fn render(store: &Memory, request: SendRequest) -> Result<SendRequest, Vec<FieldError>> {
-    render_send(store, &mut TemplateCache::default(), request, MAX).await.map_err(|e| match e {
-        RenderError::Invalid(errors) => errors,
-        RenderError::Store(e) => panic!("store error: {e}"),
-    })
+    render_send(store, &Renderer::in_process(), &mut TemplateCache::default(), request, MAX)
+        .await
+        .map_err(|e| match e {
+            RenderError::Invalid(errors) => errors,
+            RenderError::Store(e) => panic!("store error: {e}"),
+            RenderError::Renderer(e) => panic!("renderer error: {e}"),
+        })
 }
 
 fn fields(errors: &[FieldError]) -> Vec<&str> {
@@ -193,6 +196,7 @@ async fn a_runaway_template_is_stopped() {
     let store = store_with("Hi", Some("{{ 'x' * n }}"), None);
     let errors = render_send(
         &store,
+        &Renderer::in_process(),
         &mut TemplateCache::default(),
         send(serde_json::json!({"n": 2000})),
         1000,
@@ -208,8 +212,15 @@ async fn a_batch_reads_each_template_once() {
     let store = store_with("Hi {{ n }}", Some("x"), None);
     let mut cache = TemplateCache::default();
     for n in 0..5 {
-        let out =
-            render_send(&store, &mut cache, send(serde_json::json!({"n": n})), MAX).await.unwrap();
+        let out = render_send(
+            &store,
+            &Renderer::in_process(),
+            &mut cache,
+            send(serde_json::json!({"n": n})),
+            MAX,
+        )
+        .await
+        .unwrap();
         assert_eq!(out.subject, format!("Hi {n}"));
     }
     assert_eq!(*store.reads.lock().unwrap(), 1);

@@ -44,6 +44,14 @@ pub struct Http {
     /// A connection must send a complete request head within this long of opening (or of its
     /// previous response), else it is closed: a slowloris client cannot hold sockets forever.
     pub header_read_timeout: Duration,
+    /// A request body must arrive within this long of the request head, plus the time
+    /// `min_body_rate` earns for the bytes already received; else the request is answered
+    /// 408 and its connection closed. Time spent waiting for an in-flight slot counts.
+    pub body_read_timeout: Duration,
+    /// Bytes per second a request body must average once `body_read_timeout` has passed
+    /// (e.g. `"32KB"`: a 10 MB body may take 10 s + 312 s). 0: the body must arrive whole
+    /// within `body_read_timeout`.
+    pub min_body_rate: ByteSize,
     /// Connections open at once from one client address; more are closed at accept.
     pub max_connections_per_ip: usize,
     /// Connections open at once in all; kept below the process's file-descriptor limit.
@@ -56,6 +64,8 @@ impl Default for Http {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".into(),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            min_body_rate: ByteSize(32_000),
             max_connections_per_ip: 256,
             max_connections: 10_000,
         }

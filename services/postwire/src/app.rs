@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use postwire_api_gateway::capacity::Capacity;
+use postwire_api_gateway::renderer::Renderer;
 use postwire_api_gateway::Gateway;
 use postwire_config::{Backend, Settings};
 use postwire_mta_worker::domain_check::DomainChecker;
@@ -136,6 +138,16 @@ pub struct App {
     dispatcher: Arc<Dispatcher>,
     /// Live DNS checks for `/v1/domains`, on the configured resolver.
     domain_checker: DomainChecker,
+    /// Where the gateway renders templates: in process unless [`App::with_renderer`] says so.
+    renderer: Renderer,
+    /// The gateway's in-flight slots (`limits.max_in_flight`), shared by every [`App::gateway`].
+    capacity: Capacity,
+}
+
+/// Renders templates in memory-bounded children of the running binary
+/// (`postwire render-template`).
+pub fn isolated_renderer() -> std::io::Result<Renderer> {
+    Ok(Renderer::isolated(std::env::current_exe()?, vec!["render-template".into()]))
 }
 
 impl App {
@@ -152,7 +164,24 @@ impl App {
             Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
         let domain_checker = DomainChecker::from_settings(&settings.dns, &settings.smtp)
             .map_err(|e| AppError::Worker(postwire_mta_worker::WorkerError::Resolver(e)))?;
-        Ok(Self { settings, stores, metrics, tracking, worker, dispatcher, domain_checker })
+        let capacity = Capacity::from_limits(&settings.limits);
+        Ok(Self {
+            settings,
+            stores,
+            metrics,
+            tracking,
+            worker,
+            dispatcher,
+            domain_checker,
+            renderer: Renderer::in_process(),
+            capacity,
+        })
+    }
+
+    /// Renders templates with `renderer` (the binary passes [`isolated_renderer`]).
+    pub fn with_renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -188,12 +217,14 @@ impl App {
             suppressions: self.stores.suppressions.clone(),
             messages: self.stores.messages.clone(),
             templates: self.stores.templates.clone(),
+            renderer: self.renderer.clone(),
             rate_limiter: self.stores.rate_limiter.clone(),
             domains: self.stores.domains.clone(),
             domain_checker: self.domain_checker.clone(),
             metrics: self.metrics.clone(),
             tracking: self.tracking.clone(),
             limits: self.settings.limits.clone(),
+            capacity: self.capacity.clone(),
             allow_private_targets: self.settings.webhooks.allow_private_targets,
         }
     }

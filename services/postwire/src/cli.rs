@@ -43,6 +43,10 @@ pub enum Command {
     /// Manage DKIM keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Internal: render template jobs from stdin under memory and CPU limits (the API
+    /// gateway's render child; see `postwire_api_gateway::renderer`).
+    #[command(hide = true)]
+    RenderTemplate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dkim(DkimCommand::Generate { domain, selector, algorithm, out }) => {
             dkim_generate(&settings, &domain, &selector, algorithm, out)
         }
+        Command::RenderTemplate => bail!("`render-template` is run by `main`, before the runtime"),
     }
 }
 
@@ -126,7 +131,8 @@ async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     } else {
         None
     };
-    let app = App::build(settings).await?;
+    // Templates render in children of this very binary, each under a memory bound.
+    let app = App::build(settings).await?.with_renderer(crate::app::isolated_renderer()?);
     if let Some(l) = &listener {
         tracing::info!(addr = %l.local_addr()?, "postwire listening");
     }

@@ -1,12 +1,16 @@
 //! Hostile clients against the HTTP listener: slowloris sockets are closed after
 //! `http.header_read_timeout`, one address cannot hold more than `http.max_connections_per_ip`,
-//! and the service keeps answering everyone else meanwhile.
+//! and the service keeps answering everyone else meanwhile; slow bodies from one key get 408
+//! and leave the other keys their share of `limits.max_in_flight`; a template that builds a
+//! huge value gets 422 while the service stays small (run against the real binary).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use postwire_config::units::Duration as ConfigDuration;
-use postwire_e2e::app::{TestApp, World};
+use postwire_e2e::app::{distributed_backend, simple_message, TestApp, World};
+use postwire_e2e::process::{create_key, serve_healthy};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -104,4 +108,204 @@ async fn an_idle_connection_that_sends_nothing_is_closed_after_the_header_timeou
     let mut idle = connect_from(Ipv4Addr::LOCALHOST, app.addr).await;
     assert!(closed_within(&mut idle, Duration::from_secs(5)).await, "idle socket closed");
     app.stop().await;
+}
+
+/// A POST that announces a 100,000-byte body and sends one byte of it.
+async fn slow_post(source: Ipv4Addr, addr: SocketAddr, key: &str) -> TcpStream {
+    let mut s = connect_from(source, addr).await;
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// The status code of the response on `stream`, read within `deadline`.
+async fn status_within(stream: &mut TcpStream, deadline: Duration) -> Option<u16> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    let until = Instant::now() + deadline;
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// `GET /readyz`: status code and body.
+async fn readyz(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let r = client.get(format!("{base}/readyz")).send().await.expect("readyz answers");
+    (r.status().as_u16(), r.json().await.expect("readyz JSON"))
+}
+
+/// Polls `/readyz` until its `capacity` satisfies `done`.
+async fn wait_capacity(client: &reqwest::Client, base: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = readyz(client, base).await;
+        if done(&body["capacity"]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "capacity never got there: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn client_from(source: Ipv4Addr, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder().local_address(IpAddr::V4(source)).timeout(timeout).build().unwrap()
+}
+
+#[tokio::test]
+async fn slow_bodies_from_one_key_get_408_while_another_key_still_gets_202() {
+    let world = World::new().await;
+    let port = postwire_e2e::smtp::pick_free_port();
+    let config = world.write_config(port, distributed_backend().is_some());
+    let attacker = create_key(&config, "attacker");
+    let second = create_key(&config, "second-attacker");
+    let victim = create_key(&config, "victim");
+    let base = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("POSTWIRE__HTTP__BODY_READ_TIMEOUT", "4s"),
+        ("POSTWIRE__LIMITS__MAX_IN_FLIGHT", "32"),
+        ("POSTWIRE__LIMITS__MAX_WAITING", "32"),
+    ];
+    let _server = serve_healthy(&config, &env, &base).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ops = client_from(Ipv4Addr::new(127, 0, 0, 3), Duration::from_secs(2));
+
+    // 100 slow bodies from one key: more than all 32 slots and all 32 places to wait.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        slow.push(slow_post(Ipv4Addr::new(127, 0, 0, 1), addr, &attacker).await);
+    }
+    // It gets half of each, no more.
+    wait_capacity(&ops, &base, |c| c["in_flight"] == 16 && c["waiting"] == 16).await;
+    let (status, body) = readyz(&ops, &base).await;
+    assert_eq!(status, 200, "half the slots are free: ready ({body})");
+    assert_eq!(body["status"], "ready");
+
+    let started = Instant::now();
+    let health = ops.get(format!("{base}/healthz")).send().await.expect("healthz under attack");
+    assert_eq!(health.status(), 200);
+    let healthz = started.elapsed();
+    assert!(healthz < Duration::from_secs(1), "healthz within 1 s: {healthz:?}");
+
+    let honest = client_from(Ipv4Addr::new(127, 0, 0, 2), Duration::from_secs(2));
+    let started = Instant::now();
+    let sent = honest
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(&victim)
+        .json(&simple_message(&["someone@victim.test"]))
+        .send()
+        .await
+        .expect("the other key is answered");
+    assert_eq!(sent.status(), 202, "another key still gets 202");
+    let accepted = started.elapsed();
+
+    // A second slow key takes the other half: now nothing is free and /readyz says so.
+    for _ in 0..100 {
+        slow.push(slow_post(Ipv4Addr::new(127, 0, 0, 4), addr, &second).await);
+    }
+    wait_capacity(&ops, &base, |c| c["in_flight"] == 32 && c["waiting"] == 32).await;
+    let (status, body) = readyz(&ops, &base).await;
+    assert_eq!(status, 503, "saturated: {body}");
+    assert_eq!(body["status"], "unavailable");
+    assert!(body["reason"].as_str().unwrap().starts_with("saturated"), "{body}");
+    assert_eq!(body["backends"]["store"], "ok", "{body}");
+
+    // Every slow request ends: 408 at its deadline (the waiters too, their time already
+    // spent), 429 for those over their key's share; the 408s close their connection.
+    let (mut timed_out, mut refused) = (0, 0);
+    for s in &mut slow {
+        match status_within(s, Duration::from_secs(15)).await {
+            Some(408) => {
+                timed_out += 1;
+                assert!(
+                    closed_within(s, Duration::from_secs(2)).await,
+                    "408 closes the connection"
+                );
+            }
+            Some(429) => refused += 1,
+            other => panic!("a slow request ended with {other:?}"),
+        }
+    }
+    assert_eq!(timed_out, 64, "every slow request given a slot or a place timed out");
+    assert_eq!(refused, 136, "the others were refused over their key's share");
+    wait_capacity(&ops, &base, |c| c["in_flight"] == 0 && c["waiting"] == 0).await;
+    assert_eq!(readyz(&ops, &base).await.0, 200, "ready again");
+    eprintln!("slow bodies: /healthz took {healthz:?}, another key's 202 {accepted:?}");
+}
+
+/// Peak and current resident memory of process `pid`, in kB.
+fn memory_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[tokio::test]
+async fn a_template_that_doubles_a_string_gets_422_and_the_service_stays_small() {
+    let world = World::new().await;
+    let port = postwire_e2e::smtp::pick_free_port();
+    let config = world.write_config(port, distributed_backend().is_some());
+    let key = create_key(&config, "templates");
+    let base = format!("http://127.0.0.1:{port}");
+    let server = serve_healthy(&config, &[], &base).await;
+    let client = reqwest::Client::new();
+    let create = |text: &str| {
+        client
+            .post(format!("{base}/v1/templates"))
+            .bearer_auth(&key)
+            .json(&json!({"name": "t", "subject": "Hi", "text": text}))
+            .send()
+    };
+    // 2^28 bytes at the end, and twice that while the last copy is made.
+    let hostile = create(
+        "{% set ns = namespace(x=\"a\") %}{% for i in range(28) %}\
+         {% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x|length }}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(hostile.status(), 201);
+    let hostile: Value = hostile.json().await.unwrap();
+    let hostile_id = hostile["id"].as_str().unwrap().to_string();
+    let fine: Value = create("Hello {{ name }}").await.unwrap().json().await.unwrap();
+
+    let send = |template_id: &str| {
+        let mut body = simple_message(&["someone@templates.test"]);
+        body.as_object_mut().unwrap().remove("subject");
+        body.as_object_mut().unwrap().remove("text");
+        body["template_id"] = json!(template_id);
+        body["variables"] = json!({"name": "Ann"});
+        client.post(format!("{base}/v1/messages")).bearer_auth(&key).json(&body).send()
+    };
+    let (peak_before, _) = memory_kb(server.id());
+    let started = Instant::now();
+    let refused = send(&hostile_id).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "template_id", "{problem}");
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains(&hostile_id), "{problem}");
+    let (peak, rss) = memory_kb(server.id());
+    assert!(peak < 200 * 1024, "the service's peak RSS stayed below 200 MB: {peak} kB");
+
+    // The renderer recovers: the next templated send is rendered and queued.
+    assert_eq!(send(fine["id"].as_str().unwrap()).await.unwrap().status(), 202);
+    eprintln!(
+        "doubling template: 422 after {took:?}; service peak RSS {peak_before} -> {peak} kB, now {rss} kB"
+    );
 }

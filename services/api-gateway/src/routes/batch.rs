@@ -47,9 +47,10 @@ struct RawBatch {
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with another body, or its first request still in progress", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time (`http.body_read_timeout`, `http.min_body_rate`); the connection is closed", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limit", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "No messages, or more than 500", body = postwire_proto::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the API key's per-second request limit, or its valid messages do not all fit in the key's daily limit (nothing is queued); `Retry-After` and `RateLimit-*` describe the refusing window", body = postwire_proto::Problem, content_type = "application/problem+json",
+        (status = 429, description = "Over the API key's per-second request limit, or its valid messages do not all fit in the key's daily limit (nothing is queued); `Retry-After` and `RateLimit-*` describe the refusing window. Also: the key already has its share of the gateway's in-flight slots (`Retry-After: 1` only)", body = postwire_proto::Problem, content_type = "application/problem+json",
             headers(
                 ("Retry-After" = u64, description = "Seconds until the refusing window resets"),
                 ("RateLimit-Limit" = u64, description = "The refusing window's limit"),

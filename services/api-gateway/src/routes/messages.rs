@@ -37,9 +37,10 @@ pub fn router() -> Router<Gateway> {
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with another body, or its first request still in progress", body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time (`http.body_read_timeout`, `http.min_body_rate`); the connection is closed", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limit", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each listed", body = postwire_proto::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the API key's per-second request limit or daily message limit; `Retry-After` and `RateLimit-*` describe the refusing window", body = postwire_proto::Problem, content_type = "application/problem+json",
+        (status = 429, description = "Over the API key's per-second request limit or daily message limit; `Retry-After` and `RateLimit-*` describe the refusing window. Also: the key already has its share of the gateway's in-flight slots (`Retry-After: 1` only)", body = postwire_proto::Problem, content_type = "application/problem+json",
             headers(
                 ("Retry-After" = u64, description = "Seconds until the refusing window resets"),
                 ("RateLimit-Limit" = u64, description = "The refusing window's limit"),
@@ -128,10 +129,10 @@ pub(crate) async fn prepare_send(
     request: SendRequest,
     templates: &mut TemplateCache,
 ) -> Result<(NewMessage, SendResponse), Refused> {
-    let request =
-        render_send(gw.templates.as_ref(), templates, request, gw.limits.max_message_size.0)
-            .await
-            .map_err(Refused::Render)?;
+    let max_size = gw.limits.max_message_size.0;
+    let request = render_send(gw.templates.as_ref(), &gw.renderer, templates, request, max_size)
+        .await
+        .map_err(Refused::Render)?;
     let mut message = validate_send(request, &gw.limits, &key.id).map_err(Refused::Invalid)?;
     message.sandbox = key.sandbox;
     let response = accepted_response(&message);

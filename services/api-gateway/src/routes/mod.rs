@@ -44,10 +44,13 @@ pub(crate) fn json_body<T: DeserializeOwned>(
     Ok(value)
 }
 
-/// The raw body: 413 over the size limit, 400 when it cannot be read.
+/// The raw body: 413 over the size limit, 408 when it came too slowly
+/// ([`crate::slow_body`]), 400 when it cannot be read.
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if crate::slow_body::timed_out(&r) {
+            ApiError::BodyTimeout
+        } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(
                 "the request body is over the size limit (limits.max_request_size)".into(),
             )

@@ -22,16 +22,30 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Every backend is reachable; 503 names the one that is not.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "Ready"), (status = 503, description = "A backend is unreachable")))]
+/// Every backend is reachable and the gateway has room for another request; 503 says which
+/// is not so (`reason`), the backend's error under `backends`. `capacity` shows the in-flight
+/// slots in use either way.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "Ready"), (status = 503, description = "A backend is unreachable, or every in-flight slot is busy and the waiting room full")))]
 pub async fn readyz(State(gw): State<Gateway>) -> impl IntoResponse {
-    match gw.state.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "backends": {"store": "ok"}}))),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "backends": {"store": e.to_string()}})),
+    let usage = gw.capacity.usage();
+    let (status, reason, store) = match gw.state.ping().await {
+        Err(e) => ("unavailable", Some("the store is unreachable".to_string()), e.to_string()),
+        Ok(()) if usage.saturated() => (
+            "unavailable",
+            Some(format!(
+                "saturated: {} of {} requests in flight (limits.max_in_flight) and {} of {} waiting (limits.max_waiting)",
+                usage.in_flight, usage.max_in_flight, usage.waiting, usage.max_waiting
+            )),
+            "ok".to_string(),
         ),
+        Ok(()) => ("ready", None, "ok".to_string()),
+    };
+    let code = if reason.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let mut body = json!({"status": status, "backends": {"store": store}, "capacity": usage});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
     }
+    (code, Json(body))
 }
 
 /// Prometheus text exposition; queue depth is read from the backend at scrape time (and left

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Event, EventType, RecipientStatus};
+use crate::{Engagement, Event, EventType, RecipientStatus};
 
 /// `POST /v1/messages`. Unknown fields are refused so typos never pass silently.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -102,6 +102,10 @@ pub struct MessageView {
     pub recipients: Vec<RecipientView>,
     /// Oldest first.
     pub events: Vec<Event>,
+    /// Opens and clicks, one record per recipient (opens) or recipient and URL (clicks), in
+    /// recipient order; opens before clicks, then by first seen.
+    #[serde(default)]
+    pub engagements: Vec<Engagement>,
 }
 
 /// Delivery state of one recipient.

@@ -7,6 +7,7 @@
 //! - [`api`]: request and response bodies of `/v1/*`, and the RFC 9457 problem body.
 //! - [`batch`]: `POST /v1/messages/batch` bodies.
 //! - [`domain`]: sending domains, their DKIM key and DNS records (`/v1/domains`).
+//! - [`engagement`]: opens and clicks folded per recipient and link.
 //! - [`event`]: event types and the webhook payload.
 //! - [`keys`]: API keys managed over `/v1/keys`.
 //! - [`search`]: `GET /v1/messages` (message search) bodies.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod batch;
 pub mod domain;
+pub mod engagement;
 pub mod event;
 pub mod keys;
 pub mod search;
@@ -27,6 +29,7 @@ pub mod template;
 pub use api::*;
 pub use batch::*;
 pub use domain::*;
+pub use engagement::*;
 pub use event::*;
 pub use keys::*;
 pub use search::*;

@@ -6,7 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use postwire_store::ids;
+use postwire_store::{ids, Visibility};
 
 use crate::{error::ApiError, Gateway};
 
@@ -20,6 +20,11 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// The messages this key may read, search and cancel (see [`Visibility`]).
+    pub fn visibility(&self) -> Visibility {
+        Visibility::of_key(&self.id, self.sandbox, self.scopes.iter().any(|s| s == "admin"))
+    }
+
     pub fn require(&self, scope: &'static str) -> Result<(), ApiError> {
         if self.scopes.iter().any(|s| s == scope) {
             Ok(())

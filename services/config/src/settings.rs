@@ -91,6 +91,8 @@ pub struct Storage {
     /// installations can share one broker and one Redis.
     pub namespace: String,
     /// Distributed backend: how long a message's status and event history are kept in Redis.
+    /// Both backends: how long after a message is accepted its tracking links record hits
+    /// (an expired click link still redirects).
     pub retention: Duration,
 }
 

@@ -11,7 +11,9 @@
 //! [`crate::dkim::SIGNED_HEADERS`]).
 //!
 //! When opens or clicks are tracked, the HTML differs per recipient (signed per-recipient links),
-//! so the message is rendered once per recipient; otherwise once for the whole job.
+//! so the message is rendered once per recipient; otherwise once for the whole job. A link names
+//! the recipient by position, never by address, and expires `storage.retention` after the
+//! message was accepted (see `postwire_tracking`).
 //!
 //! Every line ending is then normalised to CRLF. lettre's DATA writer dot-stuffs only after a
 //! CRLF and passes a bare LF through, so a bare LF followed by "." could end DATA early on a
@@ -28,7 +30,7 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::headers::text::Text;
 use mail_builder::MessageBuilder;
 use postwire_store::ClaimedJob;
-use postwire_tracking::TrackingKeys;
+use postwire_tracking::{MailCopy, TrackingKeys};
 
 /// Why a job could not be turned into a message. These are permanent: retrying cannot help.
 #[derive(Debug, thiserror::Error)]
@@ -125,37 +127,50 @@ const RESERVED_HEADERS: [&str; 13] = [
 pub struct Renderer {
     tracking: TrackingKeys,
     public_url: String,
+    /// How long after acceptance a tracking link records hits (`storage.retention`).
+    link_lifetime: std::time::Duration,
 }
 
 impl Renderer {
-    pub fn new(tracking: TrackingKeys, public_url: impl Into<String>) -> Self {
-        Self { tracking, public_url: public_url.into().trim_end_matches('/').to_owned() }
+    pub fn new(
+        tracking: TrackingKeys,
+        public_url: impl Into<String>,
+        link_lifetime: std::time::Duration,
+    ) -> Self {
+        Self {
+            tracking,
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+            link_lifetime,
+        }
     }
 
     /// The copies to send for `job`: one per recipient when tracking applies, else one.
     pub fn render(&self, job: &ClaimedJob) -> Result<Vec<RenderedMessage>, RenderError> {
         let req = &job.request;
-        let recipients: Vec<String> = job.recipients.iter().map(|r| r.email.clone()).collect();
         let tracked = (req.track_opens || req.track_clicks) && req.html.is_some();
         if !tracked {
+            let recipients = job.recipients.iter().map(|r| r.email.clone()).collect();
             let bytes = render_one(job, req.html.as_deref().map(Cow::Borrowed))?;
             return Ok(vec![RenderedMessage { recipients, bytes }]);
         }
         let html = req.html.as_deref().unwrap_or_default();
-        recipients
-            .into_iter()
+        // Every copy of the message, whenever rendered (a retry included), expires alike.
+        let expires_at = std::time::SystemTime::from(job.created_at) + self.link_lifetime;
+        job.recipients
+            .iter()
             .map(|rcpt| {
+                let copy =
+                    MailCopy { message_id: &job.message_id, recipient: rcpt.position, expires_at };
                 let instrumented = postwire_tracking::instrument_html(
                     html,
                     &self.tracking,
                     &self.public_url,
-                    &job.message_id,
-                    &rcpt,
+                    &copy,
                     req.track_opens,
                     req.track_clicks,
                 );
                 let bytes = render_one(job, Some(Cow::Owned(instrumented)))?;
-                Ok(RenderedMessage { recipients: vec![rcpt], bytes })
+                Ok(RenderedMessage { recipients: vec![rcpt.email.clone()], bytes })
             })
             .collect()
     }
@@ -288,9 +303,12 @@ pub fn to_crlf(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use chrono::TimeZone;
     use postwire_proto::{Attachment, SendRequest};
     use postwire_store::PendingRecipient;
+    use postwire_tracking::{Link, Tracked, Verified};
 
     pub(crate) fn job(req: SendRequest, recipients: &[&str]) -> ClaimedJob {
         ClaimedJob {
@@ -303,14 +321,21 @@ mod tests {
             domain: "rcpt.test".into(),
             recipients: recipients
                 .iter()
-                .map(|e| PendingRecipient { email: e.to_string(), attempts: 0 })
+                .enumerate()
+                .map(|(i, e)| PendingRecipient {
+                    email: e.to_string(),
+                    attempts: 0,
+                    position: i as u32,
+                })
                 .collect(),
             sandbox: false,
         }
     }
 
+    const LINK_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
     fn renderer() -> Renderer {
-        Renderer::new(TrackingKeys::new(b"secret"), "http://t.test/")
+        Renderer::new(TrackingKeys::new(b"secret"), "http://t.test/", LINK_LIFETIME)
     }
 
     /// True when every LF is preceded by CR and every CR is followed by LF.
@@ -436,6 +461,56 @@ mod tests {
         for m in &out {
             assert!(crlf_only(&m.bytes));
         }
+    }
+
+    #[test]
+    fn tracking_links_name_the_recipient_by_position_and_expire_with_the_retention() {
+        let req = SendRequest {
+            from: "s@sender.test".into(),
+            to: vec!["first@rcpt.test".into(), "second@rcpt.test".into()],
+            html: Some("<a href=\"https://example.test/x\">x</a>".into()),
+            track_opens: true,
+            track_clicks: true,
+            ..Default::default()
+        };
+        let job = job(req, &["first@rcpt.test", "second@rcpt.test"]);
+        let out = renderer().render(&job).unwrap();
+        let text = String::from_utf8(out[1].bytes.clone()).unwrap().replace("=\r\n", "");
+        let token_after = |marker: &str| -> String {
+            let at =
+                text.find(marker).unwrap_or_else(|| panic!("no {marker} in {text}")) + marker.len();
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "-_".contains(*c))
+                .collect()
+        };
+        let keys = TrackingKeys::new(b"secret");
+        let accepted = std::time::SystemTime::from(job.created_at);
+        for (marker, link) in
+            [("/t/o/", Link::Open), ("/t/c/", Link::Click { url: "https://example.test/x".into() })]
+        {
+            let token = token_after(marker);
+            let live = keys.verify(&token, accepted + LINK_LIFETIME - Duration::from_secs(1));
+            assert_eq!(
+                live.unwrap(),
+                Verified::Live(Tracked {
+                    message_id: "msg_1".into(),
+                    recipient: 1,
+                    link: link.clone()
+                })
+            );
+            assert_eq!(
+                keys.verify(&token, accepted + LINK_LIFETIME).unwrap(),
+                Verified::Stale(link)
+            );
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
+            assert!(!String::from_utf8_lossy(&decoded).contains("second"), "{token}");
+        }
+        assert_eq!(
+            text.matches("second").count(),
+            1,
+            "the address is in the To header only:\n{text}"
+        );
     }
 
     #[test]

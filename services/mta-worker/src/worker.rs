@@ -77,7 +77,11 @@ impl MtaWorker {
             .ok_or_else(|| WorkerError::HeloName(settings.smtp.helo_name.clone()))?;
         Ok(Self {
             queue,
-            renderer: Renderer::new(tracking, settings.http.public_url.clone()),
+            renderer: Renderer::new(
+                tracking,
+                settings.http.public_url.clone(),
+                settings.storage.retention.std(),
+            ),
             signers: DkimSigners::from_settings(&settings.dkim)?,
             deliverer: Deliverer {
                 resolver,

@@ -72,7 +72,12 @@ fn job_created(domain: &str, recipients: &[&str], created_at: DateTime<Utc>) -> 
         domain: domain.into(),
         recipients: recipients
             .iter()
-            .map(|e| PendingRecipient { email: e.to_string(), attempts: 0 })
+            .enumerate()
+            .map(|(i, e)| PendingRecipient {
+                email: e.to_string(),
+                attempts: 0,
+                position: i as u32,
+            })
             .collect(),
         sandbox: false,
     }

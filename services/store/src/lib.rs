@@ -14,12 +14,15 @@
 //! - [`ids`]: identifiers and API key material.
 //! - [`suppression`]: the suppression list ([`Suppressions`]), screened at acceptance.
 //! - [`ratelimit`]: per-API-key request and message limits ([`RateLimiter`]).
-//! - [`messages`]: scheduled sending rules, message search and cancel ([`Messages`]).
+//! - [`messages`]: scheduled sending rules, message search and cancel ([`Messages`]), and which
+//!   messages an API key may see ([`Visibility`]).
+//! - [`engagement`]: opens and clicks folded per recipient and link, and when a hit emits an event.
 //! - [`template`]: stored templates ([`Templates`]) that the API renders into sends.
 
 pub mod distributed;
 pub mod domain;
 pub mod embedded;
+pub mod engagement;
 pub mod idempotency;
 pub mod ids;
 pub mod messages;
@@ -32,11 +35,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_proto::{Event, EventType, MessageView, Webhook};
+use postwire_proto::{MessageView, Webhook};
 
 pub use domain::{Domains, SendingDomain};
+pub use engagement::{Hit, HitRecorded};
 pub use idempotency::*;
-pub use messages::{Cancel, MessageCursor, MessagePage, MessageQuery, Messages};
+pub use messages::{
+    Cancel, MessageCursor, MessageOwner, MessagePage, MessageQuery, Messages, Visibility,
+};
 pub use model::*;
 pub use ratelimit::RateLimiter;
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
@@ -133,15 +139,13 @@ pub trait State: Send + Sync + 'static {
     /// A message with every recipient's status and its event history, oldest event first.
     async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
 
-    /// Records an engagement event (open, click) for a recipient of a stored message, and
-    /// queues it for every subscribed webhook. `None` when the message or recipient is unknown.
-    async fn record_event(
-        &self,
-        message_id: &str,
-        recipient: &str,
-        kind: EventType,
-        detail: EventDetail,
-    ) -> Result<Option<Event>, StoreError>;
+    /// Who sent a message (for the key boundaries of the API). `None` when unknown.
+    async fn message_owner(&self, id: &str) -> Result<Option<MessageOwner>, StoreError>;
+
+    /// Records one hit on a live tracking link: counts it in its engagement and, when
+    /// [`engagement`]'s rule says so, stores its event and queues it for every subscribed
+    /// webhook, in one atomic step. `None` when the message or recipient is unknown.
+    async fn record_hit(&self, hit: Hit) -> Result<Option<HitRecorded>, StoreError>;
 
     async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError>;
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError>;

@@ -17,6 +17,10 @@
 //! combined with AND, paged by an opaque [`MessageCursor`] (keyset: the creation time and id of
 //! the last message looked at), so inserts made while a client pages never shift a page. The
 //! `status` filter matches a message when *any* of its recipients shows that status.
+//!
+//! **Visibility.** Which messages an API key may read, search or cancel is decided once, by
+//! [`Visibility::allows`]: a sandbox key never sees a live message; a key with the `admin`
+//! scope sees every other message; any other key sees only the messages it sent.
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -31,9 +35,53 @@ use crate::StoreError;
 /// The furthest ahead `send_at` may be.
 pub const MAX_SCHEDULE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
+/// Who sent a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageOwner {
+    /// The API key that sent it.
+    pub key_id: String,
+    /// Sent with a sandbox key.
+    pub sandbox: bool,
+}
+
+/// Which messages a caller may see (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every message: a live key with the `admin` scope (and internal callers).
+    #[default]
+    All,
+    /// Sandbox messages only: a sandbox key with the `admin` scope.
+    Sandbox,
+    /// Only the messages this key sent.
+    SentBy(String),
+}
+
+impl Visibility {
+    /// What a key may see: `key_id`, whether it is a sandbox key, whether it holds `admin`.
+    pub fn of_key(key_id: &str, sandbox: bool, admin: bool) -> Self {
+        match (admin, sandbox) {
+            (true, false) => Self::All,
+            (true, true) => Self::Sandbox,
+            // A key's own messages carry its own sandbox flag: no mode check needed.
+            (false, _) => Self::SentBy(key_id.to_string()),
+        }
+    }
+
+    /// Whether a message sent by `owner` is visible.
+    pub fn allows(&self, owner: &MessageOwner) -> bool {
+        match self {
+            Self::All => true,
+            Self::Sandbox => owner.sandbox,
+            Self::SentBy(key) => *key == owner.key_id,
+        }
+    }
+}
+
 /// What to look for; every filter given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageQuery {
+    /// Only messages this caller may see.
+    pub visibility: Visibility,
     /// At least one recipient shows this status.
     pub status: Option<RecipientStatus>,
     /// One of the envelope recipients is this address (local part exact, domain any case).
@@ -247,6 +295,7 @@ mod tests {
     #[test]
     fn filters_combine_with_and_and_the_recipient_domain_ignores_case() {
         let q = MessageQuery {
+            visibility: Visibility::All,
             status: Some(RecipientStatus::Delivered),
             recipient: Some("Ann@Example.ORG".into()),
             tag: Some("welcome".into()),

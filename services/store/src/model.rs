@@ -49,6 +49,9 @@ pub struct ClaimedJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRecipient {
     pub email: String,
+    /// Its position among the message's envelope recipients (0 = first): what tracking links
+    /// name instead of the address.
+    pub position: u32,
     /// Attempts made before this claim.
     pub attempts: u32,
 }
@@ -75,13 +78,6 @@ pub enum DeliveryResult {
         next_attempt_at: DateTime<Utc>,
     },
     Bounced,
-}
-
-/// Extra detail for engagement events.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EventDetail {
-    pub url: Option<String>,
-    pub user_agent: Option<String>,
 }
 
 /// Scopes an API key may hold.

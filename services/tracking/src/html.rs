@@ -5,7 +5,7 @@
 //! case-insensitive; the first `href` wins), and splices in the tracking URL. Comments are
 //! skipped. Everything else is copied byte for byte.
 
-use crate::token::TrackingKeys;
+use crate::token::{MailCopy, TrackingKeys};
 
 /// Instruments one recipient's copy of an HTML body.
 ///
@@ -17,20 +17,19 @@ pub fn instrument_html(
     html: &str,
     keys: &TrackingKeys,
     public_url: &str,
-    message_id: &str,
-    recipient: &str,
+    copy: &MailCopy<'_>,
     opens: bool,
     clicks: bool,
 ) -> String {
     let mut out = if clicks {
-        rewrite_links(html, |target| keys.click_url(public_url, message_id, recipient, target))
+        rewrite_links(html, |target| keys.click_url(public_url, copy, target))
     } else {
         html.to_owned()
     };
     if opens {
         let pixel = format!(
             r#"<img src="{}" width="1" height="1" alt="" style="display:none">"#,
-            escape_attr(&keys.open_url(public_url, message_id, recipient))
+            escape_attr(&keys.open_url(public_url, copy))
         );
         // ASCII lowercasing keeps byte offsets, so positions carry over to `out`.
         match out.to_ascii_lowercase().rfind("</body") {
@@ -236,8 +235,10 @@ fn escape_attr(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
-    use crate::Tracked;
+    use crate::{Link, Tracked, Verified};
 
     const PUB: &str = "https://pw.example";
 
@@ -245,8 +246,16 @@ mod tests {
         TrackingKeys::new(b"k")
     }
 
+    fn copy() -> MailCopy<'static> {
+        MailCopy {
+            message_id: "m1",
+            recipient: 2,
+            expires_at: SystemTime::now() + Duration::from_secs(3_600),
+        }
+    }
+
     fn clicks(html: &str) -> String {
-        instrument_html(html, &keys(), PUB, "m1", "r@x.example", false, true)
+        instrument_html(html, &keys(), PUB, &copy(), false, true)
     }
 
     /// Every click target in `html`, verified.
@@ -255,11 +264,11 @@ mod tests {
             .map(|(i, _)| {
                 let token: String = html[i + 5..]
                     .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-_".contains(*c))
                     .collect();
-                match keys().verify(&token).unwrap() {
-                    Tracked::Click { url, .. } => url,
-                    other => panic!("not a click: {other:?}"),
+                match keys().verify(&token, SystemTime::now()).unwrap() {
+                    Verified::Live(Tracked { link: Link::Click { url }, .. }) => url,
+                    other => panic!("not a live click: {other:?}"),
                 }
             })
             .collect()
@@ -319,7 +328,7 @@ mod tests {
     #[test]
     fn clicks_off_leaves_links_alone() {
         let html = r#"<a href="https://x.example/">x</a>"#;
-        assert_eq!(instrument_html(html, &keys(), PUB, "m", "r", false, false), html);
+        assert_eq!(instrument_html(html, &keys(), PUB, &copy(), false, false), html);
     }
 
     #[test]
@@ -328,8 +337,7 @@ mod tests {
             "<html><BODY>hi</BODY></html>",
             &keys(),
             "https://pw.example/",
-            "m1",
-            "r@x.example",
+            &copy(),
             true,
             false,
         );
@@ -341,12 +349,12 @@ mod tests {
 
     #[test]
     fn open_pixel_is_appended_without_a_body_tag() {
-        let out = instrument_html("<p>hi</p>", &keys(), PUB, "m1", "r@x.example", true, false);
+        let out = instrument_html("<p>hi</p>", &keys(), PUB, &copy(), true, false);
         assert!(out.starts_with("<p>hi</p><img src=\"https://pw.example/t/o/"), "{out}");
         let token = out.split("/t/o/").nth(1).unwrap().split('"').next().unwrap();
         assert_eq!(
-            keys().verify(token).unwrap(),
-            Tracked::Open { message_id: "m1".into(), recipient: "r@x.example".into() }
+            keys().verify(token, SystemTime::now()).unwrap(),
+            Verified::Live(Tracked { message_id: "m1".into(), recipient: 2, link: Link::Open })
         );
     }
 

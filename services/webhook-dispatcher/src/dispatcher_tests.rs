@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use postwire_config::Settings;
-use postwire_proto::{Event, EventType, MessageView, Webhook};
+use postwire_proto::{MessageView, Webhook};
 use postwire_store::{
-    ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt,
-    WebhookDelivery,
+    ApiKeyRecord, Hit, HitRecorded, MessageOwner, NewApiKey, NewWebhook, State, StoreError,
+    WebhookAttempt, WebhookDelivery,
 };
 use postwire_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -59,13 +59,10 @@ impl State for FakeState {
     async fn message(&self, _: &str) -> Result<Option<MessageView>, StoreError> {
         unimplemented!()
     }
-    async fn record_event(
-        &self,
-        _: &str,
-        _: &str,
-        _: EventType,
-        _: EventDetail,
-    ) -> Result<Option<Event>, StoreError> {
+    async fn message_owner(&self, _: &str) -> Result<Option<MessageOwner>, StoreError> {
+        unimplemented!()
+    }
+    async fn record_hit(&self, _: Hit) -> Result<Option<HitRecorded>, StoreError> {
         unimplemented!()
     }
     async fn create_webhook(&self, _: NewWebhook) -> Result<Webhook, StoreError> {

@@ -1,4 +1,5 @@
-//! Events: signed webhooks verified with the reference library, retries, opens and clicks.
+//! Events: signed webhooks verified with the reference library, retries and subscriptions
+//! (opens and clicks are in `tracking`).
 
 use std::collections::HashSet;
 
@@ -7,7 +8,7 @@ use postwire_e2e::smtp::Script;
 use postwire_e2e::webhook::{verify_standard_webhook, WebhookReceiver};
 use serde_json::json;
 
-use crate::{ip, mx_hosts, recipient, SOON};
+use crate::{ip, mx_hosts, SOON};
 
 #[tokio::test]
 async fn delivery_events_reach_webhooks_signed_per_standard_webhooks() {
@@ -101,76 +102,4 @@ async fn webhook_subscriptions_filter_event_types() {
     assert_eq!(all.len(), 1, "only the bounce subscriber is called: {all:?}");
     assert_eq!(requests[0].path, "/bounces");
     verify_standard_webhook(&bounce_secret, &requests[0]).unwrap();
-}
-
-/// Extracts the HTML part of a received message.
-fn html_of(data: &[u8]) -> String {
-    let msg = mail_parser::MessageParser::default().parse(data).expect("parse received message");
-    msg.body_html(0).expect("an HTML part").to_string()
-}
-
-fn attr_values(html: &str, marker: &str) -> Vec<String> {
-    html.match_indices(marker)
-        .map(|(i, _)| {
-            let rest = &html[i..];
-            let end = rest.find(['"', '\'', ' ', '>']).unwrap();
-            rest[..end].replace("&amp;", "&")
-        })
-        .collect()
-}
-
-#[tokio::test]
-async fn opens_and_clicks_are_recorded_and_clicks_redirect_only_to_the_mailed_link() {
-    let world = World::new().await;
-    let hosts = mx_hosts(&world, "track.test", &[(10, ip(23), Script::default())]).await;
-    let receiver = WebhookReceiver::start().await;
-    let app = TestApp::start(world.settings()).await.unwrap();
-    let (_, secret) =
-        app.create_webhook(&receiver.url(), &["message.opened", "message.clicked"]).await.unwrap();
-    let body = json!({
-        "from": "app@sender.test", "to": ["reader@track.test"], "subject": "Reset",
-        "html": "<html><body><p>Hi</p><a href=\"https://app.example.com/reset?t=abc&amp;u=1\">Reset</a></body></html>",
-        "track_opens": true, "track_clicks": true,
-    });
-    let id = app.send_ok(&body).await.unwrap();
-    app.wait_final(&id, SOON).await.unwrap();
-    let got = hosts[0].wait_for_messages(1, SOON).await.unwrap();
-    let html = html_of(&got[0].data);
-    assert!(!html.contains("https://app.example.com/reset"), "the link must be rewritten: {html}");
-    let pixel = attr_values(&html, &format!("{}/t/o/", app.base));
-    let click = attr_values(&html, &format!("{}/t/c/", app.base));
-    assert_eq!((pixel.len(), click.len()), (1, 1), "{html}");
-
-    let open =
-        app.client.get(&pixel[0]).header("user-agent", "MailClient/1.0").send().await.unwrap();
-    assert_eq!(open.status(), 200);
-    assert_eq!(open.headers()["content-type"], "image/gif");
-    let redirect = app.client.get(&click[0]).send().await.unwrap();
-    assert!(redirect.status().is_redirection());
-    assert_eq!(redirect.headers()["location"], "https://app.example.com/reset?t=abc&u=1");
-
-    // A forged or altered token redirects nowhere and records nothing.
-    let mut forged = click[0].clone();
-    forged.replace_range(forged.len() - 3.., "AAA");
-    assert_eq!(app.client.get(&forged).send().await.unwrap().status(), 404);
-    let as_open = click[0].replace("/t/c/", "/t/o/");
-    assert_eq!(app.client.get(&as_open).send().await.unwrap().status(), 404);
-
-    let m = app
-        .wait_message(&id, SOON, |m| {
-            m["events"].as_array().unwrap().iter().any(|e| e["type"] == "message.clicked")
-        })
-        .await
-        .unwrap();
-    let types: Vec<_> =
-        m["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["message.delivered", "message.opened", "message.clicked"]);
-    assert_eq!(recipient(&m, "reader@track.test")["status"], "delivered");
-    let clicked = &m["events"][2]["data"];
-    assert_eq!(clicked["url"], "https://app.example.com/reset?t=abc&u=1");
-    assert_eq!(m["events"][1]["data"]["user_agent"], "MailClient/1.0");
-    let hooks = receiver.wait_for_requests(2, SOON).await.unwrap();
-    for h in &hooks {
-        verify_standard_webhook(&secret, h).unwrap();
-    }
 }

@@ -93,10 +93,16 @@ async fn a_send_only_key_made_over_http_can_send_but_not_read_or_manage() {
         assert_eq!(status, 403, "{method} {path}: {problem}");
     }
 
-    // The other way round: a read-only key reads but cannot send.
+    // The other way round: a read-only key reads but cannot send. Reading passes the scope
+    // check; another key's message is then not found (it is not this key's to see), while an
+    // admin reader sees it.
     let reader = create_key(&app, json!({"name": "dashboard", "scopes": ["read"]})).await;
     let reader = reader["key"].as_str().unwrap();
-    assert_eq!(call(&app, M::GET, &message_path, reader, None).await.0, 200);
+    assert_eq!(call(&app, M::GET, "/v1/messages", reader, None).await.0, 200);
+    assert_eq!(call(&app, M::GET, &message_path, reader, None).await.0, 404);
+    let admin_reader = create_key(&app, json!({"name": "ops", "scopes": ["read", "admin"]})).await;
+    let admin_reader = admin_reader["key"].as_str().unwrap();
+    assert_eq!(call(&app, M::GET, &message_path, admin_reader, None).await.0, 200);
     assert_eq!(
         call(&app, M::POST, "/v1/messages", reader, Some(simple_message(&["a@example.org"])))
             .await

@@ -17,6 +17,7 @@ mod search;
 mod security;
 mod suppressions;
 mod templates;
+mod tracking;
 mod unsubscribe;
 
 use std::net::Ipv4Addr;

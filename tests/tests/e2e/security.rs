@@ -2,7 +2,8 @@
 //! `http.header_read_timeout`, one address cannot hold more than `http.max_connections_per_ip`,
 //! and the service keeps answering everyone else meanwhile; slow bodies from one key get 408
 //! and leave the other keys their share of `limits.max_in_flight`; a template that builds a
-//! huge value gets 422 while the service stays small (run against the real binary).
+//! huge value gets 422 while the service stays small (run against the real binary). And keys
+//! against each other's messages: none reads, finds or cancels a message it may not see.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -308,4 +309,103 @@ async fn a_template_that_doubles_a_string_gets_422_and_the_service_stays_small()
     eprintln!(
         "doubling template: 422 after {took:?}; service peak RSS {peak_before} -> {peak} kB, now {rss} kB"
     );
+}
+
+/// `method path` with `key`: (status, body).
+async fn call(app: &TestApp, method: reqwest::Method, path: &str, key: &str) -> (u16, Value) {
+    let r = app.client.request(method, app.url(path)).bearer_auth(key).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A new key made by the app's admin key; returns the key itself.
+async fn new_key(app: &TestApp, scopes: &[&str], sandbox: bool) -> String {
+    let r = app
+        .client
+        .post(app.url("/v1/keys"))
+        .bearer_auth(&app.key)
+        .json(&json!({"name": "k", "scopes": scopes, "sandbox": sandbox}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_string()
+}
+
+/// Sends a message an hour ahead (so it can still be canceled) with `key`; returns its id.
+async fn scheduled_send(app: &TestApp, key: &str) -> String {
+    let mut body = simple_message(&["ann@owners.test"]);
+    body["send_at"] = json!((chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339());
+    let r = app.client.post(app.url("/v1/messages")).bearer_auth(key).json(&body).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+/// The ids `GET /v1/messages` lists for `key`.
+async fn searched(app: &TestApp, key: &str) -> Vec<String> {
+    let (status, page) = call(app, reqwest::Method::GET, "/v1/messages?limit=100", key).await;
+    assert_eq!(status, 200, "{page}");
+    page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().into()).collect()
+}
+
+/// Issue 9: any `send` key could cancel, and a sandbox key read and cancel, another key's
+/// message. Now a key reads, searches and cancels only its own messages unless it has `admin`
+/// (live admin: all; sandbox admin: sandbox ones), and anything else is a 404 exactly like a
+/// message that does not exist.
+#[tokio::test]
+async fn a_key_reads_searches_and_cancels_only_the_messages_it_may_see() {
+    use reqwest::Method as M;
+    let world = World::new().await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let a = new_key(&app, &["send", "read"], false).await;
+    let b = new_key(&app, &["send", "read"], false).await;
+    let sandbox = new_key(&app, &["send", "read"], true).await;
+    let sandbox_admin = new_key(&app, &["send", "read", "admin"], true).await;
+    let (ma, mb, ms) = (
+        scheduled_send(&app, &a).await,
+        scheduled_send(&app, &b).await,
+        scheduled_send(&app, &sandbox).await,
+    );
+    let missing = call(&app, M::GET, "/v1/messages/msg_0000000000000000000000000000dead", &a).await;
+    assert_eq!(missing.0, 404);
+
+    // (key, message, may see it)
+    let matrix = [
+        (&a, &ma, true),
+        (&a, &mb, false),
+        (&a, &ms, false),
+        (&b, &mb, true),
+        (&b, &ma, false),
+        (&sandbox, &ms, true),
+        (&sandbox, &ma, false),
+        (&sandbox_admin, &ms, true),
+        (&sandbox_admin, &ma, false),
+        (&app.key, &ma, true),
+        (&app.key, &mb, true),
+        (&app.key, &ms, true),
+    ];
+    for (key, id, visible) in matrix {
+        let (status, body) = call(&app, M::GET, &format!("/v1/messages/{id}"), key).await;
+        if visible {
+            assert_eq!((status, body["id"].as_str()), (200, Some(id.as_str())), "{body}");
+        } else {
+            assert_eq!((status, &body), (404, &missing.1), "{id} must look like it does not exist");
+            let (status, body) = call(&app, M::DELETE, &format!("/v1/messages/{id}"), key).await;
+            assert_eq!((status, &body), (404, &missing.1), "cancel of {id}");
+        }
+    }
+    assert_eq!(searched(&app, &a).await, std::slice::from_ref(&ma));
+    assert_eq!(searched(&app, &sandbox).await, std::slice::from_ref(&ms));
+    assert_eq!(searched(&app, &sandbox_admin).await, std::slice::from_ref(&ms));
+    let all = searched(&app, &app.key).await;
+    assert!([&ma, &mb, &ms].iter().all(|id| all.contains(id)), "{all:?}");
+
+    // Nothing was canceled by the refused attempts; the owner and an admin can.
+    let still = call(&app, M::GET, &format!("/v1/messages/{mb}"), &b).await.1;
+    assert_eq!(still["status"], "scheduled", "{still}");
+    assert_eq!(call(&app, M::DELETE, &format!("/v1/messages/{mb}"), &b).await.0, 200);
+    assert_eq!(call(&app, M::DELETE, &format!("/v1/messages/{ma}"), &app.key).await.0, 200);
+    assert_eq!(call(&app, M::DELETE, &format!("/v1/messages/{ms}"), &sandbox_admin).await.0, 200);
+    app.stop().await;
 }

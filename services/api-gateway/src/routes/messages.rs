@@ -1,5 +1,9 @@
 //! `POST /v1/messages`, `GET /v1/messages/{id}` and `DELETE /v1/messages/{id}` (cancel).
 //! Search (`GET /v1/messages`) is in [`super::search`].
+//!
+//! Reading and canceling are limited to the messages the key may see ([`ApiKey::visibility`]:
+//! its own, or with `admin` every one — a sandbox key's world only ever holds sandbox
+//! messages); any other message is a 404, as if it did not exist.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -100,7 +104,7 @@ async fn accept_message(
     params(("id" = String, Path, description = "Message id (`msg_…`)")),
     responses(
         (status = 200, body = MessageView),
-        (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message, or not one this key may see (another key's, unless it has `admin`; a live one, for a sandbox key)", body = postwire_proto::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -110,7 +114,17 @@ pub async fn get_message(
     Path(id): Path<String>,
 ) -> Result<Json<MessageView>, ApiError> {
     key.require("read")?;
+    visible(&gw, &key, &id).await?;
     gw.state.message(&id).await?.map(Json).ok_or(ApiError::NotFound)
+}
+
+/// 404 unless message `id` exists and `key` may see it: another key's message is not
+/// revealed to exist.
+async fn visible(gw: &Gateway, key: &ApiKey, id: &str) -> Result<(), ApiError> {
+    match gw.state.message_owner(id).await? {
+        Some(owner) if key.visibility().allows(&owner) => Ok(()),
+        _ => Err(ApiError::NotFound),
+    }
 }
 
 /// Why a send was refused before anything was queued.
@@ -166,7 +180,7 @@ pub(crate) fn accepted_response(message: &NewMessage) -> SendResponse {
     params(("id" = String, Path, description = "Message id (`msg_…`)")),
     responses(
         (status = 200, description = "Canceled what could be; the message view", body = MessageView),
-        (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message, or not one this key may see", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Nothing to cancel: every recipient is final, or a delivery attempt is under way", body = postwire_proto::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -177,6 +191,7 @@ pub async fn cancel_message(
     Path(id): Path<String>,
 ) -> Result<Json<MessageView>, ApiError> {
     key.require("send")?;
+    visible(&gw, &key, &id).await?;
     match gw.messages.cancel_message(&id).await? {
         Cancel::NotFound => Err(ApiError::NotFound),
         Cancel::NothingToCancel { in_flight: true } => Err(ApiError::Conflict(

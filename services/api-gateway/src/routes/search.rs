@@ -4,7 +4,8 @@
 //! that status (so one message can match both `delivered` and `deferred`); `recipient` is one
 //! envelope address (to, cc or bcc; the domain compared in any case); `since` is inclusive and
 //! `until` exclusive, both on `created_at`. Pages are cut by an opaque cursor that stays
-//! valid while new messages arrive.
+//! valid while new messages arrive. Only messages the key may see are searched (its own, or
+//! with `admin` every one; a sandbox key only sandbox messages).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -111,10 +112,13 @@ pub fn parse(params: &SearchParams) -> Result<Search, Vec<FieldError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Search { query: MessageQuery { status, recipient, tag, since, until }, after, limit })
+    let query = MessageQuery { status, recipient, tag, since, until, ..MessageQuery::default() };
+    Ok(Search { query, after, limit })
 }
 
-/// Search messages, newest first. `status` matches when any recipient has it.
+/// Search messages, newest first. `status` matches when any recipient has it. A key finds only
+/// the messages it sent, unless it has the `admin` scope (a sandbox admin key: every sandbox
+/// message).
 #[utoipa::path(
     get, path = "/v1/messages", tag = "messages",
     params(
@@ -139,7 +143,8 @@ pub async fn search_messages(
 ) -> Result<Json<MessageList>, ApiError> {
     key.require("read")?;
     let Query(params) = params.map_err(|e| ApiError::field("(query)", e.body_text()))?;
-    let search = parse(&params).map_err(ApiError::Invalid)?;
+    let mut search = parse(&params).map_err(ApiError::Invalid)?;
+    search.query.visibility = key.visibility();
     let page =
         gw.messages.search_messages(&search.query, search.after.as_ref(), search.limit).await?;
     Ok(Json(MessageList { data: page.data, next_cursor: page.next.map(|c| c.encode()) }))

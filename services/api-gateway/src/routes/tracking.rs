@@ -1,14 +1,23 @@
 //! `GET /t/o/{token}` (open pixel) and `GET /t/c/{token}` (click redirect). No API key: the
 //! token is HMAC-signed, and a click can only redirect to the URL signed into it.
+//!
+//! A live token's hit is recorded as an engagement ([`postwire_store::engagement`]): counted
+//! every time, an event and webhook at most once per engagement per hour. A stale token (past
+//! its expiry, `storage.retention` after the message was accepted, or minted before tokens
+//! expired) records nothing, but the pixel is still served and a click still redirects: the
+//! signature proves the URL was in the message. Anything that does not verify is a 404.
+
+use std::time::SystemTime;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
-use postwire_proto::EventType;
-use postwire_store::EventDetail;
-use postwire_tracking::Tracked;
+use chrono::Utc;
+use postwire_proto::EngagementKind;
+use postwire_store::Hit;
+use postwire_tracking::{Link, Tracked, Verified};
 
 use crate::error::ApiError;
 use crate::Gateway;
@@ -31,16 +40,45 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
         .map(|s| s.chars().take(512).collect())
 }
 
+/// Verifies `token`; 404 unless it is genuine and of the route's kind (`want_click`).
+fn verified(gw: &Gateway, token: &str, want_click: bool) -> Result<Verified, ApiError> {
+    let verified = gw.tracking.verify(token, SystemTime::now()).map_err(|_| ApiError::NotFound)?;
+    match (verified.link(), want_click) {
+        (Link::Open, false) | (Link::Click { .. }, true) => Ok(verified),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Records a live token's hit (a stale one records nothing). A store that cannot take it is
+/// logged, not answered: the reader still gets the pixel or the redirect.
+async fn record(gw: &Gateway, verified: &Verified, headers: &HeaderMap) {
+    let Verified::Live(Tracked { message_id, recipient, link }) = verified else {
+        return;
+    };
+    let (kind, url) = match link {
+        Link::Open => (EngagementKind::Open, None),
+        Link::Click { url } => (EngagementKind::Click, Some(url.clone())),
+    };
+    let hit = Hit {
+        message_id: message_id.clone(),
+        recipient: *recipient,
+        kind,
+        url,
+        user_agent: user_agent(headers),
+        at: Utc::now(),
+    };
+    if let Err(e) = gw.state.record_hit(hit).await {
+        tracing::warn!(error = %e, message_id = %message_id, "tracking hit not recorded");
+    }
+}
+
 async fn open(
     State(gw): State<Gateway>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Ok(Tracked::Open { message_id, recipient }) = gw.tracking.verify(&token) else {
-        return Err(ApiError::NotFound);
-    };
-    let detail = EventDetail { url: None, user_agent: user_agent(&headers) };
-    gw.state.record_event(&message_id, &recipient, EventType::Opened, detail).await?;
+    let verified = verified(&gw, &token, false)?;
+    record(&gw, &verified, &headers).await;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-store, max-age=0")],
@@ -54,10 +92,8 @@ async fn click(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Ok(Tracked::Click { message_id, recipient, url }) = gw.tracking.verify(&token) else {
-        return Err(ApiError::NotFound);
-    };
-    let detail = EventDetail { url: Some(url.clone()), user_agent: user_agent(&headers) };
-    gw.state.record_event(&message_id, &recipient, EventType::Clicked, detail).await?;
-    Ok(Redirect::to(&url).into_response())
+    let verified = verified(&gw, &token, true)?;
+    record(&gw, &verified, &headers).await;
+    let Link::Click { url } = verified.link() else { return Err(ApiError::NotFound) };
+    Ok(Redirect::to(url).into_response())
 }

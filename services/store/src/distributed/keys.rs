@@ -9,9 +9,10 @@
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id`, `sandbox` (`1` for a sandbox key's message; absent = `0`), `summary` (JSON `{"from","subject","tags"}` for search; absent on messages stored before search existed) | retention after the last change |
+//! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id`, `sandbox` (`1` for a sandbox key's message; absent = `0`), `engagement_repeats` (repeat engagement events emitted so far; absent = 0), `summary` (JSON `{"from","subject","tags"}` for search; absent on messages stored before search existed) | retention after the last change |
 //! | `{ns}:msg:{message_id}:rcpt` | hash | field = recipient position (`0`, `1`, …), value = JSON `{"email","domain","status","attempts","next_attempt_at"?,"last_response"?,"updated_at"}` | same |
 //! | `{ns}:msg:{message_id}:events` | list | event JSON, oldest first, exactly the webhook body | same |
+//! | `{ns}:msg:{message_id}:eng` | hash | engagements (opens, clicks): field `open:{position}` or `click:{position}:{url}`, value JSON `{"kind","recipient" (position),"url","first_seen","last_seen","count","events","last_event"}` (see [`crate::engagement`]) | same, set when an engagement emits an event |
 //! | `{ns}:lease:{message_id}:{domain}` | string | claim token of the worker holding the job; `PX` = the lease | the lease |
 //! | `{ns}:idem:{key_id}:{idempotency_key}` | hash | one `Idempotency-Key` record: `hash` (hex SHA-256 of the request body), `expires_at`, `token` while in progress, then `status` and `body` (the answer to replay) | the owner's lease while in progress; then `expires_at` (24 h after the first request) |
 //! | `{ns}:jobs` | set | `{message_id} {domain}` of every unfinished job (queued, deferred, in flight): the queue depth | never |
@@ -73,6 +74,10 @@ impl Keys {
 
     pub(crate) fn events(&self, id: &str) -> String {
         format!("{}:msg:{id}:events", self.ns)
+    }
+
+    pub(crate) fn engagements(&self, id: &str) -> String {
+        format!("{}:msg:{id}:eng", self.ns)
     }
 
     pub(crate) fn lease(&self, message_id: &str, domain: &str) -> String {

@@ -22,7 +22,10 @@ use super::scripts::HELPERS;
 use super::DistributedStore;
 use crate::embedded::now_ms;
 use crate::messages::{normalize_address, shown_status, summary};
-use crate::{Cancel, MessageCursor, MessagePage, MessageQuery, Messages, NewMessage, StoreError};
+use crate::{
+    Cancel, MessageCursor, MessageOwner, MessagePage, MessageQuery, Messages, NewMessage,
+    StoreError, Visibility,
+};
 
 /// The most index entries one search page looks at.
 pub(crate) const MAX_SCAN: usize = 500;
@@ -182,7 +185,9 @@ impl DistributedStore {
         let mut data = Vec::new();
         let mut examined = 0;
         // Filters the index does not apply itself: expect to skip candidates, so load many at once.
-        let filtered = query.status.is_some() || (query.recipient.is_some() && query.tag.is_some());
+        let filtered = query.status.is_some()
+            || (query.recipient.is_some() && query.tag.is_some())
+            || query.visibility != Visibility::All;
         loop {
             let needed = if filtered { BATCH } else { limit - data.len() };
             let want = needed.clamp(1, BATCH).min(MAX_SCAN - examined);
@@ -205,7 +210,12 @@ impl DistributedStore {
                 members.into_iter().filter_map(|m| cursor_of(&m).map(|c| (m, c))).collect();
             let mut pipe = redis::pipe();
             for (_, c) in &candidates {
-                pipe.cmd("HMGET").arg(keys.message(&c.id)).arg("created_at").arg("summary");
+                pipe.cmd("HMGET")
+                    .arg(keys.message(&c.id))
+                    .arg("created_at")
+                    .arg("summary")
+                    .arg("key_id")
+                    .arg("sandbox");
                 pipe.hgetall(keys.recipients(&c.id));
             }
             let flat: Vec<redis::Value> = if candidates.is_empty() {
@@ -221,15 +231,21 @@ impl DistributedStore {
                     redis::from_redis_value(&pair[0]).map_err(corrupt)?,
                     redis::from_redis_value(&pair[1]).map_err(corrupt)?,
                 );
-                let loaded: Loaded =
-                    (fields.first().cloned().flatten(), fields.get(1).cloned().flatten(), rcpts);
+                let field = |i: usize| fields.get(i).cloned().flatten();
+                let owner = MessageOwner {
+                    key_id: field(2).unwrap_or_default(),
+                    sandbox: field(3).is_some_and(|s| s == "1"),
+                };
+                let loaded: Loaded = (field(0), field(1), rcpts);
                 let Some(found) = self.candidate(loaded, &cursor, now, &mut con).await? else {
                     // The message expired: its index entry goes too.
                     gone.push(member);
                     continue;
                 };
                 let (created, stored, recipients) = found;
-                if !query.matches(created, &stored.tags, &recipients) {
+                if !query.visibility.allows(&owner)
+                    || !query.matches(created, &stored.tags, &recipients)
+                {
                     continue;
                 }
                 data.push(summary(

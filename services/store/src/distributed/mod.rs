@@ -38,11 +38,13 @@
 //! - `state`: the [`State`](crate::State) implementation.
 //! - `suppression`: the [`Suppressions`](crate::Suppressions) implementation and accept-time screening.
 //! - `messages`: the [`Messages`](crate::Messages) implementation (search index, cancel).
+//! - `engagement`: engagement records (opens, clicks) and the events they emit.
 //! - `template`: the [`Templates`](crate::Templates) implementation.
 //! - `ratelimit`: the [`RateLimiter`](crate::RateLimiter) implementation (one Lua script).
 //! - `domain`: the [`Domains`](crate::Domains) implementation (sending domains and their keys).
 
 mod domain;
+mod engagement;
 mod idempotency;
 pub mod keys;
 mod messages;

@@ -174,15 +174,16 @@ impl DistributedStore {
                 let created_at = from_ms(field(1).parse::<i64>().map_err(corrupt)?);
                 let request: SendRequest = serde_json::from_str(&field(2)).map_err(corrupt)?;
                 let recipients = answer[5..]
-                    .chunks(2)
-                    .map(|pair| PendingRecipient {
-                        email: pair[0].clone().unwrap_or_default(),
-                        attempts: pair
-                            .get(1)
-                            .cloned()
-                            .flatten()
-                            .and_then(|a| a.parse().ok())
-                            .unwrap_or(0),
+                    .chunks(3)
+                    .map(|triple| {
+                        let number = |i: usize| {
+                            triple.get(i).cloned().flatten().and_then(|a| a.parse().ok())
+                        };
+                        PendingRecipient {
+                            email: triple[0].clone().unwrap_or_default(),
+                            attempts: number(1).unwrap_or(0),
+                            position: number(2).unwrap_or(0),
+                        }
                     })
                     .collect();
                 let claimed = ClaimedJob {

@@ -58,7 +58,7 @@ fn with_helpers(body: &str) -> Script {
 /// KEYS: message, recipients, lease, jobs. ARGV: domain, token, lease ms, now ms, jobs member.
 /// Returns `{'missing'}` (message gone), `{'done'}` (nothing pending), `{'held', pttl}` (another
 /// claim holds the lease), `{'early', ms}` (nothing due yet), or
-/// `{'claimed', created_at, request, message_id_header, sandbox, email, attempts, email, attempts, …}`
+/// `{'claimed', created_at, request, message_id_header, sandbox, email, attempts, position, …}`
 /// (`sandbox` is `'1'` or `'0'`; `'0'` for messages stored before the field existed).
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
@@ -74,6 +74,7 @@ for _, e in ipairs(load_recipients(KEYS[2])) do
   if e.r.domain == ARGV[1] and is_pending(e.r.status) then
     pending[#pending + 1] = e.r.email
     pending[#pending + 1] = tostring(e.r.attempts or 0)
+    pending[#pending + 1] = tostring(e.pos)
     local due = e.r.next_attempt_at or 0
     if earliest == nil or due < earliest then earliest = due end
   end
@@ -184,24 +185,6 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
 return {remaining, earliest or 0, ours}
-"#,
-    )
-});
-
-/// Appends an engagement event and fans it out.
-///
-/// KEYS: message, recipients, events. ARGV: ns, event id, event type, body, now ms, retention s.
-/// Returns 0 when the message is gone.
-pub(crate) static APPEND_EVENT: LazyLock<Script> = LazyLock::new(|| {
-    with_helpers(
-        r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[3], ARGV[4])
-fanout(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-return 1
 "#,
     )
 });

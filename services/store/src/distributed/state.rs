@@ -5,21 +5,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_proto::{
-    Event, EventData, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
-};
+use postwire_proto::{Event, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook};
 
 use super::queue::StoredRecipient;
-use super::scripts::{
-    APPEND_EVENT, CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY,
-};
+use super::scripts::{CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY};
 use super::{unavailable, DistributedStore, RABBITMQ, REDIS};
 use crate::embedded::{from_ms, now_ms, to_ms};
+use crate::engagement::engagement_views;
 use crate::messages::shown_status;
 use crate::model::overall_status;
 use crate::{
-    ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt,
-    WebhookDelivery,
+    ApiKeyRecord, Hit, HitRecorded, MessageOwner, NewApiKey, NewWebhook, State, StoreError,
+    WebhookAttempt, WebhookDelivery,
 };
 
 type Fields = HashMap<String, String>;
@@ -174,12 +171,13 @@ impl State for DistributedStore {
     async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let keys = &self.inner.keys;
         let mut con = self.redis().await?;
-        let (message, recipients, events): (Fields, Fields, Vec<String>) = self
-            .run_redis(
+        let (message, recipients, events, engagements): (Fields, Fields, Vec<String>, Fields) =
+            self.run_redis(
                 redis::pipe()
                     .hgetall(keys.message(id))
                     .hgetall(keys.recipients(id))
                     .lrange(keys.events(id), 0, -1)
+                    .hgetall(keys.engagements(id))
                     .query_async(&mut con),
             )
             .await?;
@@ -217,6 +215,9 @@ impl State for DistributedStore {
             .iter()
             .map(|b| serde_json::from_str::<Event>(b).map_err(corrupt))
             .collect::<Result<Vec<_>, _>>()?;
+        let emails: Vec<String> = recipients.iter().map(|r| r.email.clone()).collect();
+        let engagements =
+            engagement_views(super::engagement::stored_engagements(engagements)?, &emails);
         Ok(Some(MessageView {
             id: id.to_string(),
             status: overall_status(&recipients),
@@ -226,69 +227,30 @@ impl State for DistributedStore {
             tags: request.tags,
             recipients,
             events,
+            engagements,
         }))
     }
 
-    async fn record_event(
-        &self,
-        message_id: &str,
-        recipient: &str,
-        kind: EventType,
-        detail: EventDetail,
-    ) -> Result<Option<Event>, StoreError> {
-        let keys = &self.inner.keys;
+    async fn message_owner(&self, id: &str) -> Result<Option<MessageOwner>, StoreError> {
         let mut con = self.redis().await?;
-        let (request, recipients): (Option<String>, Vec<String>) = self
+        let (created, key_id, sandbox): (Option<String>, Option<String>, Option<String>) = self
             .run_redis(
-                redis::pipe()
-                    .hget(keys.message(message_id), "request")
-                    .hvals(keys.recipients(message_id))
+                redis::cmd("HMGET")
+                    .arg(self.inner.keys.message(id))
+                    .arg("created_at")
+                    .arg("key_id")
+                    .arg("sandbox")
                     .query_async(&mut con),
             )
             .await?;
-        let Some(request) = request else { return Ok(None) };
-        let known = recipients
-            .iter()
-            .filter_map(|json| serde_json::from_str::<StoredRecipient>(json).ok())
-            .any(|r| r.email == recipient);
-        if !known {
-            return Ok(None);
-        }
-        let request: SendRequest = serde_json::from_str(&request).map_err(corrupt)?;
-        let event = Event {
-            id: ids::new_id("evt"),
-            kind,
-            timestamp: Utc::now(),
-            data: EventData {
-                message_id: message_id.to_string(),
-                recipient: recipient.to_string(),
-                smtp_response: None,
-                mx_host: None,
-                attempt: None,
-                next_attempt_at: None,
-                url: detail.url,
-                user_agent: detail.user_agent,
-                tags: request.tags,
-                metadata: request.metadata,
-            },
-        };
-        let body = serde_json::to_string(&event).map_err(corrupt)?;
-        let stored: i64 = self
-            .run_redis(
-                APPEND_EVENT
-                    .key(keys.message(message_id))
-                    .key(keys.recipients(message_id))
-                    .key(keys.events(message_id))
-                    .arg(keys.ns())
-                    .arg(&event.id)
-                    .arg(event.kind.as_str())
-                    .arg(body)
-                    .arg(now_ms())
-                    .arg(self.inner.options.retention.as_secs().max(1))
-                    .invoke_async(&mut con),
-            )
-            .await?;
-        Ok((stored == 1).then_some(event))
+        Ok(created.map(|_| MessageOwner {
+            key_id: key_id.unwrap_or_default(),
+            sandbox: sandbox.is_some_and(|s| s == "1"),
+        }))
+    }
+
+    async fn record_hit(&self, hit: Hit) -> Result<Option<HitRecorded>, StoreError> {
+        self.record_hit_redis(hit).await
     }
 
     async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError> {

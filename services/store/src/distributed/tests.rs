@@ -15,8 +15,8 @@ use postwire_proto::{Event, EventType, RecipientStatus};
 use super::{DistributedStore, Options};
 use crate::embedded::to_ms;
 use crate::{
-    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue, RecipientOutcome,
-    State, StoreError, WebhookAttempt, WebhookDelivery,
+    ids, ClaimedJob, DeliveryResult, Hit, NewApiKey, NewWebhook, Queue, RecipientOutcome, State,
+    StoreError, WebhookAttempt, WebhookDelivery,
 };
 
 // The message builder of the shared capability contracts, so every store test sends alike.
@@ -86,6 +86,18 @@ fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {
         response: "250 ok".into(),
         mx_host: Some("mx.test".into()),
         suppress: false,
+    }
+}
+
+/// A first open by the recipient at `position`.
+fn open_hit(message_id: &str, position: u32) -> Hit {
+    Hit {
+        message_id: message_id.into(),
+        recipient: position,
+        kind: postwire_proto::EngagementKind::Open,
+        url: None,
+        user_agent: None,
+        at: Utc::now(),
     }
 }
 
@@ -548,25 +560,13 @@ async fn events_fan_out_only_to_subscribed_webhooks() {
         "leased deliveries are not handed out twice"
     );
 
-    let opened = store
-        .record_event(&id, "rcpt@example.test", EventType::Opened, EventDetail::default())
-        .await
-        .unwrap()
-        .unwrap();
+    let opened = store.record_hit(open_hit(&id, 0)).await.unwrap().unwrap();
     assert_eq!(pending_for(&store, &all.id).await, 2);
     assert_eq!(pending_for(&store, &delivered_only.id).await, 1);
     assert_eq!(pending_for(&store, &bounced_only.id).await, 1);
-    assert_eq!(store.message(&id).await.unwrap().unwrap().events.last(), Some(&opened));
-    assert!(store
-        .record_event(&id, "nobody@example.test", EventType::Opened, EventDetail::default())
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .record_event("msg_unknown", "rcpt@example.test", EventType::Opened, EventDetail::default())
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(store.message(&id).await.unwrap().unwrap().events.last(), opened.event.as_ref());
+    assert!(store.record_hit(open_hit(&id, 5)).await.unwrap().is_none());
+    assert!(store.record_hit(open_hit("msg_unknown", 0)).await.unwrap().is_none());
 }
 
 #[tokio::test]

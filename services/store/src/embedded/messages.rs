@@ -7,7 +7,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now_ms, SqliteStore};
 use crate::messages::{shown_status, summary};
-use crate::{Cancel, MessageCursor, MessagePage, MessageQuery, Messages, NewMessage, StoreError};
+use crate::{
+    Cancel, MessageCursor, MessagePage, MessageQuery, Messages, NewMessage, StoreError, Visibility,
+};
 
 /// Creates the search table and indexes; called from [`super::schema::migrate`]. Works on a
 /// database made before search existed: the tags of messages already stored are copied from
@@ -75,10 +77,18 @@ fn search(
            AND (?6 IS NULL OR EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ?6 AND t.message_id = m.id))
            AND (?7 IS NULL OR EXISTS (SELECT 1 FROM recipients r WHERE r.email = ?7 AND r.message_id = m.id))
            AND (?8 IS NULL OR EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {SHOWN_STATUS} = ?8))
+           AND (?10 IS NULL OR m.key_id = ?10)
+           AND (?11 = 0 OR m.sandbox = 1)
          ORDER BY m.created_at DESC, m.id DESC
          LIMIT ?9"
     );
     let fetch = limit.saturating_add(1);
+    // `Visibility` as two filters: the sending key, and sandbox messages only.
+    let (sent_by, sandbox_only) = match &query.visibility {
+        Visibility::All => (None, false),
+        Visibility::Sandbox => (None, true),
+        Visibility::SentBy(key) => (Some(key.as_str()), false),
+    };
     let rows: Vec<SummaryRow> = conn
         .prepare_cached(&sql)?
         .query_map(
@@ -92,6 +102,8 @@ fn search(
                 query.recipient_normalized(),
                 query.status.map(RecipientStatus::as_str),
                 fetch as i64,
+                sent_by,
+                sandbox_only,
             ],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?

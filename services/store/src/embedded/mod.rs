@@ -11,12 +11,14 @@
 //! - `state`: the [`crate::State`] implementation (keys, status, events, webhooks).
 //! - `domain`: the [`crate::Domains`] implementation (sending domains and their keys).
 //! - `messages`: the [`crate::Messages`] implementation (search, cancel) and its indexes.
+//! - `engagement`: engagement records (opens, clicks) and the events they emit.
 //! - `suppression`: the [`crate::Suppressions`] implementation and the screening helpers
 //!   the queue's transactions call.
 //! - `ratelimit`: [`LocalRateLimiter`], the in-process [`crate::RateLimiter`].
 //! - `template`: the [`crate::Templates`] implementation.
 
 mod domain;
+mod engagement;
 mod idempotency;
 mod messages;
 mod queue;

@@ -239,11 +239,15 @@ fn pending_recipients(
     domain: &str,
 ) -> Result<Vec<PendingRecipient>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT email, attempts FROM recipients
+        "SELECT email, attempts, position FROM recipients
          WHERE message_id = ?1 AND domain = ?2 AND status IN ('queued', 'scheduled', 'deferred') ORDER BY position",
     )?;
     let rows = stmt.query_map(params![message_id, domain], |r| {
-        Ok(PendingRecipient { email: r.get(0)?, attempts: r.get::<_, i64>(1)? as u32 })
+        Ok(PendingRecipient {
+            email: r.get(0)?,
+            attempts: r.get::<_, i64>(1)? as u32,
+            position: r.get::<_, i64>(2)? as u32,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

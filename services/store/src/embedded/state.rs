@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postwire_proto::{
-    Event, EventData, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
+    Event, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -13,8 +13,8 @@ use super::{from_ms, now_ms, to_ms, SqliteStore};
 use crate::messages::shown_status;
 use crate::model::overall_status;
 use crate::{
-    ids, ApiKeyRecord, EventDetail, NewApiKey, NewWebhook, State, StoreError, WebhookAttempt,
-    WebhookDelivery,
+    ApiKeyRecord, Hit, HitRecorded, MessageOwner, NewApiKey, NewWebhook, State, StoreError,
+    WebhookAttempt, WebhookDelivery,
 };
 
 /// Stores an event and queues one webhook delivery per endpoint subscribed to its type,
@@ -170,6 +170,8 @@ impl State for SqliteStore {
                         .map_err(|e| StoreError::Corrupt(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let emails: Vec<String> = recipients.iter().map(|r| r.email.clone()).collect();
+            let engagements = super::engagement::engagements(conn, &id, &emails)?;
             Ok(Some(MessageView {
                 id,
                 status: overall_status(&recipients),
@@ -179,53 +181,25 @@ impl State for SqliteStore {
                 tags: request.tags,
                 recipients,
                 events,
+                engagements,
             }))
         })
         .await
     }
 
-    async fn record_event(
-        &self,
-        message_id: &str,
-        recipient: &str,
-        kind: EventType,
-        detail: EventDetail,
-    ) -> Result<Option<Event>, StoreError> {
-        let (message_id, recipient) = (message_id.to_string(), recipient.to_string());
-        self.write(move |conn| {
-            let Some(request) = conn
-                .prepare_cached(
-                    "SELECT m.request FROM messages m JOIN recipients r ON r.message_id = m.id
-                     WHERE m.id = ?1 AND r.email = ?2",
-                )?
-                .query_row(params![message_id, recipient], |r| r.get::<_, String>(0))
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let request: SendRequest =
-                serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let event = Event {
-                id: ids::new_id("evt"),
-                kind,
-                timestamp: Utc::now(),
-                data: EventData {
-                    message_id,
-                    recipient,
-                    smtp_response: None,
-                    mx_host: None,
-                    attempt: None,
-                    next_attempt_at: None,
-                    url: detail.url,
-                    user_agent: detail.user_agent,
-                    tags: request.tags,
-                    metadata: request.metadata,
-                },
-            };
-            insert_event(conn, &event)?;
-            Ok(Some(event))
+    async fn message_owner(&self, id: &str) -> Result<Option<MessageOwner>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT key_id, sandbox FROM messages WHERE id = ?1")?
+                .query_row([id], |r| Ok(MessageOwner { key_id: r.get(0)?, sandbox: r.get(1)? }))
+                .optional()?)
         })
         .await
+    }
+
+    async fn record_hit(&self, hit: Hit) -> Result<Option<HitRecorded>, StoreError> {
+        self.record_hit_sqlite(hit).await
     }
 
     async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError> {

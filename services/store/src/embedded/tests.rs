@@ -11,8 +11,8 @@ use tempfile::TempDir;
 
 use super::{to_ms, SqliteStore};
 use crate::{
-    ids, ClaimedJob, DeliveryResult, EventDetail, NewApiKey, NewWebhook, Queue, RecipientOutcome,
-    State, WebhookAttempt, WebhookDelivery,
+    ids, ClaimedJob, DeliveryResult, Hit, NewApiKey, NewWebhook, Queue, RecipientOutcome, State,
+    WebhookAttempt, WebhookDelivery,
 };
 
 // The message builder of the shared capability contracts, so every store test sends alike.
@@ -34,6 +34,18 @@ fn outcome(email: &str, result: DeliveryResult) -> RecipientOutcome {
         response: "250 ok".into(),
         mx_host: Some("mx.test".into()),
         suppress: false,
+    }
+}
+
+/// A first open by the recipient at `position`.
+fn open_hit(message_id: &str, position: u32) -> Hit {
+    Hit {
+        message_id: message_id.into(),
+        recipient: position,
+        kind: postwire_proto::EngagementKind::Open,
+        url: None,
+        user_agent: None,
+        at: Utc::now(),
     }
 }
 
@@ -325,19 +337,11 @@ async fn events_fan_out_only_to_subscribed_webhooks() {
     );
 
     // Engagement events fan out the same way.
-    store
-        .record_event(&id, "rcpt@example.test", EventType::Opened, EventDetail::default())
-        .await
-        .unwrap()
-        .unwrap();
+    store.record_hit(open_hit(&id, 0)).await.unwrap().unwrap();
     assert_eq!(per_endpoint(&all.id).await, 2);
     assert_eq!(per_endpoint(&delivered_only.id).await, 1);
     assert_eq!(per_endpoint(&bounced_only.id).await, 1);
-    assert!(store
-        .record_event(&id, "nobody@example.test", EventType::Opened, EventDetail::default())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(store.record_hit(open_hit(&id, 5)).await.unwrap().is_none());
 }
 
 #[tokio::test]

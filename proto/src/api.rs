@@ -99,6 +99,10 @@ pub struct MessageView {
     pub from: String,
     pub subject: String,
     pub tags: Vec<String>,
+    /// How the message reached Postwire: `api` (`POST /v1/messages` or a batch) or `smtp`
+    /// (the submission listener).
+    #[serde(default)]
+    pub source: MessageSource,
     pub recipients: Vec<RecipientView>,
     /// Oldest first.
     pub events: Vec<Event>,
@@ -106,6 +110,17 @@ pub struct MessageView {
     /// recipient order; opens before clicks, then by first seen.
     #[serde(default)]
     pub engagements: Vec<Engagement>,
+}
+
+/// How a message reached Postwire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageSource {
+    /// The HTTP API.
+    #[default]
+    Api,
+    /// SMTP submission (`[submission]` listeners): the client's own RFC 5322 text.
+    Smtp,
 }
 
 /// Delivery state of one recipient.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use postwire::app::{App, Roles};
+use postwire::app::{App, Listeners, Roles};
 use postwire_config::Settings;
 use postwire_store::{ids, NewApiKey, State};
 use serde_json::Value;
@@ -74,6 +74,10 @@ pub fn distributed_backend() -> Option<postwire_config::Backend> {
 pub struct TestApp {
     pub base: String,
     pub addr: SocketAddr,
+    /// SMTP submission with STARTTLS (`submission.listen`), on a free port.
+    pub submission_addr: SocketAddr,
+    /// SMTP submission over implicit TLS (`submission.tls_listen`), on a free port.
+    pub submission_tls_addr: SocketAddr,
     /// An API key with every scope.
     pub key: String,
     pub client: reqwest::Client,
@@ -113,8 +117,17 @@ impl TestApp {
         let state = app.state().clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let submission = TcpListener::bind("127.0.0.1:0").await?;
+        let submission_tls = TcpListener::bind("127.0.0.1:0").await?;
+        let (submission_addr, submission_tls_addr) =
+            (submission.local_addr()?, submission_tls.local_addr()?);
+        let listeners = Listeners {
+            http: Some(listener),
+            submission: Some(submission),
+            submission_tls: Some(submission_tls),
+        };
         let task = tokio::spawn(async move {
-            if let Err(e) = app.run(Roles::ALL, Some(listener), token).await {
+            if let Err(e) = app.run_with(Roles::ALL, listeners, token).await {
                 eprintln!("test app stopped with an error: {e}");
             }
         });
@@ -123,6 +136,8 @@ impl TestApp {
         Ok(TestApp {
             base,
             addr,
+            submission_addr,
+            submission_tls_addr,
             key: minted.key,
             client,
             settings,
@@ -243,6 +258,9 @@ pub struct World {
     pub dns: DnsServer,
     pub dir: tempfile::TempDir,
     pub smtp_port: u16,
+    /// `submission.listen` / `submission.tls_listen` of [`World::write_config`].
+    pub submission_port: u16,
+    pub submission_tls_port: u16,
 }
 
 impl World {
@@ -251,6 +269,8 @@ impl World {
             dns: DnsServer::start().await,
             dir: tempfile::tempdir().expect("temp dir"),
             smtp_port: crate::smtp::pick_free_port(),
+            submission_port: crate::smtp::pick_free_port(),
+            submission_tls_port: crate::smtp::pick_free_port(),
         }
     }
 
@@ -291,6 +311,9 @@ schedule = ["1s"]
 lease = "3s"
 [tracking]
 secret = "e2e-binary-tracking-secret"
+[submission]
+listen = "127.0.0.1:{submission}"
+tls_listen = "127.0.0.1:{submission_tls}"
 [limits]
 per_key_per_second = 1000000
 per_key_per_day = 100000000
@@ -301,6 +324,8 @@ path = "{data}"
             data = self.path().join("data").display(),
             dns = self.dns.addr(),
             smtp = self.smtp_port,
+            submission = self.submission_port,
+            submission_tls = self.submission_tls_port,
         );
         std::fs::write(&config, text).expect("write postwire.toml");
         config

@@ -48,12 +48,20 @@ impl FromRequestParts<Gateway> for ApiKey {
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
-        let (id, secret) = ids::split_api_key(presented).ok_or(ApiError::Unauthorized)?;
-        let record = gw.state.api_key(id).await?.ok_or(ApiError::Unauthorized)?;
-        if record.revoked_at.is_some() || !ids::secret_matches(secret, &record.hash) {
-            return Err(ApiError::Unauthorized);
-        }
-        crate::ratelimit::admit_request(gw, &record.id).await?;
-        Ok(ApiKey { id: record.id, scopes: record.scopes, sandbox: record.sandbox })
+        let key = verify_key(gw, presented).await?;
+        crate::ratelimit::admit_request(gw, &key.id).await?;
+        Ok(key)
     }
+}
+
+/// The key `presented` (`pw_…`) stands for, if it exists, is not revoked and its secret
+/// matches; [`ApiError::Unauthorized`] otherwise. HTTP bearer tokens and SMTP AUTH passwords
+/// both end here.
+pub async fn verify_key(gw: &Gateway, presented: &str) -> Result<ApiKey, ApiError> {
+    let (id, secret) = ids::split_api_key(presented).ok_or(ApiError::Unauthorized)?;
+    let record = gw.state.api_key(id).await?.ok_or(ApiError::Unauthorized)?;
+    if record.revoked_at.is_some() || !ids::secret_matches(secret, &record.hash) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(ApiKey { id: record.id, scopes: record.scopes, sandbox: record.sandbox })
 }

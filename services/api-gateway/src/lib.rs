@@ -19,6 +19,7 @@
 //! - [`slow_body`]: the request-body deadline (408 for a body that arrives too slowly).
 //! - [`conn`]: the accept loop: request-head and body deadlines, connection caps, graceful
 //!   shutdown.
+//! - [`submission`]: the SMTP submission listeners (RFC 6409), feeding the same pipeline.
 
 pub mod auth;
 pub mod capacity;
@@ -30,6 +31,7 @@ pub mod ratelimit;
 pub mod renderer;
 pub mod routes;
 pub mod slow_body;
+pub mod submission;
 pub mod template;
 pub mod validate;
 

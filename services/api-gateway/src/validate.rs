@@ -205,40 +205,7 @@ pub fn validate_send(
         }
     };
 
-    let mut recipients = Vec::new();
-    let mut seen = HashSet::new();
-    for (list, values) in [("to", &mut req.to), ("cc", &mut req.cc), ("bcc", &mut req.bcc)] {
-        let mut kept = Vec::with_capacity(values.len());
-        for (i, raw) in values.iter().enumerate() {
-            match Mailbox::parse(raw) {
-                Ok(m) => {
-                    // One envelope recipient per address, whichever lists repeat it.
-                    if seen.insert(m.address.as_str().to_ascii_lowercase()) {
-                        recipients.push(NewRecipient {
-                            email: m.address.as_str().to_string(),
-                            domain: m.address.domain().to_string(),
-                        });
-                    }
-                    kept.push(m.canonical());
-                }
-                Err(e) => err(format!("{list}[{i}]"), e),
-            }
-        }
-        *values = kept;
-    }
-    if req.to.is_empty() && req.cc.is_empty() && req.bcc.is_empty() {
-        err("to".into(), "at least one recipient is required in to, cc or bcc".into());
-    }
-    if recipients.len() > limits.max_recipients {
-        err(
-            "to".into(),
-            format!(
-                "at most {} recipients per message across to, cc and bcc (got {}; limits.max_recipients)",
-                limits.max_recipients,
-                recipients.len()
-            ),
-        );
-    }
+    let recipients = collect_recipients(&mut req, limits, &mut err);
 
     if let Some(reply_to) = &req.reply_to {
         match Mailbox::parse(reply_to) {
@@ -334,6 +301,135 @@ pub fn validate_send(
             Err(_) => err(format!("attachments[{i}].content"), "must be standard base64".into()),
         }
     }
+    check_tags_and_metadata(&req, limits, &mut err);
+    if let Err(e) = check_send_at(&mut req.send_at, Utc::now()) {
+        err("send_at".into(), e);
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if size > limits.max_message_size.0 {
+        // Reported by the caller as 413 (see `TOO_LARGE_FIELD`).
+        return Err(vec![FieldError {
+            field: TOO_LARGE_FIELD.into(),
+            message: format!(
+                "the message would be about {size} bytes once rendered for sending (attachments grow by a third in base64); \
+                 the limit is {} bytes (limits.max_message_size)",
+                limits.max_message_size.0
+            ),
+        }]);
+    }
+    let from = from.expect("no errors means from parsed");
+    req.from = from.canonical();
+    let id = ids::new_id("msg");
+    let message_id_header = message_id_for(&id, &from);
+    // `sandbox` is the caller's to set from the key (see `routes::messages`).
+    Ok(NewMessage {
+        id,
+        created_at: Utc::now(),
+        request: req,
+        message_id_header,
+        recipients,
+        key_id: key_id.into(),
+        sandbox: false,
+        raw: None,
+    })
+}
+
+/// The `Message-ID` (without angle brackets) Postwire gives message `id` sent from `from`.
+pub fn message_id_for(id: &str, from: &Mailbox) -> String {
+    format!("{}@{}", id.trim_start_matches("msg_"), from.address.domain())
+}
+
+/// Validates what a message submitted over SMTP says about itself: its envelope recipients
+/// (`to`, `cc`, `bcc` as sorted by its headers), the `from` of its From header, and the tags
+/// and metadata of its `X-Postwire-*` headers. Its text is the client's own: only its size was
+/// bounded, while it was read. The caller sets `id`, `raw` and the `Message-ID`.
+pub fn validate_submission(
+    mut req: SendRequest,
+    limits: &Limits,
+    key_id: &str,
+) -> Result<(NewMessage, Mailbox), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err = |field: String, message: String| errors.push(FieldError { field, message });
+    let from = match Mailbox::parse(&req.from) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            err("from".into(), e);
+            None
+        }
+    };
+    let recipients = collect_recipients(&mut req, limits, &mut err);
+    check_tags_and_metadata(&req, limits, &mut err);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let from = from.expect("no errors means from parsed");
+    req.from = from.canonical();
+    let message = NewMessage {
+        id: String::new(),
+        created_at: Utc::now(),
+        request: req,
+        message_id_header: String::new(),
+        recipients,
+        key_id: key_id.into(),
+        sandbox: false,
+        raw: None,
+    };
+    Ok((message, from))
+}
+
+/// The envelope recipients of `to`, `cc` and `bcc` (each address once, in order), those
+/// lists rewritten in canonical form; at least one and at most `limits.max_recipients`.
+fn collect_recipients(
+    req: &mut SendRequest,
+    limits: &Limits,
+    err: &mut impl FnMut(String, String),
+) -> Vec<NewRecipient> {
+    let mut recipients = Vec::new();
+    let mut seen = HashSet::new();
+    for (list, values) in [("to", &mut req.to), ("cc", &mut req.cc), ("bcc", &mut req.bcc)] {
+        let mut kept = Vec::with_capacity(values.len());
+        for (i, raw) in values.iter().enumerate() {
+            match Mailbox::parse(raw) {
+                Ok(m) => {
+                    // One envelope recipient per address, whichever lists repeat it.
+                    if seen.insert(m.address.as_str().to_ascii_lowercase()) {
+                        recipients.push(NewRecipient {
+                            email: m.address.as_str().to_string(),
+                            domain: m.address.domain().to_string(),
+                        });
+                    }
+                    kept.push(m.canonical());
+                }
+                Err(e) => err(format!("{list}[{i}]"), e),
+            }
+        }
+        *values = kept;
+    }
+    if req.to.is_empty() && req.cc.is_empty() && req.bcc.is_empty() {
+        err("to".into(), "at least one recipient is required in to, cc or bcc".into());
+    }
+    if recipients.len() > limits.max_recipients {
+        err(
+            "to".into(),
+            format!(
+                "at most {} recipients per message across to, cc and bcc (got {}; limits.max_recipients)",
+                limits.max_recipients,
+                recipients.len()
+            ),
+        );
+    }
+    recipients
+}
+
+/// `tags` (count, length, no control characters) and `metadata` (`limits.max_metadata_size`).
+fn check_tags_and_metadata(
+    req: &SendRequest,
+    limits: &Limits,
+    err: &mut impl FnMut(String, String),
+) {
     if req.tags.len() > MAX_TAGS {
         err("tags".into(), format!("at most {MAX_TAGS} tags per message (got {})", req.tags.len()));
     }
@@ -357,38 +453,6 @@ pub fn validate_send(
             ),
         );
     }
-    if let Err(e) = check_send_at(&mut req.send_at, Utc::now()) {
-        err("send_at".into(), e);
-    }
-
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    if size > limits.max_message_size.0 {
-        // Reported by the caller as 413 (see `TOO_LARGE_FIELD`).
-        return Err(vec![FieldError {
-            field: TOO_LARGE_FIELD.into(),
-            message: format!(
-                "the message would be about {size} bytes once rendered for sending (attachments grow by a third in base64); \
-                 the limit is {} bytes (limits.max_message_size)",
-                limits.max_message_size.0
-            ),
-        }]);
-    }
-    let from = from.expect("no errors means from parsed");
-    req.from = from.canonical();
-    let id = ids::new_id("msg");
-    let message_id_header = format!("{}@{}", id.trim_start_matches("msg_"), from.address.domain());
-    // `sandbox` is the caller's to set from the key (see `routes::messages`).
-    Ok(NewMessage {
-        id,
-        created_at: Utc::now(),
-        request: req,
-        message_id_header,
-        recipients,
-        key_id: key_id.into(),
-        sandbox: false,
-    })
 }
 
 /// Pseudo-field marking a size-limit violation, which the API answers with 413.

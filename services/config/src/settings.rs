@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::units::{ByteSize, Duration, Secret};
+use crate::units::{ByteSize, Duration, Listen, Secret};
 
 /// Everything Postwire reads at start-up.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -24,6 +25,40 @@ pub struct Settings {
     pub webhooks: Webhooks,
     pub limits: Limits,
     pub telemetry: Telemetry,
+    pub submission: Submission,
+}
+
+/// SMTP submission (RFC 6409): apps that speak SMTP hand messages to Postwire here, with an
+/// API key as the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Submission {
+    /// Plain listener offering STARTTLS (RFC 3207); 587 in production. `""` disables it.
+    pub listen: Listen,
+    /// Implicit-TLS listener (RFC 8314); 465 in production. `""` disables it.
+    pub tls_listen: Listen,
+    /// PEM certificate chain for both listeners. With neither this nor `tls_key` set, a
+    /// self-signed certificate is generated at start (and the log says so).
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// Clients in these networks (CIDRs) may submit without AUTH, as `trusted_key`.
+    pub trusted_networks: Vec<IpNet>,
+    /// The API key (`pw_…`, `send` scope) trusted networks submit as.
+    pub trusted_key: Secret,
+}
+
+impl Default for Submission {
+    fn default() -> Self {
+        Self {
+            listen: Listen::at(SocketAddr::from(([127, 0, 0, 1], 2587))),
+            tls_listen: Listen::at(SocketAddr::from(([127, 0, 0, 1], 2465))),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            trusted_networks: Vec::new(),
+            trusted_key: Secret::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

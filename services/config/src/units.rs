@@ -100,6 +100,30 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A listening address, or none: `""` disables the listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+impl Listen {
+    pub fn at(addr: std::net::SocketAddr) -> Self {
+        Self(Some(addr))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(Self(None));
+        }
+        s.trim().parse().map(|a| Self(Some(a))).map_err(|_| {
+            de::Error::custom(format!(
+                "{s:?} is not an address like \"127.0.0.1:2587\" (or \"\" to disable)"
+            ))
+        })
+    }
+}
+
 /// A secret string that never appears in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]

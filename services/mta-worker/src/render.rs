@@ -147,6 +147,12 @@ impl Renderer {
     /// The copies to send for `job`: one per recipient when tracking applies, else one.
     pub fn render(&self, job: &ClaimedJob) -> Result<Vec<RenderedMessage>, RenderError> {
         let req = &job.request;
+        if let Some(raw) = &job.raw {
+            // Submitted over SMTP: sent as the client wrote it (its line endings were checked
+            // at submission; normalised again here like every rendering).
+            let recipients = job.recipients.iter().map(|r| r.email.clone()).collect();
+            return Ok(vec![RenderedMessage { recipients, bytes: to_crlf(raw) }]);
+        }
         let tracked = (req.track_opens || req.track_clicks) && req.html.is_some();
         if !tracked {
             let recipients = job.recipients.iter().map(|r| r.email.clone()).collect();
@@ -329,6 +335,7 @@ mod tests {
                 })
                 .collect(),
             sandbox: false,
+            raw: None,
         }
     }
 

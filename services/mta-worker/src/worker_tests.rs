@@ -80,6 +80,7 @@ fn job_created(domain: &str, recipients: &[&str], created_at: DateTime<Utc>) -> 
             })
             .collect(),
         sandbox: false,
+        raw: None,
     }
 }
 

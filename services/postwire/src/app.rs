@@ -41,6 +41,20 @@ pub enum AppError {
     TrackingSecretRequired,
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
+    #[error("cannot start SMTP submission")]
+    Submission(#[from] postwire_api_gateway::submission::SubmissionError),
+}
+
+/// The sockets a process serves on, bound by the caller ([`App::run`] binds them from the
+/// settings; tests bind free ports).
+#[derive(Default)]
+pub struct Listeners {
+    /// The HTTP API (`http.listen`).
+    pub http: Option<TcpListener>,
+    /// SMTP submission with STARTTLS (`submission.listen`).
+    pub submission: Option<TcpListener>,
+    /// SMTP submission over implicit TLS (`submission.tls_listen`).
+    pub submission_tls: Option<TcpListener>,
 }
 
 /// Which services a process runs.
@@ -229,15 +243,45 @@ impl App {
         }
     }
 
+    /// Binds the SMTP submission listeners the settings ask for (none when the process does
+    /// not run the API gateway).
+    pub async fn bind_submission(
+        &self,
+        roles: Roles,
+    ) -> Result<(Option<TcpListener>, Option<TcpListener>), AppError> {
+        if !roles.api_gateway {
+            return Ok((None, None));
+        }
+        let sub = &self.settings.submission;
+        Ok((
+            bind(sub.listen.0, "submission.listen").await?,
+            bind(sub.tls_listen.0, "submission.tls_listen").await?,
+        ))
+    }
+
     /// Runs the chosen services until `shutdown` fires, then waits for each to finish its
-    /// in-flight work. `listener` serves the API when the gateway runs; processes without it
-    /// serve `/metrics` and health on `telemetry.metrics_listen` when that is set.
+    /// in-flight work. `listener` serves the API when the gateway runs, beside the SMTP
+    /// submission listeners of `[submission]`; processes without it serve `/metrics` and
+    /// health on `telemetry.metrics_listen` when that is set.
     pub async fn run(
         self,
         roles: Roles,
         listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
+        let (submission, submission_tls) = self.bind_submission(roles).await?;
+        let listeners = Listeners { http: listener, submission, submission_tls };
+        self.run_with(roles, listeners, shutdown).await
+    }
+
+    /// [`App::run`] on listeners the caller bound.
+    pub async fn run_with(
+        self,
+        roles: Roles,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        let listener = listeners.http;
         let ops_listener = match (roles.api_gateway, self.settings.telemetry.metrics_listen) {
             (false, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|source| {
                 AppError::Listen { addr, key: "telemetry.metrics_listen", source }
@@ -250,6 +294,23 @@ impl App {
         }
         if roles.webhook_dispatcher {
             tasks.spawn(self.dispatcher.clone().run(shutdown.clone()));
+        }
+        if roles.api_gateway
+            && (listeners.submission.is_some() || listeners.submission_tls.is_some())
+        {
+            use postwire_api_gateway::submission::{self, Listener, Submission};
+            let sub = Arc::new(Submission::from_settings(self.gateway(), &self.settings)?);
+            for (l, kind) in [
+                (listeners.submission, Listener::StartTls),
+                (listeners.submission_tls, Listener::ImplicitTls),
+            ] {
+                if let Some(l) = l {
+                    if let Ok(addr) = l.local_addr() {
+                        tracing::info!(%addr, listener = kind.label(), "smtp submission listening");
+                    }
+                    tasks.spawn(submission::serve(sub.clone(), l, kind, shutdown.clone()));
+                }
+            }
         }
         tasks.close();
         let router = match (roles.api_gateway, listener, ops_listener) {
@@ -274,6 +335,14 @@ impl App {
         self.stores.close();
         http.map_err(AppError::Http)
     }
+}
+
+async fn bind(
+    addr: Option<std::net::SocketAddr>,
+    key: &'static str,
+) -> Result<Option<TcpListener>, AppError> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr).await.map(Some).map_err(|source| AppError::Listen { addr, key, source })
 }
 
 /// The tracking HMAC key: `tracking.secret`, or one generated once and kept in the store

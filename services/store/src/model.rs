@@ -19,6 +19,10 @@ pub struct NewMessage {
     pub key_id: String,
     /// Sent with a sandbox key: recorded as delivered without any DNS lookup or SMTP connection.
     pub sandbox: bool,
+    /// Submitted over SMTP: the client's RFC 5322 message (CRLF line endings, `Message-ID` and
+    /// `Date` present, `X-Postwire-*` removed), sent as it is instead of being rendered from
+    /// `request`, which then only describes it (from, to, cc, bcc, subject, tags, metadata).
+    pub raw: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,8 @@ pub struct ClaimedJob {
     pub recipients: Vec<PendingRecipient>,
     /// The message was sent with a sandbox key: the worker must not resolve or connect.
     pub sandbox: bool,
+    /// The message as submitted over SMTP, sent instead of a rendering (see [`NewMessage::raw`]).
+    pub raw: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,7 @@ pub(crate) fn message(recipients: &[&str]) -> NewMessage {
             .collect(),
         key_id: "key_test".into(),
         sandbox: false,
+        raw: None,
     }
 }
 

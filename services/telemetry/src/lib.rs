@@ -27,6 +27,13 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `postwire_http_request_duration_seconds{route}`.
     pub http_request_duration: HistogramVec,
+    /// `postwire_smtp_in_sessions_total{listener,result}`: inbound SMTP sessions by listener
+    /// (`submission`, `submission_tls`, `bounces`) and how they ended (`quit`, `closed`,
+    /// `timeout`, `refused`, `error`).
+    pub smtp_in_sessions: IntCounterVec,
+    /// `postwire_inbound_messages_total{kind}`: messages received on the bounce listener by
+    /// what they turned out to be (`dsn`, `arf`, `autoreply`, `unknown`).
+    pub inbound_messages: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -79,8 +86,26 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let smtp_in_sessions = IntCounterVec::new(
+            Opts::new(
+                "postwire_smtp_in_sessions_total",
+                "Inbound SMTP sessions by listener and end",
+            ),
+            &["listener", "result"],
+        )
+        .expect("valid metric");
+        let inbound_messages = IntCounterVec::new(
+            Opts::new(
+                "postwire_inbound_messages_total",
+                "Messages received for the bounce domain by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(messages_accepted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(smtp_in_sessions.clone()),
+            Box::new(inbound_messages.clone()),
             Box::new(deliveries.clone()),
             Box::new(smtp_transaction_seconds.clone()),
             Box::new(queue_depth.clone()),
@@ -97,6 +122,9 @@ impl Metrics {
         for r in ["delivered", "failed", "gave_up"] {
             webhook_deliveries.with_label_values(&[r]);
         }
+        for k in ["dsn", "arf", "autoreply", "unknown"] {
+            inbound_messages.with_label_values(&[k]);
+        }
         Self {
             registry,
             messages_accepted,
@@ -106,6 +134,8 @@ impl Metrics {
             webhook_deliveries,
             http_requests,
             http_request_duration,
+            smtp_in_sessions,
+            inbound_messages,
         }
     }
 

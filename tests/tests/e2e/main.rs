@@ -15,6 +15,7 @@ mod ratelimit;
 mod scheduled;
 mod search;
 mod security;
+mod submission;
 mod suppressions;
 mod templates;
 mod tracking;

@@ -3,12 +3,15 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::BasicProperties;
 use postwire_proto::{Event, RecipientStatus, SendRequest};
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{retry_step, Keys, RETRY_STEPS_MS};
@@ -173,7 +176,19 @@ impl DistributedStore {
             "claimed" => {
                 let created_at = from_ms(field(1).parse::<i64>().map_err(corrupt)?);
                 let request: SendRequest = serde_json::from_str(&field(2)).map_err(corrupt)?;
-                let recipients = answer[5..]
+                let raw = match field(5).as_str() {
+                    "smtp" => match self.raw_message(&mut con, &job.message_id).await {
+                        Ok(raw) => Some(raw),
+                        Err(e) => {
+                            // Claimed in Redis but not handed out: it is claimable again once
+                            // the lease lapses.
+                            self.park(broker.generation, delivery);
+                            return Err(e);
+                        }
+                    },
+                    _ => None,
+                };
+                let recipients = answer[6..]
                     .chunks(3)
                     .map(|triple| {
                         let number = |i: usize| {
@@ -197,6 +212,7 @@ impl DistributedStore {
                     recipients,
                     // Absent on messages stored before sandbox keys existed: a live message.
                     sandbox: field(4) == "1",
+                    raw,
                 };
                 let held = HeldClaim {
                     generation: broker.generation,
@@ -209,6 +225,18 @@ impl DistributedStore {
             }
             other => Err(corrupt(format!("unexpected claim answer {other:?}"))),
         }
+    }
+
+    /// The RFC 5322 text of a message submitted over SMTP.
+    async fn raw_message(
+        &self,
+        con: &mut redis::aio::ConnectionManager,
+        message_id: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        let encoded: Option<String> =
+            self.run_redis(con.get(self.inner.keys.raw(message_id))).await?;
+        let encoded = encoded.ok_or_else(|| corrupt("a submitted message's text is missing"))?;
+        BASE64.decode(encoded).map_err(corrupt)
     }
 
     /// Returns claims whose lease ran out without a completion to the broker, which hands
@@ -299,6 +327,12 @@ impl Queue for DistributedStore {
             .ignore()
             .expire(&msg_key, retention as i64)
             .ignore();
+        if let Some(raw) = &message.raw {
+            pipe.hset(&msg_key, "source", "smtp")
+                .ignore()
+                .set_ex(keys.raw(&message.id), BASE64.encode(raw), retention)
+                .ignore();
+        }
         super::messages::index_message(&mut pipe, keys, &message, retention);
         for (i, r) in message.recipients.iter().enumerate() {
             let status = match (suppression::screened_status(&screened[i]), send_at) {
@@ -364,7 +398,8 @@ impl Queue for DistributedStore {
             // Undo, so the message is not left "queued" with no job behind it. A job that did
             // reach the broker finds the message gone and is dropped.
             let mut undo = redis::pipe();
-            undo.del(&[&msg_key, &rcpt_key, &keys.events(&message.id)]).ignore();
+            undo.del(&[&msg_key, &rcpt_key, &keys.events(&message.id), &keys.raw(&message.id)])
+                .ignore();
             super::messages::unindex_message(&mut undo, keys, &message);
             if !members.is_empty() {
                 undo.srem(keys.jobs(), &members).ignore();

@@ -91,8 +91,8 @@ if earliest > now then
   return {'early', tostring(earliest - now)}
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-local m = redis.call('HMGET', KEYS[1], 'created_at', 'request', 'message_id_header', 'sandbox')
-local out = {'claimed', m[1], m[2], m[3], m[4] or '0'}
+local m = redis.call('HMGET', KEYS[1], 'created_at', 'request', 'message_id_header', 'sandbox', 'source')
+local out = {'claimed', m[1], m[2], m[3], m[4] or '0', m[5] or 'api'}
 for _, v in ipairs(pending) do out[#out + 1] = v end
 return out
 "#,

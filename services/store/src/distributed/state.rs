@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_proto::{Event, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook};
+use postwire_proto::{
+    Event, MessageSource, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
+};
 
 use super::queue::StoredRecipient;
 use super::scripts::{CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY};
@@ -225,6 +227,10 @@ impl State for DistributedStore {
             from: request.from,
             subject: request.subject,
             tags: request.tags,
+            source: match message.get("source").map(String::as_str) {
+                Some("smtp") => MessageSource::Smtp,
+                _ => MessageSource::Api,
+            },
             recipients,
             events,
             engagements,

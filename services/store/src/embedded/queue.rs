@@ -17,10 +17,10 @@ impl Queue for SqliteStore {
         self.write(move |conn| {
             let created = to_ms(message.created_at);
             conn.prepare_cached(
-                "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox, raw)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox])?;
+            .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox, message.raw])?;
             let mut rcpt = conn.prepare_cached(
                 "INSERT INTO recipients (message_id, position, email, domain, status, next_attempt_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -211,10 +211,16 @@ fn claim_due(conn: &Connection, lease_ms: i64) -> Result<Option<RawClaim>, Store
             conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([job_id])?;
             continue;
         }
-        let (created_at, request, message_id_header, sandbox) = conn
-            .prepare_cached("SELECT created_at, request, message_id_header, sandbox FROM messages WHERE id = ?1")?
+        let (created_at, request, message_id_header, sandbox, raw) = conn
+            .prepare_cached("SELECT created_at, request, message_id_header, sandbox, raw FROM messages WHERE id = ?1")?
             .query_row([&message_id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
             })?;
         return Ok(Some(RawClaim {
             job: ClaimedJob {
@@ -227,6 +233,7 @@ fn claim_due(conn: &Connection, lease_ms: i64) -> Result<Option<RawClaim>, Store
                 domain,
                 recipients,
                 sandbox,
+                raw,
             },
             request,
         }));

@@ -85,6 +85,8 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     // Columns added after the first release: databases made before them gain them here.
     add_column(conn, "api_keys", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
+    // A message submitted over SMTP: the client's RFC 5322 bytes (NULL for API sends).
+    add_column(conn, "messages", "raw", "BLOB")?;
     Ok(())
 }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postwire_proto::{
-    Event, EventType, MessageView, RecipientStatus, RecipientView, SendRequest, Webhook,
+    Event, EventType, MessageSource, MessageView, RecipientStatus, RecipientView, SendRequest,
+    Webhook,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -133,9 +134,13 @@ impl State for SqliteStore {
     async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| {
-            let Some((created, request)) = conn
-                .prepare_cached("SELECT created_at, request FROM messages WHERE id = ?1")?
-                .query_row([&id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            let Some((created, request, smtp)) = conn
+                .prepare_cached(
+                    "SELECT created_at, request, raw IS NOT NULL FROM messages WHERE id = ?1",
+                )?
+                .query_row([&id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
+                })
                 .optional()?
             else {
                 return Ok(None);
@@ -179,6 +184,7 @@ impl State for SqliteStore {
                 from: request.from,
                 subject: request.subject,
                 tags: request.tags,
+                source: if smtp { MessageSource::Smtp } else { MessageSource::Api },
                 recipients,
                 events,
                 engagements,

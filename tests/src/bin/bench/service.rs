@@ -235,6 +235,9 @@ schedule = {retry}
 max_age = "48h"
 [tracking]
 secret = "bench-tracking-secret-{secret:016x}"
+[submission]
+listen = ""
+tls_listen = ""
 [limits]
 per_key_per_second = 1000000000
 per_key_per_day = 1000000000

@@ -312,3 +312,61 @@ async fn bdat_chunks_are_submitted_like_data() {
     assert!(text.contains("Subject: chunks\r\n\r\n.no stuffing in BDAT\r\n"), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_250_queued_over_smtp_survives_kill_9_of_the_server() {
+    use postwire_e2e::process::{create_key, serve_healthy};
+    let world = World::new().await;
+    let hosts = mx_hosts(&world, "sub.test", &[(10, ip(65), Script::default())]).await;
+    let port = postwire_e2e::smtp::pick_free_port();
+    let config = world.write_config(port, postwire_e2e::app::distributed_backend().is_some());
+    let key = create_key(&config, "smtp-crash");
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve_healthy(&config, &[], &base).await;
+    let addr: SocketAddr = ([127, 0, 0, 1], world.submission_port).into();
+    let mut c = Raw::connect(addr).await;
+    assert!(c.login(&key).await.starts_with("235"));
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        assert!(c.cmd("MAIL FROM:<a@sender.test>").await.starts_with("250"));
+        assert!(c.cmd(&format!("RCPT TO:<u{i}@sub.test>")).await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        let text = format!(
+            "From: a@sender.test\r\nTo: u{i}@sub.test\r\nSubject: crash {i}\r\n\r\nx\r\n.\r\n"
+        );
+        c.send(text.as_bytes()).await;
+        let queued = c.reply().await;
+        let id =
+            queued.strip_prefix("250 2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{queued}"));
+        ids.push(id.to_string());
+    }
+    // Right after the last 250: nothing queued may be lost.
+    server.kill9();
+    let _server = serve_healthy(&config, &[], &base).await;
+    let client = reqwest::Client::new();
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let m: serde_json::Value = client
+                .get(format!("{base}/v1/messages/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if m["status"] == "delivered" {
+                assert_eq!(m["source"], "smtp");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id} lost or stuck: {m:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut delivered: Vec<String> =
+        hosts[0].received().iter().flat_map(|r| r.rcpt_to.clone()).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 10, "every recipient got its message: {delivered:?}");
+}

@@ -158,7 +158,8 @@ mod tests {
     #[test]
     fn the_end_is_found_across_any_split_of_the_input() {
         let input = b"a\r\n.b\r\n\r\n.\r\nNEXT";
-        for split in 0..input.len() {
+        // Every split before the terminator's last byte (at 12 the first slice holds it all).
+        for split in 0..12 {
             let mut reader = DataReader::new(100);
             let (used, done) = reader.feed(&input[..split]);
             assert_eq!((used, done), (split, false), "split at {split}");

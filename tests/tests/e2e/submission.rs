@@ -370,3 +370,23 @@ async fn every_250_queued_over_smtp_survives_kill_9_of_the_server() {
     delivered.dedup();
     assert_eq!(delivered.len(), 10, "every recipient got its message: {delivered:?}");
 }
+
+#[tokio::test]
+async fn a_submitted_message_is_dkim_signed_and_dkimpy_verifies_it() {
+    use postwire_config::DkimAlgorithm;
+    let world = World::new().await;
+    let hosts = mx_hosts(&world, "sub.test", &[(10, ip(66), Script::default())]).await;
+    let mut settings = world.settings();
+    settings.dkim =
+        vec![crate::dkim::publish_key(&world, "sender.test", "sub1", DkimAlgorithm::RsaSha256)];
+    let app = TestApp::start(settings).await.unwrap();
+    let script = STARTTLS_LOGIN.replace("os.environ[\"MSG\"]", &format!("{MESSAGE:?}"));
+    let reply = python(&script, app.submission_addr, &app.key).await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as msg_"), "{reply}");
+    let got = hosts[0].wait_for_messages(1, SOON).await.unwrap();
+    let (ok, report) = crate::dkim::dkimpy_verify(&world, &got[0].data).await;
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(ok, "dkimpy rejected the signature:\n{report}\n{text}");
+    assert!(report.contains("ok d=sender.test s=sub1 a=rsa-sha256"), "{report}");
+    app.stop().await;
+}

@@ -89,13 +89,24 @@ async fn accept_message(
         },
     )?;
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
-    let taken = crate::ratelimit::take_messages(&gw, &key.id, 1).await?;
+    queue_one(&gw, &key.id, message).await?;
+    Ok((StatusCode::ACCEPTED, Json(response)))
+}
+
+/// Takes one message from the key's day and stores it durably, giving the message back to the
+/// day when it could not be stored: the last step of every single send, over HTTP or SMTP.
+pub(crate) async fn queue_one(
+    gw: &Gateway,
+    key_id: &str,
+    message: NewMessage,
+) -> Result<(), ApiError> {
+    let taken = crate::ratelimit::take_messages(gw, key_id, 1).await?;
     if let Err(e) = gw.queue.accept(message).await {
-        taken.give_back(&gw, 1).await;
+        taken.give_back(gw, 1).await;
         return Err(e.into());
     }
     gw.metrics.messages_accepted.inc();
-    Ok((StatusCode::ACCEPTED, Json(response)))
+    Ok(())
 }
 
 /// A message's status, each recipient's attempts and last SMTP reply, and its event history.

@@ -204,12 +204,7 @@ async fn accept(
     }
     message.raw = Some(text);
     let response = crate::routes::messages::accepted_response(&message);
-    let taken = crate::ratelimit::take_messages(&gw, &key.id, 1).await?;
-    if let Err(e) = gw.queue.accept(message).await {
-        taken.give_back(&gw, 1).await;
-        return Err(e.into());
-    }
-    gw.metrics.messages_accepted.inc();
+    crate::routes::messages::queue_one(&gw, &key.id, message).await?;
     Ok((StatusCode::ACCEPTED, Json(response)))
 }
 

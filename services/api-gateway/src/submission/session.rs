@@ -197,12 +197,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     let _ = self.flush().await;
                     return Err("error");
                 }
-                Ok(None) => match self.fill(timeout).await {
-                    Read::Data => {}
-                    Read::Closed => return Err("closed"),
-                    Read::TimedOut => return Err(self.timed_out().await),
-                },
+                Ok(None) => self.fill_or_end(timeout).await?,
             }
+        }
+    }
+
+    /// [`fill`](Self::fill), the session's end when nothing came: closed, or timed out (and
+    /// told so).
+    async fn fill_or_end(&mut self, timeout: Duration) -> Result<(), End> {
+        match self.fill(timeout).await {
+            Read::Data => Ok(()),
+            Read::Closed => Err("closed"),
+            Read::TimedOut => Err(self.timed_out().await),
         }
     }
 
@@ -491,11 +497,7 @@ async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
         if done {
             return Ok(reader.finish());
         }
-        match conn.fill(sub.timeouts.data).await {
-            Read::Data => {}
-            Read::Closed => return Err("closed"),
-            Read::TimedOut => return Err(conn.timed_out().await),
-        }
+        conn.fill_or_end(sub.timeouts.data).await?;
     }
 }
 
@@ -519,11 +521,7 @@ async fn read_exact<S: AsyncRead + AsyncWrite + Unpin>(
         if left == 0 {
             return Ok(keep.then_some(chunk));
         }
-        match conn.fill(sub.timeouts.data).await {
-            Read::Data => {}
-            Read::Closed => return Err("closed"),
-            Read::TimedOut => return Err(conn.timed_out().await),
-        }
+        conn.fill_or_end(sub.timeouts.data).await?;
     }
 }
 

@@ -88,3 +88,33 @@ pub async fn serve_healthy(config: &std::path::Path, env: &[(&str, &str)], base:
     }
     proc
 }
+
+/// Polls `GET {base}/v1/messages/{id}` with `key` until its status is `delivered` (within 20 s);
+/// returns that view.
+///
+/// # Panics
+/// If it is not delivered in time.
+pub async fn wait_delivered(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &str,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m: serde_json::Value = client
+            .get(format!("{base}/v1/messages/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if m["status"] == "delivered" {
+            return m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} not delivered: {m:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -99,26 +99,7 @@ async fn every_202_survives_kill_9_of_the_server() {
     // When each message's delivery was committed: before the kill, or by the restarted server.
     let mut committed_before_kill = Vec::new();
     for id in &ids {
-        let deadline = tokio::time::Instant::now() + SOON;
-        let m: Value = loop {
-            let m: Value = client
-                .get(format!("{base}/v1/messages/{id}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if m["status"] == "delivered" {
-                break m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} not delivered after restart: {m:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let m = postwire_e2e::process::wait_delivered(&client, &base, &key, id).await;
         let delivered: Vec<&Value> = m["events"]
             .as_array()
             .unwrap()

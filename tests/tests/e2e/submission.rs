@@ -345,24 +345,8 @@ async fn every_250_queued_over_smtp_survives_kill_9_of_the_server() {
     let _server = serve_healthy(&config, &[], &base).await;
     let client = reqwest::Client::new();
     for id in &ids {
-        let deadline = tokio::time::Instant::now() + SOON;
-        loop {
-            let m: serde_json::Value = client
-                .get(format!("{base}/v1/messages/{id}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if m["status"] == "delivered" {
-                assert_eq!(m["source"], "smtp");
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{id} lost or stuck: {m:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let m = postwire_e2e::process::wait_delivered(&client, &base, &key, id).await;
+        assert_eq!(m["source"], "smtp");
     }
     let mut delivered: Vec<String> =
         hosts[0].received().iter().flat_map(|r| r.rcpt_to.clone()).collect();

@@ -21,16 +21,20 @@ pub enum EventType {
     Opened,
     #[serde(rename = "message.clicked")]
     Clicked,
+    /// The recipient reported the message as spam (an ARF feedback report, RFC 5965).
+    #[serde(rename = "message.complained")]
+    Complained,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         Self::Delivered,
         Self::Deferred,
         Self::Bounced,
         Self::Suppressed,
         Self::Opened,
         Self::Clicked,
+        Self::Complained,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl EventType {
             Self::Suppressed => "message.suppressed",
             Self::Opened => "message.opened",
             Self::Clicked => "message.clicked",
+            Self::Complained => "message.complained",
         }
     }
 
@@ -61,7 +66,7 @@ pub struct Event {
 }
 
 /// What an event is about.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventData {
     pub message_id: String,
     pub recipient: String,
@@ -83,8 +88,28 @@ pub struct EventData {
     /// The client's User-Agent, for opens and clicks.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user_agent: Option<String>,
+    /// `true` on a `message.bounced` that came back as a report (DSN) after the SMTP
+    /// transaction, possibly after the recipient was `delivered`.
+    #[serde(rename = "async", skip_serializing_if = "Option::is_none", default)]
+    pub async_report: Option<bool>,
+    /// For an asynchronous bounce: `hard` (permanent, RFC 3463 class 5) or `soft` (class 4).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bounce_type: Option<BounceType>,
+    /// For `message.complained`: the report's Feedback-Type (`abuse`, `fraud`, …).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub feedback_type: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// How permanent a reported bounce is, by the class of its RFC 3463 status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceType {
+    /// `5.x.x`: the address will not work; it is suppressed.
+    Hard,
+    /// `4.x.x`: the receiver gave up for now (mailbox full, …); not suppressed.
+    Soft,
 }

@@ -12,6 +12,8 @@ pub enum SuppressionReason {
     HardBounce,
     /// Added through `POST /v1/suppressions`.
     Manual,
+    /// The recipient reported a message as spam (an ARF feedback report).
+    Complaint,
 }
 
 impl SuppressionReason {
@@ -20,6 +22,7 @@ impl SuppressionReason {
         match self {
             Self::HardBounce => "hard_bounce",
             Self::Manual => "manual",
+            Self::Complaint => "complaint",
         }
     }
 
@@ -28,6 +31,7 @@ impl SuppressionReason {
         match s {
             "hard_bounce" => Some(Self::HardBounce),
             "manual" => Some(Self::Manual),
+            "complaint" => Some(Self::Complaint),
             _ => None,
         }
     }

@@ -26,6 +26,27 @@ pub struct Settings {
     pub limits: Limits,
     pub telemetry: Telemetry,
     pub submission: Submission,
+    pub bounces: Bounces,
+}
+
+/// The way back: bounces (DSNs, RFC 3464) and complaints (ARF, RFC 5965) sent to VERP return
+/// paths on `domain` arrive at `listen`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bounces {
+    /// The bounce domain. Set, every outgoing copy is sent with the envelope sender
+    /// `b-<token>@domain` (publish an MX for it pointing at `listen`, and an SPF record).
+    /// Empty: the envelope sender is the From address and nothing is listened for.
+    pub domain: String,
+    /// SMTP listener for mail to the bounce domain (only that domain); 25 in production.
+    /// Used only when `domain` is set; `""` disables it.
+    pub listen: Listen,
+}
+
+impl Default for Bounces {
+    fn default() -> Self {
+        Self { domain: String::new(), listen: Listen::at(SocketAddr::from(([127, 0, 0, 1], 2525))) }
+    }
 }
 
 /// SMTP submission (RFC 6409): apps that speak SMTP hand messages to Postwire here, with an

@@ -131,6 +131,7 @@ pub(crate) fn engagement_event(
             user_agent: hit.user_agent.clone(),
             tags,
             metadata,
+            ..EventData::default()
         },
     }
 }

@@ -17,12 +17,14 @@
 //! - [`messages`]: scheduled sending rules, message search and cancel ([`Messages`]), and which
 //!   messages an API key may see ([`Visibility`]).
 //! - [`engagement`]: opens and clicks folded per recipient and link, and when a hit emits an event.
+//! - [`feedback`]: bounces and complaints that come back, and what each changes.
 //! - [`template`]: stored templates ([`Templates`]) that the API renders into sends.
 
 pub mod distributed;
 pub mod domain;
 pub mod embedded;
 pub mod engagement;
+pub mod feedback;
 pub mod idempotency;
 pub mod ids;
 pub mod messages;
@@ -39,6 +41,7 @@ use postwire_proto::{MessageView, Webhook};
 
 pub use domain::{Domains, SendingDomain};
 pub use engagement::{Hit, HitRecorded};
+pub use feedback::{Feedback, FeedbackRecorded, Report};
 pub use idempotency::*;
 pub use messages::{
     Cancel, MessageCursor, MessageOwner, MessagePage, MessageQuery, Messages, Visibility,
@@ -146,6 +149,14 @@ pub trait State: Send + Sync + 'static {
     /// [`engagement`]'s rule says so, stores its event and queues it for every subscribed
     /// webhook, in one atomic step. `None` when the message or recipient is unknown.
     async fn record_hit(&self, hit: Hit) -> Result<Option<HitRecorded>, StoreError>;
+
+    /// Records a bounce or complaint about one recipient's copy as [`feedback`]'s rule says:
+    /// the status change, the event and its webhook deliveries, and the suppression entry, in
+    /// one atomic step. `None` when the message or recipient is unknown.
+    async fn record_feedback(
+        &self,
+        feedback: Feedback,
+    ) -> Result<Option<FeedbackRecorded>, StoreError>;
 
     async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError>;
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError>;

@@ -208,6 +208,7 @@ pub(crate) fn outcome_event(
             user_agent: None,
             tags: job.request.tags.clone(),
             metadata: job.request.metadata.clone(),
+            ..EventData::default()
         },
     };
     (status, event)

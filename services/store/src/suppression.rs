@@ -110,6 +110,7 @@ pub(crate) fn suppressed_event(message: &NewMessage, email: &str, response: Stri
             user_agent: None,
             tags: message.request.tags.clone(),
             metadata: message.request.metadata.clone(),
+            ..EventData::default()
         },
     }
 }

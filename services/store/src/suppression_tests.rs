@@ -41,7 +41,7 @@ pub(crate) fn message(recipients: &[&str]) -> NewMessage {
     }
 }
 
-fn outcome(
+pub(crate) fn outcome(
     email: &str,
     result: DeliveryResult,
     response: &str,
@@ -66,7 +66,7 @@ fn manual(email: &str, at_ms: i64) -> NewSuppression {
     }
 }
 
-async fn claim(store: &impl Queue) -> ClaimedJob {
+pub(crate) async fn claim(store: &impl Queue) -> ClaimedJob {
     let start = Instant::now();
     loop {
         if let Some(job) = store.claim("w", LEASE).await.expect("claim") {
@@ -77,7 +77,7 @@ async fn claim(store: &impl Queue) -> ClaimedJob {
     }
 }
 
-async fn status_of(
+pub(crate) async fn status_of(
     store: &impl State,
     message_id: &str,
     email: &str,

@@ -13,12 +13,16 @@
 //! - [`token`]: [`TrackingKeys`] mints `/t/o/{token}` and `/t/c/{token}` URLs for one
 //!   recipient's copy ([`MailCopy`]) and verifies tokens into [`Verified`].
 //! - [`html`]: [`instrument_html`] rewrites `<a href>` links and inserts the open pixel.
+//! - [`verp`]: the same keys sign VERP return paths (`b-{token}@{bounces.domain}`), so a
+//!   bounce or complaint names the copy it is about.
 
 pub mod html;
 pub mod token;
+pub mod verp;
 
 pub use html::instrument_html;
 pub use token::{Link, MailCopy, Tracked, TrackingKeys, Verified};
+pub use verp::{ReturnPath, TokenFault, VerpError};
 
 /// Why a tracking token was refused.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use sha2::Sha256;
 
 use crate::TrackingError;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes of the HMAC kept in a token: 128 bits, far beyond guessing online.
 const TAG_LEN: usize = 16;
@@ -157,6 +157,12 @@ impl TrackingKeys {
             return Ok(Verified::Stale(link));
         }
         Ok(Verified::Live(Tracked { message_id: message_id.to_owned(), recipient, link }))
+    }
+
+    /// A fresh MAC under the installation's secret, for the other tokens it signs
+    /// ([`crate::verp`]); each signs its own domain string first.
+    pub(crate) fn mac(&self) -> HmacSha256 {
+        self.mac.clone()
     }
 
     fn sign(&self, kind: u8, copy: &MailCopy<'_>, target: &str) -> String {

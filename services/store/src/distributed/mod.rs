@@ -45,6 +45,7 @@
 
 mod domain;
 mod engagement;
+mod feedback;
 mod idempotency;
 pub mod keys;
 mod messages;

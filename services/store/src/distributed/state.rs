@@ -17,8 +17,8 @@ use crate::engagement::engagement_views;
 use crate::messages::shown_status;
 use crate::model::overall_status;
 use crate::{
-    ApiKeyRecord, Hit, HitRecorded, MessageOwner, NewApiKey, NewWebhook, State, StoreError,
-    WebhookAttempt, WebhookDelivery,
+    ApiKeyRecord, Feedback, FeedbackRecorded, Hit, HitRecorded, MessageOwner, NewApiKey,
+    NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery,
 };
 
 type Fields = HashMap<String, String>;
@@ -257,6 +257,13 @@ impl State for DistributedStore {
 
     async fn record_hit(&self, hit: Hit) -> Result<Option<HitRecorded>, StoreError> {
         self.record_hit_redis(hit).await
+    }
+
+    async fn record_feedback(
+        &self,
+        feedback: Feedback,
+    ) -> Result<Option<FeedbackRecorded>, StoreError> {
+        self.record_feedback_redis(feedback).await
     }
 
     async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError> {

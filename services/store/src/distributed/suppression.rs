@@ -37,7 +37,7 @@ pub(crate) struct StoredSuppression {
 }
 
 impl StoredSuppression {
-    fn from_entry(e: &Suppression) -> Self {
+    pub(crate) fn from_entry(e: &Suppression) -> Self {
         Self {
             email: e.email.clone(),
             reason: e.reason.as_str().to_string(),

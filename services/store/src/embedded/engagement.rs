@@ -89,17 +89,7 @@ fn record(conn: &Connection, hit: &Hit) -> Result<Option<HitRecorded>, StoreErro
         tally.last_event
     ])?;
     let event = if emit {
-        // Only the two fields the event echoes, not the whole request (its HTML may be large).
-        let (tags, metadata): (Option<String>, Option<String>) = conn
-            .prepare_cached(
-                "SELECT json_extract(request, '$.tags'), json_extract(request, '$.metadata')
-                 FROM messages WHERE id = ?1",
-            )?
-            .query_row([&hit.message_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let tags: Vec<String> =
-            tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        let metadata: BTreeMap<String, serde_json::Value> =
-            metadata.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+        let (tags, metadata) = echoed_fields(conn, &hit.message_id)?;
         let event = engagement_event(hit, email, tags, metadata);
         insert_event(conn, &event)?;
         Some(event)
@@ -107,6 +97,23 @@ fn record(conn: &Connection, hit: &Hit) -> Result<Option<HitRecorded>, StoreErro
         None
     };
     Ok(Some(HitRecorded { count: tally.count, event }))
+}
+
+/// The two request fields every event echoes (tags, metadata), read without the whole request
+/// (its HTML may be large).
+pub(crate) fn echoed_fields(
+    conn: &Connection,
+    message_id: &str,
+) -> Result<(Vec<String>, BTreeMap<String, serde_json::Value>), StoreError> {
+    let (tags, metadata): (Option<String>, Option<String>) = conn
+        .prepare_cached(
+            "SELECT json_extract(request, '$.tags'), json_extract(request, '$.metadata')
+             FROM messages WHERE id = ?1",
+        )?
+        .query_row([message_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let tags = tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let metadata = metadata.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+    Ok((tags, metadata))
 }
 
 /// The message view's engagements; `emails` are its recipients by position.

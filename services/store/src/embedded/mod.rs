@@ -19,6 +19,7 @@
 
 mod domain;
 mod engagement;
+mod feedback;
 mod idempotency;
 mod messages;
 mod queue;

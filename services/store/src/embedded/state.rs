@@ -14,8 +14,8 @@ use super::{from_ms, now_ms, to_ms, SqliteStore};
 use crate::messages::shown_status;
 use crate::model::overall_status;
 use crate::{
-    ApiKeyRecord, Hit, HitRecorded, MessageOwner, NewApiKey, NewWebhook, State, StoreError,
-    WebhookAttempt, WebhookDelivery,
+    ApiKeyRecord, Feedback, FeedbackRecorded, Hit, HitRecorded, MessageOwner, NewApiKey,
+    NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery,
 };
 
 /// Stores an event and queues one webhook delivery per endpoint subscribed to its type,
@@ -206,6 +206,13 @@ impl State for SqliteStore {
 
     async fn record_hit(&self, hit: Hit) -> Result<Option<HitRecorded>, StoreError> {
         self.record_hit_sqlite(hit).await
+    }
+
+    async fn record_feedback(
+        &self,
+        feedback: Feedback,
+    ) -> Result<Option<FeedbackRecorded>, StoreError> {
+        self.record_feedback_sqlite(feedback).await
     }
 
     async fn create_webhook(&self, webhook: NewWebhook) -> Result<Webhook, StoreError> {

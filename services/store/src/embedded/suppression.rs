@@ -56,7 +56,10 @@ fn lookup(conn: &Connection, email: &str) -> Result<Option<Suppression>, StoreEr
 
 /// Inserts `entry` unless its address is listed; returns the entry now stored and whether it
 /// is the new one.
-fn insert(conn: &Connection, entry: Suppression) -> Result<(Suppression, bool), StoreError> {
+pub(crate) fn insert(
+    conn: &Connection,
+    entry: Suppression,
+) -> Result<(Suppression, bool), StoreError> {
     let added = conn
         .prepare_cached(&format!(
             "INSERT OR IGNORE INTO suppressions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"

@@ -35,9 +35,11 @@ pub struct RecipientVerdict {
     pub hard_bounce: bool,
 }
 
-/// A message ready to send: CRLF-only, signed, with its envelope recipients.
+/// A message ready to send: CRLF-only, signed, with its envelope.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// MAIL FROM.
+    pub sender: String,
     pub recipients: Vec<String>,
     pub bytes: Vec<u8>,
 }
@@ -52,15 +54,10 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Resolves `domain` and delivers `messages` from `sender`.
-    pub async fn deliver(
-        &self,
-        domain: &str,
-        sender: &str,
-        messages: &[Outgoing],
-    ) -> Vec<RecipientVerdict> {
+    /// Resolves `domain` and delivers `messages`.
+    pub async fn deliver(&self, domain: &str, messages: &[Outgoing]) -> Vec<RecipientVerdict> {
         match self.resolver.resolve(domain).await {
-            Ok(hosts) => self.deliver_to_hosts(&hosts, sender, messages).await,
+            Ok(hosts) => self.deliver_to_hosts(&hosts, messages).await,
             Err(e) => settle_all(
                 messages.iter().flat_map(|m| m.recipients.iter()),
                 &Failure::Resolve(e),
@@ -73,7 +70,6 @@ impl Deliverer {
     pub async fn deliver_to_hosts(
         &self,
         hosts: &[MxHost],
-        sender: &str,
         messages: &[Outgoing],
     ) -> Vec<RecipientVerdict> {
         let mut verdicts = Vec::new();
@@ -97,11 +93,15 @@ impl Deliverer {
                     .iter()
                     .zip(&recipient_lists)
                     .filter(|(_, r)| !r.is_empty())
-                    .map(|(m, r)| Transaction { recipients: r, message: &m.bytes })
+                    .map(|(m, r)| Transaction {
+                        sender: &m.sender,
+                        recipients: r,
+                        message: &m.bytes,
+                    })
                     .collect();
 
                 let started = Instant::now();
-                let attempt = self.pool.deliver(ip, &host.name, sender, &transactions).await;
+                let attempt = self.pool.deliver(ip, &host.name, &transactions).await;
                 self.metrics.smtp_transaction_seconds.observe(started.elapsed().as_secs_f64());
 
                 for (email, answer) in attempt.answers {

@@ -118,7 +118,6 @@ impl SmtpPool {
         &self,
         ip: IpAddr,
         host: &str,
-        sender: &str,
         transactions: &[Transaction<'_>],
     ) -> HostAttempt {
         let opts = &self.inner.opts;
@@ -142,7 +141,7 @@ impl SmtpPool {
             }
         };
         attempt.encrypted = conn.is_encrypted();
-        match session::run_transactions(&mut conn, opts, sender, transactions, &mut attempt).await {
+        match session::run_transactions(&mut conn, opts, transactions, &mut attempt).await {
             Ok(()) => self.put_back(&entry, conn, ip, opened),
             // Dropped without QUIT: after a timeout or a garbled reply the peer may never answer.
             Err(e) => attempt.failure = Some(e),

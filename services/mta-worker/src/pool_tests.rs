@@ -162,8 +162,8 @@ fn pool(peer: &Peer, max_per_host: usize, idle_timeout: Duration) -> SmtpPool {
 
 async fn send(pool: &SmtpPool, recipient: &str) -> HostAttempt {
     let recipients = vec![recipient.to_owned()];
-    let tx = [Transaction { recipients: &recipients, message: MESSAGE }];
-    pool.deliver(LOCAL, HOST, "s@sender.test", &tx).await
+    let tx = [Transaction { sender: "s@sender.test", recipients: &recipients, message: MESSAGE }];
+    pool.deliver(LOCAL, HOST, &tx).await
 }
 
 fn delivered(attempt: &HostAttempt) -> bool {

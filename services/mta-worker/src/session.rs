@@ -131,6 +131,8 @@ pub enum Answer {
 /// One SMTP transaction's worth of work.
 #[derive(Debug, Clone, Copy)]
 pub struct Transaction<'a> {
+    /// The envelope sender (MAIL FROM): the From address, or the copy's VERP return path.
+    pub sender: &'a str,
     pub recipients: &'a [String],
     /// CRLF-only message bytes.
     pub message: &'a [u8],
@@ -235,7 +237,6 @@ pub async fn deliver_to_host(
     opts: &SmtpOptions,
     ip: IpAddr,
     host: &str,
-    sender: &str,
     transactions: &[Transaction<'_>],
 ) -> HostAttempt {
     let mut attempt = HostAttempt::default();
@@ -247,7 +248,7 @@ pub async fn deliver_to_host(
         }
     };
     attempt.encrypted = conn.is_encrypted();
-    if let Err(e) = run_transactions(&mut conn, opts, sender, transactions, &mut attempt).await {
+    if let Err(e) = run_transactions(&mut conn, opts, transactions, &mut attempt).await {
         // Dropped without QUIT: after a timeout or a garbled reply the peer may never
         // answer, and waiting for it would stall the worker for another full timeout.
         attempt.failure = Some(e);
@@ -265,7 +266,6 @@ pub async fn deliver_to_host(
 pub(crate) async fn run_transactions(
     conn: &mut AsyncSmtpConnection,
     opts: &SmtpOptions,
-    sender: &str,
     transactions: &[Transaction<'_>],
     attempt: &mut HostAttempt,
 ) -> Result<(), SessionError> {
@@ -276,7 +276,7 @@ pub(crate) async fn run_transactions(
                 .await
                 .map_err(|e| e.in_stage(Stage::Rset))?;
         }
-        need_rset = !transaction(conn, opts, sender, tx, attempt).await?;
+        need_rset = !transaction(conn, opts, tx, attempt).await?;
     }
     Ok(())
 }
@@ -371,10 +371,10 @@ async fn connect_plain(
 async fn transaction(
     conn: &mut AsyncSmtpConnection,
     opts: &SmtpOptions,
-    sender: &str,
     tx: &Transaction<'_>,
     attempt: &mut HostAttempt,
 ) -> Result<bool, SessionError> {
+    let sender = tx.sender;
     let from: Address =
         sender.parse().map_err(|_| SessionError::BadSender { address: sender.into() })?;
     let info = conn.server_info();

@@ -34,15 +34,10 @@ async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients(
     };
     let peer = SmtpPeer::start(LOCAL, script).await;
     let r = rcpts(&["a@rcpt.test", "b@rcpt.test", "c@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Opportunistic),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Opportunistic), LOCAL, "mx.test", &tx)
+            .await;
     assert!(attempt.failure.is_none(), "{:?}", attempt.failure);
     let answers: HashMap<_, _> = attempt.answers.into_iter().collect();
     assert_eq!(
@@ -72,15 +67,9 @@ async fn every_rcpt_reply_is_recorded_and_data_goes_only_to_accepted_recipients(
 async fn lines_starting_with_a_dot_are_stuffed_on_the_wire_and_nothing_ends_data_early() {
     let peer = SmtpPeer::start(LOCAL, Script::default()).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Disabled),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
     assert!(attempt.failure.is_none());
     let seen = peer.seen();
     let wire = String::from_utf8(seen[0].messages[0].clone()).unwrap();
@@ -96,15 +85,9 @@ async fn data_is_not_sent_when_every_recipient_is_refused() {
     };
     let peer = SmtpPeer::start(LOCAL, script).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Disabled),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
     assert_eq!(attempt.answers.len(), 1);
     assert!(!peer.seen()[0].commands.iter().any(|c| c == "DATA"));
 }
@@ -118,18 +101,12 @@ async fn per_recipient_transactions_share_one_connection_with_rset_after_an_abor
     let peer = SmtpPeer::start(LOCAL, script).await;
     let (a, b, c) = (rcpts(&["a@rcpt.test"]), rcpts(&["b@rcpt.test"]), rcpts(&["c@rcpt.test"]));
     let tx = [
-        Transaction { recipients: &a, message: MESSAGE },
-        Transaction { recipients: &b, message: MESSAGE },
-        Transaction { recipients: &c, message: MESSAGE },
+        Transaction { sender: "s@sender.test", recipients: &a, message: MESSAGE },
+        Transaction { sender: "s@sender.test", recipients: &b, message: MESSAGE },
+        Transaction { sender: "s@sender.test", recipients: &c, message: MESSAGE },
     ];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Disabled),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
     assert!(attempt.failure.is_none());
     assert_eq!(
         attempt.answers.iter().filter(|(_, a)| matches!(a, Answer::Delivered(_))).count(),
@@ -165,15 +142,9 @@ async fn a_negative_greeting_fails_the_session() {
     )
     .await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Disabled),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
     match attempt.failure {
         Some(SessionError::Greeting { reply }) => {
             assert_eq!(reply.to_string(), "554 5.3.2 not now")
@@ -189,10 +160,8 @@ async fn a_refused_connection_is_a_connect_failure() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt =
-        deliver_to_host(&opts(port, TlsMode::Disabled), LOCAL, "mx.test", "s@sender.test", &tx)
-            .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt = deliver_to_host(&opts(port, TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
     assert!(matches!(attempt.failure, Some(SessionError::Connect { .. })), "{:?}", attempt.failure);
 }
 
@@ -202,15 +171,10 @@ async fn a_failed_opportunistic_tls_handshake_falls_back_to_plain_text_on_a_new_
         Script { extensions: vec!["STARTTLS".into()], break_tls: true, ..Default::default() };
     let peer = SmtpPeer::start(LOCAL, script).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Opportunistic),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Opportunistic), LOCAL, "mx.test", &tx)
+            .await;
     assert!(attempt.failure.is_none(), "{:?}", attempt.failure);
     assert!(matches!(attempt.answers[0].1, Answer::Delivered(_)));
     assert!(!attempt.encrypted);
@@ -228,15 +192,9 @@ async fn a_failed_opportunistic_tls_handshake_falls_back_to_plain_text_on_a_new_
 async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
     let peer = SmtpPeer::start(LOCAL, Script::default()).await;
     let r = rcpts(&["a@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Required),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Required), LOCAL, "mx.test", &tx).await;
     assert!(
         matches!(attempt.failure, Some(SessionError::TlsUnavailable { .. })),
         "{:?}",
@@ -247,14 +205,8 @@ async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
     let broken =
         Script { extensions: vec!["STARTTLS".into()], break_tls: true, ..Default::default() };
     let peer = SmtpPeer::start(LOCAL, broken).await;
-    let attempt = deliver_to_host(
-        &opts(peer.addr.port(), TlsMode::Required),
-        LOCAL,
-        "mx.test",
-        "s@sender.test",
-        &tx,
-    )
-    .await;
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Required), LOCAL, "mx.test", &tx).await;
     assert!(
         matches!(attempt.failure, Some(SessionError::TlsHandshake { .. })),
         "{:?}",
@@ -267,10 +219,10 @@ async fn required_tls_fails_the_session_when_starttls_is_missing_or_broken() {
 async fn a_missing_end_of_data_reply_times_out_and_leaves_accepted_recipients_in_doubt() {
     let peer = SmtpPeer::start(LOCAL, Script { end_reply: None, ..Default::default() }).await;
     let r = rcpts(&["a@rcpt.test", "b@rcpt.test"]);
-    let tx = [Transaction { recipients: &r, message: MESSAGE }];
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
     let mut o = opts(peer.addr.port(), TlsMode::Disabled);
     o.data_timeout = Duration::from_millis(300);
-    let attempt = deliver_to_host(&o, LOCAL, "mx.test", "s@sender.test", &tx).await;
+    let attempt = deliver_to_host(&o, LOCAL, "mx.test", &tx).await;
     assert!(
         matches!(attempt.failure, Some(SessionError::Timeout { stage: Stage::DataEnd })),
         "{:?}",

@@ -60,6 +60,30 @@ pub struct MtaWorker {
     concurrency: usize,
     lease: Duration,
     worker_id: String,
+    /// With `[bounces] domain` set: each copy's VERP envelope sender.
+    return_paths: Option<ReturnPaths>,
+}
+
+/// VERP envelope senders: `b-{token}@{bounces.domain}`, one per recipient's copy, so a bounce
+/// or complaint sent back names the copy (see [`postwire_tracking::verp`]).
+struct ReturnPaths {
+    keys: TrackingKeys,
+    domain: String,
+    /// How long a return path stays valid after acceptance (`storage.retention`).
+    lifetime: Duration,
+}
+
+impl ReturnPaths {
+    /// The return path of `email`'s copy of `job`'s message; `None` when it cannot be named.
+    fn sender(&self, job: &ClaimedJob, email: &str) -> Option<String> {
+        let position = job.recipients.iter().find(|r| r.email == email)?.position;
+        let copy = postwire_tracking::MailCopy {
+            message_id: &job.message_id,
+            recipient: position,
+            expires_at: std::time::SystemTime::from(job.created_at) + self.lifetime,
+        };
+        Some(format!("{}@{}", self.keys.return_path(&copy)?, self.domain))
+    }
 }
 
 impl MtaWorker {
@@ -75,8 +99,15 @@ impl MtaWorker {
         let resolver = MxResolver::from_settings(&settings.dns).map_err(WorkerError::Resolver)?;
         let smtp = SmtpOptions::from_settings(&settings.smtp)
             .ok_or_else(|| WorkerError::HeloName(settings.smtp.helo_name.clone()))?;
+        let bounce_domain = settings.bounces.domain.trim().to_ascii_lowercase();
+        let return_paths = (!bounce_domain.is_empty()).then(|| ReturnPaths {
+            keys: tracking.clone(),
+            domain: bounce_domain,
+            lifetime: settings.storage.retention.std(),
+        });
         Ok(Self {
             queue,
+            return_paths,
             renderer: Renderer::new(
                 tracking,
                 settings.http.public_url.clone(),
@@ -249,12 +280,33 @@ impl MtaWorker {
             Ok(signed) => signed,
             Err(e) => return settle_all(everyone(), &Failure::Dkim(e), None),
         };
-        let outgoing: Vec<Outgoing> = recipients
-            .into_iter()
-            .zip(signed)
-            .map(|(recipients, bytes)| Outgoing { recipients, bytes })
-            .collect();
-        self.deliverer.deliver_to_hosts(&hosts, &from.email, &outgoing).await
+        let outgoing: Vec<Outgoing> = match &self.return_paths {
+            None => recipients
+                .into_iter()
+                .zip(signed)
+                .map(|(recipients, bytes)| Outgoing {
+                    sender: from.email.clone(),
+                    recipients,
+                    bytes,
+                })
+                .collect(),
+            // One transaction per recipient: each copy has its own envelope sender.
+            Some(paths) => {
+                let plain = from.email.as_str();
+                recipients
+                    .into_iter()
+                    .zip(signed)
+                    .flat_map(|(recipients, bytes)| {
+                        recipients.into_iter().map(move |r| Outgoing {
+                            sender: paths.sender(job, &r).unwrap_or_else(|| plain.to_owned()),
+                            recipients: vec![r],
+                            bytes: bytes.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        };
+        self.deliverer.deliver_to_hosts(&hosts, &outgoing).await
     }
 }
 

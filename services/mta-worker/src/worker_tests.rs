@@ -519,3 +519,62 @@ fn a_scheduled_message_is_not_expired_by_the_days_it_waited_for_send_at() {
     );
     assert!(matches!(out[0].result, DeliveryResult::Deferred { .. }), "{:?}", out[0]);
 }
+
+#[tokio::test]
+async fn with_a_bounce_domain_each_copy_goes_from_its_own_verified_return_path() {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let dns = start_dns(
+        Zone::default()
+            .add("rcpt.test", mx(10, "mx.rcpt.test."))
+            .add("mx.rcpt.test", a(Ipv4Addr::LOCALHOST)),
+    )
+    .await;
+    let mut s = settings(dns, peer.addr.port());
+    s.bounces.domain = "Bounces.Sender.test".into();
+    let mut j = job("rcpt.test", &["a@rcpt.test", "b@rcpt.test"]);
+    j.message_id = "msg_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b".into();
+    let h = harness(&s, queue_with(vec![j]));
+    assert!(h.worker.step_once().await.unwrap());
+    let o = outcomes_by_email(&h.queue);
+    assert_eq!(o["a@rcpt.test"].result, DeliveryResult::Delivered);
+    assert_eq!(o["b@rcpt.test"].result, DeliveryResult::Delivered);
+
+    let commands: Vec<String> = peer.seen().into_iter().flat_map(|s| s.commands).collect();
+    let senders: Vec<&str> = commands
+        .iter()
+        .filter_map(|c| c.strip_prefix("MAIL FROM:<"))
+        .map(|c| c.split('>').next().unwrap())
+        .collect();
+    assert_eq!(senders.len(), 2, "one transaction per copy: {commands:?}");
+    let keys = TrackingKeys::new(b"k");
+    let mut positions = Vec::new();
+    for sender in senders {
+        let (local, domain) = sender.split_once('@').unwrap();
+        assert_eq!(domain, "bounces.sender.test");
+        assert!(local.len() <= 64);
+        let path = keys.verify_return_path(local, std::time::SystemTime::now()).unwrap();
+        assert_eq!(path.message_id, "msg_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b");
+        positions.push(path.recipient);
+    }
+    positions.sort();
+    assert_eq!(positions, [0, 1]);
+}
+
+#[tokio::test]
+async fn without_a_bounce_domain_the_envelope_sender_is_the_from_address() {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let dns = start_dns(
+        Zone::default()
+            .add("rcpt.test", mx(10, "mx.rcpt.test."))
+            .add("mx.rcpt.test", a(Ipv4Addr::LOCALHOST)),
+    )
+    .await;
+    let h = harness(
+        &settings(dns, peer.addr.port()),
+        queue_with(vec![job("rcpt.test", &["a@rcpt.test", "b@rcpt.test"])]),
+    );
+    assert!(h.worker.step_once().await.unwrap());
+    let commands: Vec<String> = peer.seen().into_iter().flat_map(|s| s.commands).collect();
+    let mails: Vec<&String> = commands.iter().filter(|c| c.starts_with("MAIL FROM")).collect();
+    assert_eq!(mails, ["MAIL FROM:<s@sender.test>"], "one transaction for both recipients");
+}

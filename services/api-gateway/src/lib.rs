@@ -19,7 +19,7 @@
 //! - [`slow_body`]: the request-body deadline (408 for a body that arrives too slowly).
 //! - [`conn`]: the accept loop: request-head and body deadlines, connection caps, graceful
 //!   shutdown.
-//! - [`submission`]: the SMTP submission listeners (RFC 6409), feeding the same pipeline.
+//! - [`smtp_in`]: the SMTP listeners: submission (RFC 6409) feeding the same pipeline as the API, and the bounce intake (DSNs, ARF complaints).
 
 pub mod auth;
 pub mod capacity;
@@ -31,7 +31,7 @@ pub mod ratelimit;
 pub mod renderer;
 pub mod routes;
 pub mod slow_body;
-pub mod submission;
+pub mod smtp_in;
 pub mod template;
 pub mod validate;
 

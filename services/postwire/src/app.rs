@@ -42,7 +42,7 @@ pub enum AppError {
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
     #[error("cannot start SMTP submission")]
-    Submission(#[from] postwire_api_gateway::submission::SubmissionError),
+    SmtpIn(#[from] postwire_api_gateway::smtp_in::SmtpInError),
 }
 
 /// The sockets a process serves on, bound by the caller ([`App::run`] binds them from the
@@ -298,8 +298,8 @@ impl App {
         if roles.api_gateway
             && (listeners.submission.is_some() || listeners.submission_tls.is_some())
         {
-            use postwire_api_gateway::submission::{self, Listener, Submission};
-            let sub = Arc::new(Submission::from_settings(self.gateway(), &self.settings)?);
+            use postwire_api_gateway::smtp_in::{self, Listener, SmtpServer};
+            let sub = Arc::new(SmtpServer::from_settings(self.gateway(), &self.settings)?);
             for (l, kind) in [
                 (listeners.submission, Listener::StartTls),
                 (listeners.submission_tls, Listener::ImplicitTls),

@@ -10,10 +10,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use super::SubmissionError;
+use super::SmtpInError;
 
 /// The acceptor for both listeners.
-pub fn acceptor(cert: &Path, key: &Path, hostname: &str) -> Result<TlsAcceptor, SubmissionError> {
+pub fn acceptor(cert: &Path, key: &Path, hostname: &str) -> Result<TlsAcceptor, SmtpInError> {
     let (chain, key) = match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
         (true, true) => {
             tracing::warn!(
@@ -23,7 +23,7 @@ pub fn acceptor(cert: &Path, key: &Path, hostname: &str) -> Result<TlsAcceptor, 
             self_signed(hostname)?
         }
         (false, false) => (read_chain(cert)?, read_key(key)?),
-        _ => return Err(SubmissionError::HalfConfigured),
+        _ => return Err(SmtpInError::HalfConfigured),
     };
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
@@ -35,14 +35,14 @@ pub fn acceptor(cert: &Path, key: &Path, hostname: &str) -> Result<TlsAcceptor, 
 
 fn self_signed(
     hostname: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), SubmissionError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), SmtpInError> {
     let name = if hostname.is_empty() { "localhost" } else { hostname };
     let certified = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
     let key = PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
     Ok((vec![certified.cert.der().clone()], PrivateKeyDer::Pkcs8(key)))
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, SubmissionError> {
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, SmtpInError> {
     let pem = read(path, "submission.tls_cert")?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -53,20 +53,20 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, SubmissionErr
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SubmissionError> {
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SmtpInError> {
     let pem = read(path, "submission.tls_key")?;
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| pem_error("submission.tls_key", path, format!("no private key: {e}")))
 }
 
-fn read(path: &Path, key: &'static str) -> Result<Vec<u8>, SubmissionError> {
-    std::fs::read(path).map_err(|source| SubmissionError::Read {
+fn read(path: &Path, key: &'static str) -> Result<Vec<u8>, SmtpInError> {
+    std::fs::read(path).map_err(|source| SmtpInError::Read {
         key,
         path: path.display().to_string(),
         source,
     })
 }
 
-fn pem_error(key: &'static str, path: &Path, message: String) -> SubmissionError {
-    SubmissionError::Pem { key, path: path.display().to_string(), message }
+fn pem_error(key: &'static str, path: &Path, message: String) -> SmtpInError {
+    SmtpInError::Pem { key, path: path.display().to_string(), message }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::data::{has_bare_line_ending, BodyError, DataReader};
 use super::message::{submit, Envelope};
-use super::{Listener, Submission};
+use super::{Listener, SmtpServer};
 use crate::auth::{verify_key, ApiKey};
 use crate::validate::EmailAddress;
 
@@ -42,7 +42,7 @@ pub async fn refuse(mut stream: TcpStream, reply: &str) -> End {
 
 /// Runs a session on a fresh connection.
 pub async fn run(
-    sub: &Submission,
+    sub: &SmtpServer,
     stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
@@ -222,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// Speaks SMTP on `conn` until the session ends, or until STARTTLS, when the plain connection
 /// is handed back for the handshake.
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
-    sub: &Submission,
+    sub: &SmtpServer,
     mut conn: Conn<S>,
     state: &mut State,
     greet: bool,
@@ -275,7 +275,7 @@ enum Step {
 
 /// Answers one command line.
 async fn step<S: AsyncRead + AsyncWrite + Unpin>(
-    sub: &Submission,
+    sub: &SmtpServer,
     conn: &mut Conn<S>,
     state: &mut State,
     line: &[u8],
@@ -452,7 +452,7 @@ async fn step<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The key a trusted network submits as, when the client is in one.
-async fn trusted_key(sub: &Submission, state: &State) -> Option<ApiKey> {
+async fn trusted_key(sub: &SmtpServer, state: &State) -> Option<ApiKey> {
     if !sub.is_trusted(state.peer.ip()) {
         return None;
     }
@@ -466,7 +466,7 @@ async fn trusted_key(sub: &Submission, state: &State) -> Option<ApiKey> {
     }
 }
 
-async fn submit_for(sub: &Submission, state: &State, text: Vec<u8>) -> String {
+async fn submit_for(sub: &SmtpServer, state: &State, text: Vec<u8>) -> String {
     match &state.key {
         Some(key) => submit(&sub.gw, key, &state.envelope, text).await,
         None => "530 5.7.0 Authentication required".into(),
@@ -486,7 +486,7 @@ fn body_refusal(e: BodyError, max_size: u64) -> String {
 
 /// Reads a DATA body. The outer `Err` ends the session (closed or timed out).
 async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
-    sub: &Submission,
+    sub: &SmtpServer,
     conn: &mut Conn<S>,
     max: u64,
 ) -> Result<Result<Vec<u8>, BodyError>, End> {
@@ -504,7 +504,7 @@ async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
 /// Reads exactly `n` bytes of a BDAT chunk; `None` when `n` is over the size limit (the
 /// bytes are read and dropped, never held).
 async fn read_exact<S: AsyncRead + AsyncWrite + Unpin>(
-    sub: &Submission,
+    sub: &SmtpServer,
     conn: &mut Conn<S>,
     n: usize,
 ) -> Result<Option<Vec<u8>>, End> {
@@ -527,7 +527,7 @@ async fn read_exact<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// AUTH PLAIN / LOGIN with an API key as the password.
 async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
-    sub: &Submission,
+    sub: &SmtpServer,
     conn: &mut Conn<S>,
     state: &mut State,
     mechanism: u64,

@@ -16,6 +16,7 @@
 
 pub mod data;
 pub mod message;
+pub mod report;
 pub mod session;
 pub mod tls;
 
@@ -47,7 +48,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Why the submission listeners could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum SubmissionError {
+pub enum SmtpInError {
     #[error("cannot read {key} {path}")]
     Read {
         key: &'static str,
@@ -82,7 +83,7 @@ impl Default for Timeouts {
 }
 
 /// What every submission session shares.
-pub struct Submission {
+pub struct SmtpServer {
     pub(crate) gw: Gateway,
     pub(crate) tls: TlsAcceptor,
     /// The name in the greeting and the EHLO reply (`smtp.helo_name`).
@@ -94,9 +95,9 @@ pub struct Submission {
     pub(crate) failures: AuthFailures,
 }
 
-impl Submission {
+impl SmtpServer {
     /// From `[submission]` and `smtp.helo_name`, with the certificate loaded or generated.
-    pub fn from_settings(gw: Gateway, settings: &Settings) -> Result<Self, SubmissionError> {
+    pub fn from_settings(gw: Gateway, settings: &Settings) -> Result<Self, SmtpInError> {
         let sub = &settings.submission;
         let tls = tls::acceptor(&sub.tls_cert, &sub.tls_key, &settings.smtp.helo_name)?;
         let trusted_key =
@@ -140,7 +141,7 @@ impl Listener {
 /// Accepts sessions on `listener` until `shutdown` fires, then lets open sessions finish for
 /// up to 30 s (a message being stored completes; idle sessions are told `421`).
 pub async fn serve(
-    sub: Arc<Submission>,
+    sub: Arc<SmtpServer>,
     listener: TcpListener,
     kind: Listener,
     shutdown: CancellationToken,

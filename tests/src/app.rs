@@ -78,6 +78,8 @@ pub struct TestApp {
     pub submission_addr: SocketAddr,
     /// SMTP submission over implicit TLS (`submission.tls_listen`), on a free port.
     pub submission_tls_addr: SocketAddr,
+    /// The bounce listener, when `bounces.domain` is set.
+    pub bounces_addr: Option<SocketAddr>,
     /// An API key with every scope.
     pub key: String,
     pub client: reqwest::Client,
@@ -121,10 +123,16 @@ impl TestApp {
         let submission_tls = TcpListener::bind("127.0.0.1:0").await?;
         let (submission_addr, submission_tls_addr) =
             (submission.local_addr()?, submission_tls.local_addr()?);
+        let bounces = match !settings.bounces.domain.is_empty() {
+            true => Some(TcpListener::bind("127.0.0.1:0").await?),
+            false => None,
+        };
+        let bounces_addr = bounces.as_ref().map(|l| l.local_addr()).transpose()?;
         let listeners = Listeners {
             http: Some(listener),
             submission: Some(submission),
             submission_tls: Some(submission_tls),
+            bounces,
         };
         let task = tokio::spawn(async move {
             if let Err(e) = app.run_with(Roles::ALL, listeners, token).await {
@@ -138,6 +146,7 @@ impl TestApp {
             addr,
             submission_addr,
             submission_tls_addr,
+            bounces_addr,
             key: minted.key,
             client,
             settings,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use postwire_api_gateway::capacity::Capacity;
 use postwire_api_gateway::renderer::Renderer;
-use postwire_api_gateway::Gateway;
+use postwire_api_gateway::{smtp_in, Gateway};
 use postwire_config::{Backend, Settings};
 use postwire_mta_worker::domain_check::DomainChecker;
 use postwire_mta_worker::MtaWorker;
@@ -41,7 +41,7 @@ pub enum AppError {
     TrackingSecretRequired,
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
-    #[error("cannot start SMTP submission")]
+    #[error("cannot start the SMTP listeners")]
     SmtpIn(#[from] postwire_api_gateway::smtp_in::SmtpInError),
 }
 
@@ -55,6 +55,8 @@ pub struct Listeners {
     pub submission: Option<TcpListener>,
     /// SMTP submission over implicit TLS (`submission.tls_listen`).
     pub submission_tls: Option<TcpListener>,
+    /// Reports to the bounce domain (`bounces.listen`, only with `bounces.domain` set).
+    pub bounces: Option<TcpListener>,
 }
 
 /// Which services a process runs.
@@ -243,20 +245,28 @@ impl App {
         }
     }
 
-    /// Binds the SMTP submission listeners the settings ask for (none when the process does
-    /// not run the API gateway).
-    pub async fn bind_submission(
+    /// Binds the SMTP listeners the settings ask for beside `http`: submission, and the
+    /// bounce intake when `bounces.domain` is set (none when the process does not run the API
+    /// gateway).
+    pub async fn bind_listeners(
         &self,
         roles: Roles,
-    ) -> Result<(Option<TcpListener>, Option<TcpListener>), AppError> {
+        http: Option<TcpListener>,
+    ) -> Result<Listeners, AppError> {
         if !roles.api_gateway {
-            return Ok((None, None));
+            return Ok(Listeners { http, ..Listeners::default() });
         }
         let sub = &self.settings.submission;
-        Ok((
-            bind(sub.listen.0, "submission.listen").await?,
-            bind(sub.tls_listen.0, "submission.tls_listen").await?,
-        ))
+        let bounces = match self.settings.bounces.domain.trim() {
+            "" => None,
+            _ => bind(self.settings.bounces.listen.0, "bounces.listen").await?,
+        };
+        Ok(Listeners {
+            http,
+            submission: bind(sub.listen.0, "submission.listen").await?,
+            submission_tls: bind(sub.tls_listen.0, "submission.tls_listen").await?,
+            bounces,
+        })
     }
 
     /// Runs the chosen services until `shutdown` fires, then waits for each to finish its
@@ -269,8 +279,7 @@ impl App {
         listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
-        let (submission, submission_tls) = self.bind_submission(roles).await?;
-        let listeners = Listeners { http: listener, submission, submission_tls };
+        let listeners = self.bind_listeners(roles, listener).await?;
         self.run_with(roles, listeners, shutdown).await
     }
 
@@ -295,20 +304,20 @@ impl App {
         if roles.webhook_dispatcher {
             tasks.spawn(self.dispatcher.clone().run(shutdown.clone()));
         }
-        if roles.api_gateway
-            && (listeners.submission.is_some() || listeners.submission_tls.is_some())
-        {
-            use postwire_api_gateway::smtp_in::{self, Listener, SmtpServer};
-            let sub = Arc::new(SmtpServer::from_settings(self.gateway(), &self.settings)?);
-            for (l, kind) in [
-                (listeners.submission, Listener::StartTls),
-                (listeners.submission_tls, Listener::ImplicitTls),
-            ] {
+        let smtp = [
+            (listeners.submission, smtp_in::Listener::StartTls),
+            (listeners.submission_tls, smtp_in::Listener::ImplicitTls),
+            (listeners.bounces, smtp_in::Listener::Bounces),
+        ];
+        if roles.api_gateway && smtp.iter().any(|(l, _)| l.is_some()) {
+            let server =
+                Arc::new(smtp_in::SmtpServer::from_settings(self.gateway(), &self.settings)?);
+            for (l, kind) in smtp {
                 if let Some(l) = l {
                     if let Ok(addr) = l.local_addr() {
-                        tracing::info!(%addr, listener = kind.label(), "smtp submission listening");
+                        tracing::info!(%addr, listener = kind.label(), "smtp listening");
                     }
-                    tasks.spawn(submission::serve(sub.clone(), l, kind, shutdown.clone()));
+                    tasks.spawn(smtp_in::serve(server.clone(), l, kind, shutdown.clone()));
                 }
             }
         }

@@ -65,6 +65,12 @@ impl State for FakeState {
     async fn record_hit(&self, _: Hit) -> Result<Option<HitRecorded>, StoreError> {
         unimplemented!()
     }
+    async fn record_feedback(
+        &self,
+        _: postwire_store::Feedback,
+    ) -> Result<Option<postwire_store::FeedbackRecorded>, StoreError> {
+        unimplemented!()
+    }
     async fn create_webhook(&self, _: NewWebhook) -> Result<Webhook, StoreError> {
         unimplemented!()
     }

@@ -4,6 +4,7 @@
 
 mod api;
 mod batch;
+mod bounces;
 mod delivery;
 mod dkim;
 mod domains;

@@ -1,19 +1,28 @@
-//! SMTP submission (RFC 6409): applications that speak SMTP hand their messages to Postwire
+//! Postwire's SMTP server: two roles on one protocol engine.
+//!
+//! **Submission** (RFC 6409): applications that speak SMTP hand their messages to Postwire
 //! here, authenticated with an API key, and each message then goes the way of a
 //! `POST /v1/messages`: validated, rate-limited, stored durably before the `250` that accepts
-//! it, delivered and reported by the same workers.
+//! it, delivered and reported by the same workers. Two listeners (`[submission]`): `listen`
+//! offers STARTTLS (RFC 3207) and `tls_listen` speaks TLS from the first byte (RFC 8314). AUTH
+//! PLAIN and LOGIN (RFC 4954) are offered only under TLS or to a loopback client; the user name
+//! is ignored and the password is an API key with the `send` scope. Clients in
+//! `trusted_networks` may submit without AUTH as `trusted_key`. Nobody else can submit
+//! anything, for any domain: this is not a relay.
 //!
-//! Two listeners (`[submission]`): `listen` offers STARTTLS (RFC 3207) and `tls_listen` speaks
-//! TLS from the first byte (RFC 8314). AUTH PLAIN and LOGIN (RFC 4954) are offered only under
-//! TLS or to a loopback client; the user name is ignored and the password is an API key with
-//! the `send` scope. Clients in `trusted_networks` may submit without AUTH as `trusted_key`.
-//! Nobody else can submit anything, for any domain: this is not a relay.
+//! **Bounces** (`[bounces]`): with a bounce domain set, `bounces.listen` takes mail for that
+//! domain only (`550 5.7.1` for any other), from any sender including `<>`, without AUTH: the
+//! DSNs, feedback reports and auto-replies sent back to the VERP return paths of the copies
+//! Postwire sent.
 //!
 //! - [`session`]: one SMTP conversation, command by command (pipelining included).
 //! - [`data`]: the DATA and BDAT bodies: dot-unstuffing, bare CR/LF refusal, the size limit.
 //! - [`message`]: the submitted text → the message to store, and the reply to DATA.
+//! - [`report`]: what a received report is (DSN, ARF, auto-reply, text bounce).
+//! - [`bounces`]: a received report → the copy it names → what it changes.
 //! - [`tls`]: the certificate (configured, or self-signed at start).
 
+pub mod bounces;
 pub mod data;
 pub mod message;
 pub mod report;
@@ -93,6 +102,9 @@ pub struct SmtpServer {
     pub(crate) trusted_key: Option<String>,
     pub(crate) timeouts: Timeouts,
     pub(crate) failures: AuthFailures,
+    /// `bounces.domain`, lower-cased, when set: the only domain the bounce listener takes
+    /// mail for.
+    pub(crate) bounce_domain: Option<String>,
 }
 
 impl SmtpServer {
@@ -110,7 +122,16 @@ impl SmtpServer {
             trusted_key,
             timeouts: Timeouts::default(),
             failures: AuthFailures::default(),
+            bounce_domain: Some(settings.bounces.domain.trim().to_ascii_lowercase())
+                .filter(|d| !d.is_empty()),
         })
+    }
+
+    /// The local part of `address` when it is on the bounce domain.
+    pub(crate) fn bounce_local_part<'a>(&self, address: &'a str) -> Option<&'a str> {
+        let domain = self.bounce_domain.as_deref()?;
+        let (local, at) = address.rsplit_once('@')?;
+        at.eq_ignore_ascii_case(domain).then_some(local)
     }
 
     /// Whether `ip` may submit without AUTH (as `trusted_key`).
@@ -126,6 +147,9 @@ pub enum Listener {
     StartTls,
     /// `submission.tls_listen`: TLS from the first byte.
     ImplicitTls,
+    /// `bounces.listen`: reports to the bounce domain from any sender, no AUTH; STARTTLS
+    /// offered.
+    Bounces,
 }
 
 impl Listener {
@@ -134,6 +158,7 @@ impl Listener {
         match self {
             Self::StartTls => "submission",
             Self::ImplicitTls => "submission_tls",
+            Self::Bounces => "bounces",
         }
     }
 }

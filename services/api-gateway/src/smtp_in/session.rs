@@ -1,4 +1,4 @@
-//! One SMTP submission session, from the greeting to QUIT.
+//! One SMTP session, from the greeting to QUIT, on a submission or the bounce listener.
 //!
 //! Commands are parsed by `smtp-proto`. Every complete line already received is answered
 //! before the next read, so a client that pipelines (RFC 2920) MAIL, RCPT and DATA in one
@@ -51,7 +51,7 @@ pub async fn run(
     if sub.failures.locked_out(peer.ip()) {
         return refuse(stream, "421 4.7.0 Too many failed authentications; try again later").await;
     }
-    let mut state = State::new(peer);
+    let mut state = State::new(peer, kind == Listener::Bounces);
     match kind {
         Listener::ImplicitTls => {
             let tls =
@@ -62,7 +62,7 @@ pub async fn run(
             state.tls = true;
             converse(sub, Conn::new(tls), &mut state, true, &shutdown).await.0
         }
-        Listener::StartTls => {
+        Listener::StartTls | Listener::Bounces => {
             let (end, plain) = converse(sub, Conn::new(stream), &mut state, true, &shutdown).await;
             let Some(plain) = plain else { return end };
             // STARTTLS: whatever the client sent in plain text after it is discarded.
@@ -81,6 +81,8 @@ pub async fn run(
 /// The session's state across commands.
 struct State {
     peer: SocketAddr,
+    /// On the bounce listener: no AUTH, mail only for the bounce domain.
+    bounces: bool,
     tls: bool,
     greeted: bool,
     key: Option<ApiKey>,
@@ -92,9 +94,10 @@ struct State {
 }
 
 impl State {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, bounces: bool) -> Self {
         Self {
             peer,
+            bounces,
             tls: false,
             greeted: false,
             key: None,
@@ -118,9 +121,9 @@ impl State {
         self.key = None;
     }
 
-    /// AUTH is offered under TLS, or to a client on this machine.
+    /// AUTH is offered under TLS, or to a client on this machine; never for bounces.
     fn may_auth(&self) -> bool {
-        self.tls || self.peer.ip().is_loopback()
+        !self.bounces && (self.tls || self.peer.ip().is_loopback())
     }
 }
 
@@ -323,6 +326,10 @@ async fn step<S: AsyncRead + AsyncWrite + Unpin>(
             conn.reply("220 2.0.0 Ready to start TLS");
             return Step::StartTls;
         }
+        Request::Auth { .. } if state.bounces => {
+            state.errors += 1;
+            conn.reply("503 5.5.1 AUTH is not offered here");
+        }
         Request::Auth { mechanism, initial_response } => {
             return auth(sub, conn, state, mechanism, initial_response.to_string()).await;
         }
@@ -335,7 +342,7 @@ async fn step<S: AsyncRead + AsyncWrite + Unpin>(
             conn.reply("503 5.5.1 A transaction is already open; RSET first");
         }
         Request::Mail { from } => {
-            if state.key.is_none() {
+            if !state.bounces && state.key.is_none() {
                 match trusted_key(sub, state).await {
                     Some(key) => state.key = Some(key),
                     None => {
@@ -363,6 +370,18 @@ async fn step<S: AsyncRead + AsyncWrite + Unpin>(
                     "452 4.5.3 Too many recipients (at most {} per message)",
                     sub.gw.limits.max_recipients
                 ));
+                return Step::Next;
+            }
+            if state.bounces {
+                if sub.bounce_local_part(&to.address).is_some_and(|l| !l.is_empty()) {
+                    state.envelope.recipients.push(to.address.to_string());
+                    conn.reply("250 2.1.5 Recipient ok");
+                } else {
+                    conn.reply(&format!(
+                        "550 5.7.1 Relaying denied: only mail for {} is accepted here",
+                        sub.bounce_domain.as_deref().unwrap_or("the bounce domain")
+                    ));
+                }
                 return Step::Next;
             }
             match EmailAddress::parse(&to.address) {
@@ -467,6 +486,9 @@ async fn trusted_key(sub: &SmtpServer, state: &State) -> Option<ApiKey> {
 }
 
 async fn submit_for(sub: &SmtpServer, state: &State, text: Vec<u8>) -> String {
+    if state.bounces {
+        return super::bounces::receive(sub, &state.envelope.recipients, &text).await;
+    }
     match &state.key {
         Some(key) => submit(&sub.gw, key, &state.envelope, text).await,
         None => "530 5.7.0 Authentication required".into(),

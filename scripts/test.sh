@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README states it. Needs RabbitMQ and Redis on their default local
 # ports for the distributed runs (.ci/run starts them). Installs the independent verifiers the
-# end-to-end suite shells out to (dkimpy + dnspython + PyNaCl for DKIM), builds every
+# end-to-end suite shells out to (dkimpy + dnspython + PyNaCl for DKIM; Postfix and swaks), builds every
 # crate once (the crash tests run the real `postwire` binary), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,17 @@ if ! python3 -c 'import dkim, dns.resolver, nacl' 2>/dev/null; then
     echo "installing the Python DKIM verifier (dkimpy, dnspython, pynacl)"
     python3 -m pip install --quiet --disable-pip-version-check dkimpy dnspython pynacl 2>/dev/null \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages dkimpy dnspython pynacl
+fi
+
+# The real MTA and SMTP client the end-to-end suite drives: Postfix (a recipient MX that
+# bounces, run from a throwaway config; the package's own instance is left unconfigured and
+# stopped) and swaks. Debian packages; installing needs root, as the suite's port-25 tests do.
+if ! command -v postfix >/dev/null || ! command -v swaks >/dev/null; then
+    echo "installing postfix and swaks"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get install -y -q postfix swaks >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q postfix swaks >/dev/null; }
 fi
 
 # Every test app uses its own namespace of queues on the shared broker; let the broker delete

@@ -280,3 +280,61 @@ async fn forged_and_foreign_return_paths_change_nothing_and_no_other_domain_is_a
     assert!(mx.received().len() == 1, "nothing was relayed");
     app.stop().await;
 }
+
+/// The loop with a real MTA: a Postfix instance as the recipient's MX accepts `gone@pfx.test`
+/// at RCPT (no recipient checks), fails local delivery afterwards and sends its own DSN to the
+/// copy's return path, routed to the bounce listener by its transport map. The recipient goes
+/// from `delivered` to `bounced`, the event says `async`, the address is suppressed.
+#[tokio::test]
+async fn a_real_postfix_that_accepts_at_rcpt_and_fails_later_bounces_the_recipient_with_its_dsn() {
+    let world = World::new().await;
+    let mut settings = world.settings();
+    settings.bounces.domain = BOUNCE_DOMAIN.into();
+    let app = TestApp::start(settings).await.unwrap();
+    let bounces = app.bounces_addr.unwrap();
+    world.dns.add_mx("pfx.test", 10, "mx.pfx.test");
+    world.dns.add_a("mx.pfx.test", ip(87));
+    let smtpd = SocketAddr::from((ip(87), world.smtp_port));
+    let dir = world.path();
+    let postfix = tokio::task::spawn_blocking(move || {
+        postwire_e2e::postfix::Postfix::start(
+            &dir,
+            postwire_e2e::postfix::Config {
+                smtpd,
+                hostname: "mx.pfx.test",
+                transport: vec![format!(
+                    "{BOUNCE_DOMAIN} smtp:[{}]:{}",
+                    bounces.ip(),
+                    bounces.port()
+                )],
+                // Mail for pfx.test is local; any local part is accepted at RCPT, and local
+                // delivery then finds no such user.
+                main_extra: "mydestination = pfx.test\nlocal_recipient_maps =\n".into(),
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .expect("start postfix");
+
+    let id = app.send_ok(&simple_message(&["gone@pfx.test"])).await.unwrap();
+    let m = app
+        .wait_message(&id, SOON, |m| recipient(m, "gone@pfx.test")["status"] == "bounced")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\npostfix log:\n{}", postfix.log()));
+    let delivered = events(&m, "message.delivered");
+    assert_eq!(delivered.len(), 1, "Postfix accepted it first: {m:#}");
+    let bounced = events(&m, "message.bounced");
+    assert_eq!(bounced.len(), 1, "{m:#}");
+    assert_eq!(bounced[0]["data"]["async"], true);
+    assert_eq!(bounced[0]["data"]["bounce_type"], "hard");
+    let response = recipient(&m, "gone@pfx.test")["last_response"].as_str().unwrap().to_string();
+    assert!(response.starts_with("5.1.1 unknown user"), "{response}");
+    assert_eq!(
+        suppression(&app, "gone@pfx.test").await.expect("suppressed")["reason"],
+        "hard_bounce"
+    );
+    assert!(postfix.log().contains("sender non-delivery notification"), "{}", postfix.log());
+    assert_eq!(metric(&app, "dsn").await, 1);
+    app.stop().await;
+}

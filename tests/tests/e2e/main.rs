@@ -17,6 +17,7 @@ mod scheduled;
 mod search;
 mod security;
 mod submission;
+mod submission_clients;
 mod suppressions;
 mod templates;
 mod tracking;

@@ -28,6 +28,7 @@ pub mod domain_check;
 mod domain_keys;
 pub mod keygen;
 pub mod pool;
+pub mod raw_html;
 pub mod render;
 pub mod resolve;
 pub mod session;

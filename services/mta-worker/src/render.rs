@@ -147,38 +147,57 @@ impl Renderer {
     /// The copies to send for `job`: one per recipient when tracking applies, else one.
     pub fn render(&self, job: &ClaimedJob) -> Result<Vec<RenderedMessage>, RenderError> {
         let req = &job.request;
+        let everyone = || job.recipients.iter().map(|r| r.email.clone()).collect();
+        let tracking = req.track_opens || req.track_clicks;
         if let Some(raw) = &job.raw {
             // Submitted over SMTP: sent as the client wrote it (its line endings were checked
-            // at submission; normalised again here like every rendering).
-            let recipients = job.recipients.iter().map(|r| r.email.clone()).collect();
-            return Ok(vec![RenderedMessage { recipients, bytes: to_crlf(raw) }]);
+            // at submission; normalised again here like every rendering), except that tracking
+            // rewrites its HTML bodies, one copy per recipient.
+            let raw = to_crlf(raw);
+            if tracking {
+                let copies: Option<Vec<RenderedMessage>> = job
+                    .recipients
+                    .iter()
+                    .map(|rcpt| {
+                        let bytes = crate::raw_html::rewrite_html_parts(&raw, |html| {
+                            self.instrument(job, rcpt.position, html)
+                        })?;
+                        Some(RenderedMessage { recipients: vec![rcpt.email.clone()], bytes })
+                    })
+                    .collect();
+                if let Some(copies) = copies {
+                    return Ok(copies);
+                }
+            }
+            return Ok(vec![RenderedMessage { recipients: everyone(), bytes: raw }]);
         }
-        let tracked = (req.track_opens || req.track_clicks) && req.html.is_some();
-        if !tracked {
-            let recipients = job.recipients.iter().map(|r| r.email.clone()).collect();
+        let Some(html) = req.html.as_deref().filter(|_| tracking) else {
             let bytes = render_one(job, req.html.as_deref().map(Cow::Borrowed))?;
-            return Ok(vec![RenderedMessage { recipients, bytes }]);
-        }
-        let html = req.html.as_deref().unwrap_or_default();
-        // Every copy of the message, whenever rendered (a retry included), expires alike.
-        let expires_at = std::time::SystemTime::from(job.created_at) + self.link_lifetime;
+            return Ok(vec![RenderedMessage { recipients: everyone(), bytes }]);
+        };
         job.recipients
             .iter()
             .map(|rcpt| {
-                let copy =
-                    MailCopy { message_id: &job.message_id, recipient: rcpt.position, expires_at };
-                let instrumented = postwire_tracking::instrument_html(
-                    html,
-                    &self.tracking,
-                    &self.public_url,
-                    &copy,
-                    req.track_opens,
-                    req.track_clicks,
-                );
+                let instrumented = self.instrument(job, rcpt.position, html);
                 let bytes = render_one(job, Some(Cow::Owned(instrumented)))?;
                 Ok(RenderedMessage { recipients: vec![rcpt.email.clone()], bytes })
             })
             .collect()
+    }
+
+    /// `html` with the open pixel and click links of the copy for recipient `position`.
+    fn instrument(&self, job: &ClaimedJob, position: u32, html: &str) -> String {
+        // Every copy of the message, whenever rendered (a retry included), expires alike.
+        let expires_at = std::time::SystemTime::from(job.created_at) + self.link_lifetime;
+        let copy = MailCopy { message_id: &job.message_id, recipient: position, expires_at };
+        postwire_tracking::instrument_html(
+            html,
+            &self.tracking,
+            &self.public_url,
+            &copy,
+            job.request.track_opens,
+            job.request.track_clicks,
+        )
     }
 }
 

@@ -100,3 +100,60 @@ async fn lettre_submits_html_over_implicit_tls_with_auth_plain_and_it_is_deliver
     assert!(!data.to_ascii_lowercase().contains("hidden@"), "Bcc stays out of the headers");
     app.stop().await;
 }
+
+/// `X-Postwire-Track` over SMTP: each recipient gets its own copy with the HTML part's links
+/// rewritten and an open pixel — the text part and the other headers as written — and a click
+/// redirects to the mailed URL and is recorded.
+#[tokio::test]
+async fn a_tracked_submission_gets_per_recipient_tracking_links_that_are_recorded() {
+    let world = World::new().await;
+    let hosts = mx_hosts(&world, "sub.test", &[(10, ip(65), Script::default())]).await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+        app.submission_addr.ip().to_string(),
+    )
+    .port(app.submission_addr.port())
+    .tls(Tls::None)
+    .credentials(Credentials::new("apikey".into(), app.key.clone()))
+    .authentication(vec![Mechanism::Plain])
+    .build();
+    let envelope = Envelope::new(
+        Some("app@sender.test".parse().unwrap()),
+        vec!["fay@sub.test".parse().unwrap(), "gil@sub.test".parse().unwrap()],
+    )
+    .unwrap();
+    let message = "From: app@sender.test\r\nTo: fay@sub.test, gil@sub.test\r\nSubject: Sale\r\n\
+        X-Postwire-Track: opens, clicks\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
+        --alt\r\nContent-Type: text/plain\r\n\r\nSee https://shop.test/sale\r\n\
+        --alt\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+        <p>See <a href=3D\"https://shop.test/sale\">the sale</a></p>\r\n--alt--\r\n";
+    let reply = transport.send_raw(&envelope, message.as_bytes()).await.expect("lettre sends");
+    let text = reply.message().collect::<Vec<_>>().join(" ");
+    let id =
+        text.strip_prefix("2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{text}")).to_string();
+    app.wait_final(&id, SOON).await.unwrap();
+    let got = hosts[0].received();
+    assert_eq!(got.len(), 2, "one copy per recipient");
+    let mut clicks = Vec::new();
+    for copy in &got {
+        let parsed = mail_parser::MessageParser::default().parse(&copy.data).unwrap();
+        assert_eq!(parsed.body_text(0).unwrap().trim(), "See https://shop.test/sale");
+        let html = parsed.body_html(0).unwrap().to_string();
+        assert!(!html.contains("https://shop.test/sale"), "the link is rewritten: {html}");
+        assert!(html.contains(&format!("{}/t/o/", app.base)), "an open pixel: {html}");
+        let at = html.find(&format!("{}/t/c/", app.base)).expect("a click link");
+        clicks.push(html[at..].split('"').next().unwrap().to_string());
+        assert!(parsed.header_raw("X-Postwire-Track").is_none());
+    }
+    assert_ne!(clicks[0], clicks[1], "each copy has its own links");
+    let r = app.client.get(&clicks[0]).send().await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(r.headers()["location"], "https://shop.test/sale");
+    let m = app
+        .wait_message(&id, SOON, |m| m["engagements"].as_array().is_some_and(|e| !e.is_empty()))
+        .await
+        .unwrap();
+    assert_eq!(m["engagements"][0]["type"], "click", "{m:#}");
+    app.stop().await;
+}

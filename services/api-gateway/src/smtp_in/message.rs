@@ -111,15 +111,23 @@ pub(crate) fn parse(raw: &[u8], recipients: &[String]) -> Result<Parsed, Refusal
                         })?;
             }
             "x-postwire-track" => {
-                return Err("550 5.6.0 X-Postwire-Track is not supported over SMTP yet: send \
-                            tracked mail with POST /v1/messages"
-                    .into());
+                for what in field.value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                    match what.to_ascii_lowercase().as_str() {
+                        "opens" => request.track_opens = true,
+                        "clicks" => request.track_clicks = true,
+                        _ => {
+                            return Err(format!(
+                                "550 5.6.0 X-Postwire-Track takes opens and/or clicks, not {what:?}"
+                            ))
+                        }
+                    }
+                }
             }
             "x-postwire-idempotency-key" => idempotency_key = Some(field.value.trim().to_string()),
             other if other.starts_with("x-postwire-") => {
                 return Err(format!(
-                    "550 5.6.0 unknown header {}: Postwire reads X-Postwire-Tags, -Metadata and \
-                     -Idempotency-Key",
+                    "550 5.6.0 unknown header {}: Postwire reads X-Postwire-Tags, -Metadata, \
+                     -Track and -Idempotency-Key",
                     field.name
                 ));
             }
@@ -353,14 +361,27 @@ mod tests {
     }
 
     #[test]
-    fn a_message_without_from_or_with_bad_metadata_or_tracking_is_refused_with_5xx() {
+    fn a_message_without_from_or_with_bad_metadata_or_tracking_values_is_refused_with_5xx() {
         let no_from = parse(b"To: a@b.test\r\n\r\nx\r\n", &rcpts(&["a@b.test"])).unwrap_err();
         assert!(no_from.starts_with("550 5.6.0") && no_from.contains("From"), "{no_from}");
         let bad = b"From: a@b.test\r\nX-Postwire-Metadata: [1]\r\n\r\nx\r\n";
         let bad = parse(bad, &rcpts(&["a@b.test"])).unwrap_err();
         assert!(bad.contains("X-Postwire-Metadata"), "{bad}");
-        let track = b"From: a@b.test\r\nX-Postwire-Track: opens\r\n\r\nx\r\n";
-        assert!(parse(track, &rcpts(&["a@b.test"])).unwrap_err().starts_with("550"));
+        let track = b"From: a@b.test\r\nX-Postwire-Track: opens, replies\r\n\r\nx\r\n";
+        let track = parse(track, &rcpts(&["a@b.test"])).unwrap_err();
+        assert!(track.starts_with("550 5.6.0") && track.contains("replies"), "{track}");
+    }
+
+    #[test]
+    fn x_postwire_track_sets_the_tracking_flags_and_is_removed() {
+        let text = b"From: a@b.test\r\nX-Postwire-Track: Opens, clicks\r\n\r\nx\r\n";
+        let parsed = parse(text, &rcpts(&["c@d.test"])).unwrap();
+        assert!(parsed.request.track_opens && parsed.request.track_clicks);
+        assert!(!String::from_utf8(parsed.kept_head).unwrap().contains("Track"));
+        let opens =
+            parse(b"From: a@b.test\r\nX-Postwire-Track: opens\r\n\r\nx\r\n", &rcpts(&["c@d.test"]));
+        let opens = opens.unwrap().request;
+        assert!(opens.track_opens && !opens.track_clicks);
     }
 
     #[test]

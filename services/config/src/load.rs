@@ -127,6 +127,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bounce_domain_is_lower_cased_and_a_malformed_one_is_refused_by_key() {
+        let s = load_from_str("[bounces]\ndomain = \"Bounces.Example.COM.\"\n").unwrap();
+        assert_eq!(s.bounces.domain, "bounces.example.com");
+        assert_eq!(load_from_str("").unwrap().bounces.domain, "", "off by default");
+        for bad in ["bounces", "b@example.com", "-x.example.com", "bü.example"] {
+            let text = format!("[bounces]\ndomain = {bad:?}\n");
+            let err = load_from_str(&text).unwrap_err().to_string();
+            assert!(err.contains("bounces.domain") && err.contains("not a domain"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_file_values() {
         let env = vec![
             ("POSTWIRE__SMTP__PORT".to_string(), "2525".to_string()),

@@ -37,10 +37,33 @@ pub struct Bounces {
     /// The bounce domain. Set, every outgoing copy is sent with the envelope sender
     /// `b-<token>@domain` (publish an MX for it pointing at `listen`, and an SPF record).
     /// Empty: the envelope sender is the From address and nothing is listened for.
+    #[serde(deserialize_with = "bounce_domain")]
     pub domain: String,
     /// SMTP listener for mail to the bounce domain (only that domain); 25 in production.
     /// Used only when `domain` is set; `""` disables it.
     pub listen: Listen,
+}
+
+/// A host name (ASCII labels of letters, digits and hyphens, at least two), lower-cased; or "".
+fn bounce_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(d)?;
+    let domain = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if domain.is_empty()
+        || (domain.len() <= 253 && domain.contains('.') && domain.split('.').all(label_ok))
+    {
+        Ok(domain)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{raw:?} is not a domain name (e.g. \"bounces.example.com\"; IDNs in their xn-- form)"
+        )))
+    }
 }
 
 impl Default for Bounces {

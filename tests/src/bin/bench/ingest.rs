@@ -26,6 +26,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         dkim: &bench.rsa,
         retry: r#"["1s"]"#,
         workers: args.workers,
+        smtp_in: None,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let target = bench.target(&svc);
@@ -114,6 +115,7 @@ pub async fn scale(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
         dkim: &bench.rsa,
         retry: r#"["1h"]"#,
         workers: args.workers,
+        smtp_in: None,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let target = bench.target(&svc);
@@ -184,13 +186,13 @@ pub async fn scale(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
 }
 
 /// CPU used by the service and by this process (the load generator) from one reading to the next.
-struct Cpu {
+pub struct Cpu {
     service: f64,
     generator: f64,
 }
 
 impl Cpu {
-    fn read(svc: &Service) -> Cpu {
+    pub fn read(svc: &Service) -> Cpu {
         Cpu {
             service: svc.cpu_seconds(),
             generator: service::cpu_seconds(std::process::id()).unwrap_or(0.0),
@@ -198,7 +200,7 @@ impl Cpu {
     }
 
     /// `"CPU, share of one core: service 95%, load generator 80%"` over the outcome's window.
-    fn note(&self, svc: &Service, outcome: &Outcome) -> String {
+    pub fn note(&self, svc: &Service, outcome: &Outcome) -> String {
         let now = Cpu::read(svc);
         let window = (outcome.finished - outcome.started).as_secs_f64().max(1e-3);
         format!(

@@ -25,7 +25,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(started: Instant) -> Outcome {
+    pub fn new(started: Instant) -> Outcome {
         Outcome {
             accepted: 0,
             latencies: Vec::new(),

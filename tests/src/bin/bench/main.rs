@@ -6,6 +6,7 @@
 //!   distributed on the local RabbitMQ + Redis) fed over HTTP by 20 clients ([`e2e`]).
 //! - Ingest: `POST /v1/messages` at a fixed open-loop load and at saturation, and
 //!   `POST /v1/messages/batch`, on both backends ([`ingest`]).
+//! - SMTP in: submission through `smtp-source -s 20` and DSNs to the bounce listener ([`smtp_in`]).
 //! - Scale: accept rate and RSS as 10k, 100k (and with `--scale-max 1000000`, 1M) messages sit
 //!   queued behind a deferring sink ([`ingest::scale`]).
 //! - DKIM: signatures per second of one core, RSA-2048 and Ed25519 ([`dkim`]).
@@ -28,6 +29,7 @@ mod postfix;
 mod report;
 mod service;
 mod sink;
+mod smtp_in;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -53,8 +55,8 @@ pub const MX: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(12
     about = "Postwire vs Postfix + OpenDKIM on this machine: end to end, ingest, scale, DKIM"
 )]
 pub struct Args {
-    /// Sections to run, comma-separated: e2e, ingest, scale, dkim.
-    #[arg(long, value_delimiter = ',', default_value = "e2e,ingest,scale,dkim")]
+    /// Sections to run, comma-separated: e2e, ingest, smtp, scale, dkim.
+    #[arg(long, value_delimiter = ',', default_value = "e2e,ingest,smtp,scale,dkim")]
     sections: Vec<String>,
     /// Postwire backends to run, comma-separated: embedded, distributed.
     #[arg(long, value_delimiter = ',', default_value = "embedded,distributed")]
@@ -98,6 +100,9 @@ pub struct Args {
     /// Concurrent clients posting batches (ingest and scale).
     #[arg(long, default_value_t = 4)]
     pub batch_clients: usize,
+    /// SMTP in: messages submitted by smtp-source (and DSNs sent back for them).
+    #[arg(long, default_value_t = 10_000)]
+    pub smtp_messages: usize,
     /// Scale: fill the queue up to this many messages (1000000 for the 1M row).
     #[arg(long, default_value_t = 100_000)]
     pub scale_max: usize,
@@ -234,6 +239,14 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             match ingest::ingest(&bench, args, backend).await {
                 Ok(r) => rows.extend(r),
                 Err(e) => failed(&mut rows, &format!("Ingest, {}", backend.name()), "ingest", e),
+            }
+        }
+    }
+    if sections("smtp") {
+        for &backend in &backends {
+            match smtp_in::smtp_in(&bench, args, backend).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => failed(&mut rows, &format!("SMTP in, {}", backend.name()), "smtp", e),
             }
         }
     }

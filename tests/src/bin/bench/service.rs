@@ -46,6 +46,16 @@ pub struct Options<'a> {
     pub retry: &'a str,
     /// `[worker] concurrency`; `None` keeps the shipped default.
     pub workers: Option<usize>,
+    /// The SMTP listeners, off unless set.
+    pub smtp_in: Option<SmtpIn>,
+}
+
+/// Submission for trusted loopback clients (as the benchmark's own key) and the bounce intake.
+#[derive(Clone, Copy)]
+pub struct SmtpIn {
+    pub submission: u16,
+    pub bounces: u16,
+    pub bounce_domain: &'static str,
 }
 
 /// Running Postwire processes; killed when dropped.
@@ -65,9 +75,8 @@ impl Service {
         std::fs::create_dir_all(dir)?;
         let port = crate::postfix::free_port()?;
         let config = dir.join("postwire.toml");
-        std::fs::write(&config, config_text(dir, port, options))?;
-        let settings =
-            postwire_config::load(&config, true).context("the benchmark's config does not load")?;
+        let secret = format!("bench-tracking-secret-{:016x}", rand::random::<u64>());
+        std::fs::write(&config, config_text(dir, port, options, &secret, ""))?;
 
         let out = postwire(bin, &config)
             .args(["keys", "create", "--name", "bench", "--scopes", "send,read,admin"])
@@ -88,6 +97,10 @@ impl Service {
             key.starts_with("pw_"),
             "no key on the last line of `postwire keys create`: {key:?}"
         );
+        // Trusted submission clients send as the key just made.
+        std::fs::write(&config, config_text(dir, port, options, &secret, &key))?;
+        let settings =
+            postwire_config::load(&config, true).context("the benchmark's config does not load")?;
 
         let roles: &[&'static str] = match (options.backend, options.roles) {
             (_, Roles::ApiOnly) => &["api-gateway"],
@@ -137,6 +150,11 @@ impl Service {
             anyhow::ensure!(Instant::now() < end, "{url} not ready after {deadline:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The settings the processes run with.
+    pub fn settings(&self) -> &postwire_config::Settings {
+        &self.settings
     }
 
     /// Resident set size of each process, in KiB (VmRSS).
@@ -206,7 +224,7 @@ fn postwire(bin: &Path, config: &Path) -> Command {
     cmd
 }
 
-fn config_text(dir: &Path, port: u16, o: &Options<'_>) -> String {
+fn config_text(dir: &Path, port: u16, o: &Options<'_>, secret: &str, key: &str) -> String {
     let storage = match o.backend {
         Backend::Embedded => "backend = \"embedded\"".to_owned(),
         Backend::Distributed => {
@@ -217,6 +235,15 @@ fn config_text(dir: &Path, port: u16, o: &Options<'_>) -> String {
         }
     };
     let workers = o.workers.map(|n| format!("[worker]\nconcurrency = {n}\n")).unwrap_or_default();
+    let smtp_in = match o.smtp_in {
+        None => "[submission]\nlisten = \"\"\ntls_listen = \"\"\n".to_owned(),
+        Some(s) => format!(
+            "[submission]\nlisten = \"127.0.0.1:{}\"\ntls_listen = \"\"\n\
+             trusted_networks = [\"127.0.0.0/8\"]\ntrusted_key = \"{key}\"\n\
+             [bounces]\ndomain = \"{}\"\nlisten = \"127.0.0.1:{}\"\n",
+            s.submission, s.bounce_domain, s.bounces
+        ),
+    };
     format!(
         r#"# Written by the Postwire benchmark.
 [http]
@@ -234,10 +261,8 @@ port = 25
 schedule = {retry}
 max_age = "48h"
 [tracking]
-secret = "bench-tracking-secret-{secret:016x}"
-[submission]
-listen = ""
-tls_listen = ""
+secret = "{secret}"
+{smtp_in}
 [limits]
 per_key_per_second = 1000000000
 per_key_per_day = 1000000000
@@ -251,7 +276,6 @@ private_key = "{key}"
         data = dir.join("data").display(),
         dns = o.dns,
         retry = o.retry,
-        secret = rand::random::<u64>(),
         domain = o.dkim.domain,
         selector = o.dkim.selector,
         algorithm = o.dkim.algorithm.as_str(),

@@ -134,6 +134,19 @@ fn outcomes_by_email(q: &FakeQueue) -> HashMap<String, RecipientOutcome> {
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// An SMTP peer accepting everything as the one MX of `domain`, and the DNS server saying so.
+async fn accepting_mx(domain: &str) -> (SmtpPeer, SocketAddr) {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let mx_name = format!("mx.{domain}");
+    let dns = start_dns(
+        Zone::default()
+            .add(domain, mx(10, &format!("{mx_name}.")))
+            .add(&mx_name, a(Ipv4Addr::LOCALHOST)),
+    )
+    .await;
+    (peer, dns)
+}
+
 #[tokio::test]
 async fn each_recipient_is_delivered_bounced_or_deferred_by_its_own_reply() {
     let peer = SmtpPeer::start(
@@ -432,13 +445,7 @@ fn a_recipient_without_a_verdict_is_deferred_not_lost() {
 
 #[tokio::test]
 async fn a_sandbox_job_is_delivered_without_a_dns_query_or_a_connection() {
-    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
-    let dns = start_dns(
-        Zone::default()
-            .add("sandbox.test", mx(10, "mx.sandbox.test"))
-            .add("mx.sandbox.test", a(Ipv4Addr::LOCALHOST)),
-    )
-    .await;
+    let (peer, dns) = accepting_mx("sandbox.test").await;
     let mut sandboxed = job("sandbox.test", &["a@sandbox.test", "b@sandbox.test"]);
     sandboxed.sandbox = true;
     let h = harness(&settings(dns, peer.addr.port()), queue_with(vec![sandboxed]));
@@ -522,13 +529,7 @@ fn a_scheduled_message_is_not_expired_by_the_days_it_waited_for_send_at() {
 
 #[tokio::test]
 async fn with_a_bounce_domain_each_copy_goes_from_its_own_verified_return_path() {
-    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
-    let dns = start_dns(
-        Zone::default()
-            .add("rcpt.test", mx(10, "mx.rcpt.test."))
-            .add("mx.rcpt.test", a(Ipv4Addr::LOCALHOST)),
-    )
-    .await;
+    let (peer, dns) = accepting_mx("rcpt.test").await;
     let mut s = settings(dns, peer.addr.port());
     s.bounces.domain = "Bounces.Sender.test".into();
     let mut j = job("rcpt.test", &["a@rcpt.test", "b@rcpt.test"]);
@@ -562,13 +563,7 @@ async fn with_a_bounce_domain_each_copy_goes_from_its_own_verified_return_path()
 
 #[tokio::test]
 async fn without_a_bounce_domain_the_envelope_sender_is_the_from_address() {
-    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
-    let dns = start_dns(
-        Zone::default()
-            .add("rcpt.test", mx(10, "mx.rcpt.test."))
-            .add("mx.rcpt.test", a(Ipv4Addr::LOCALHOST)),
-    )
-    .await;
+    let (peer, dns) = accepting_mx("rcpt.test").await;
     let h = harness(
         &settings(dns, peer.addr.port()),
         queue_with(vec![job("rcpt.test", &["a@rcpt.test", "b@rcpt.test"])]),

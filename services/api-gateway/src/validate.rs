@@ -334,6 +334,7 @@ pub fn validate_send(
         key_id: key_id.into(),
         sandbox: false,
         raw: None,
+        idempotency: None,
     })
 }
 
@@ -376,6 +377,7 @@ pub fn validate_submission(
         key_id: key_id.into(),
         sandbox: false,
         raw: None,
+        idempotency: None,
     };
     Ok((message, from))
 }

@@ -65,6 +65,10 @@ pub enum StoreError {
     Closed,
     #[error("not found")]
     NotFound,
+    /// An accept carried an idempotent answer for a record its caller no longer owns (the
+    /// lease lapsed and another request took the key over): nothing was stored.
+    #[error("the Idempotency-Key record is no longer this request's")]
+    IdempotencyLost,
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("Redis error: {0}")]

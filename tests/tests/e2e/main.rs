@@ -4,6 +4,7 @@
 
 mod api;
 mod batch;
+mod crash_idempotency;
 mod delivery;
 mod dkim;
 mod domains;

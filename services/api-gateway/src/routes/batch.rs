@@ -72,7 +72,7 @@ pub async fn send_batch(
     key.require("send")?;
     let body = body_bytes(body)?;
     let key_id = key.id.clone();
-    idempotent(&gw, &key_id, &headers, body, move |gw, body| async move {
+    idempotent(&gw, &key_id, &headers, body, move |gw, body, _claim| async move {
         accept_batch(gw, key, body).await.into_response()
     })
     .await

@@ -297,6 +297,9 @@ impl Queue for DistributedStore {
         let broker = self.broker().await?;
         let request = serde_json::to_string(&message.request).map_err(corrupt)?;
         let created = to_ms(message.created_at);
+        if let Some(answer) = &message.idempotency {
+            self.check_claim(answer).await?;
+        }
         // Suppression list: listed recipients are stored `suppressed` with their event, no job.
         let screened = self.screen_recipients(&message).await?;
         let mut domains: Vec<&str> = Vec::new();
@@ -359,6 +362,10 @@ impl Queue for DistributedStore {
         if !members.is_empty() {
             pipe.sadd(keys.jobs(), &members).ignore();
         }
+        // The idempotent answer lands with the message: a retry finds one or neither.
+        if let Some(answer) = &message.idempotency {
+            self.store_answer(&mut pipe, answer);
+        }
         let mut con = self.redis().await?;
         self.run_redis(pipe.query_async::<()>(&mut con)).await?;
 
@@ -403,6 +410,11 @@ impl Queue for DistributedStore {
             super::messages::unindex_message(&mut undo, keys, &message);
             if !members.is_empty() {
                 undo.srem(keys.jobs(), &members).ignore();
+            }
+            // The answer goes too: the caller answers 503, and a retry runs afresh.
+            if let Some(answer) = &message.idempotency {
+                let c = &answer.claim;
+                undo.del(self.idempotency_key(&c.key_id, &c.idem_key)).ignore();
             }
             if let Err(undo_error) = self.run_redis(undo.query_async::<()>(&mut con)).await {
                 tracing::error!(message_id = %message.id, error = %undo_error, "cannot undo a message whose jobs were not published");

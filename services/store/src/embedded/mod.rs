@@ -70,6 +70,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Woken after a commit that may have made a job claimable.
     work: Notify,
+    /// Random per open: idempotency records in progress carry it, so records left by an
+    /// earlier process (dead by definition) are recognised as such at once.
+    boot: String,
 }
 
 impl SqliteStore {
@@ -103,6 +106,7 @@ impl SqliteStore {
                 writer: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 work: Notify::new(),
+                boot: crate::ids::new_id("boot"),
             }),
         })
     }
@@ -164,6 +168,11 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// This open's id (see [`Inner::boot`]).
+    pub(crate) fn boot(&self) -> &str {
+        &self.inner.boot
     }
 
     pub(crate) fn notify_work(&self) {

@@ -14,7 +14,12 @@ impl Queue for SqliteStore {
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError> {
         let request = serde_json::to_string(&message.request)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let boot = self.boot().to_string();
         self.write(move |conn| {
+            // The idempotent answer first: a lost claim stores nothing at all.
+            if let Some(answer) = &message.idempotency {
+                super::idempotency::store_answer(conn, &boot, answer)?;
+            }
             let created = to_ms(message.created_at);
             conn.prepare_cached(
                 "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox, raw)

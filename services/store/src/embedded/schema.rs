@@ -87,6 +87,8 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     // A message submitted over SMTP: the client's RFC 5322 bytes (NULL for API sends).
     add_column(conn, "messages", "raw", "BLOB")?;
+    // The process (store open) that owns an idempotency record in progress.
+    add_column(conn, "idempotency", "owner", "TEXT")?;
     Ok(())
 }
 

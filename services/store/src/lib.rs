@@ -18,6 +18,7 @@
 //!   messages an API key may see ([`Visibility`]).
 //! - [`engagement`]: opens and clicks folded per recipient and link, and when a hit emits an event.
 //! - [`template`]: stored templates ([`Templates`]) that the API renders into sends.
+//! - [`retention`]: what `storage.retention` prunes, in small batches ([`Retention`]).
 
 pub mod distributed;
 pub mod domain;
@@ -28,6 +29,7 @@ pub mod ids;
 pub mod messages;
 pub mod model;
 pub mod ratelimit;
+pub mod retention;
 pub mod suppression;
 pub mod template;
 
@@ -45,6 +47,7 @@ pub use messages::{
 };
 pub use model::*;
 pub use ratelimit::RateLimiter;
+pub use retention::{Pruned, Retention};
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
 pub use template::{new_template, TemplateCursor, TemplatePage, Templates};
 

@@ -13,6 +13,7 @@ mod events;
 mod keys;
 mod limits;
 mod ratelimit;
+mod retention;
 mod scheduled;
 mod search;
 mod security;

@@ -314,6 +314,9 @@ impl Queue for DistributedStore {
         // Scheduled send: recipients wait as `scheduled` until `send_at`, the job in the delay queues.
         let send_at = crate::messages::scheduled_for(&message.request, created);
         let (msg_key, rcpt_key) = (keys.message(&message.id), keys.recipients(&message.id));
+        // Retention starts once the message is finished (see `scripts::settle_expiry`): a
+        // message with a recipient to send to is stored without an expiry.
+        let pending = !domains.is_empty();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
@@ -327,14 +330,18 @@ impl Queue for DistributedStore {
                     ("summary", super::messages::summary_json(&message.request)?),
                 ],
             )
-            .ignore()
-            .expire(&msg_key, retention as i64)
             .ignore();
+        if !pending {
+            pipe.expire(&msg_key, retention as i64).ignore();
+        }
         if let Some(raw) = &message.raw {
             pipe.hset(&msg_key, "source", "smtp")
                 .ignore()
-                .set_ex(keys.raw(&message.id), BASE64.encode(raw), retention)
+                .set(keys.raw(&message.id), BASE64.encode(raw))
                 .ignore();
+            if !pending {
+                pipe.expire(keys.raw(&message.id), retention as i64).ignore();
+            }
         }
         super::messages::index_message(&mut pipe, keys, &message, retention);
         for (i, r) in message.recipients.iter().enumerate() {
@@ -353,10 +360,13 @@ impl Queue for DistributedStore {
             };
             pipe.hset(&rcpt_key, i, serde_json::to_string(&stored).map_err(corrupt)?).ignore();
         }
-        if !message.recipients.is_empty() {
+        if !message.recipients.is_empty() && !pending {
             pipe.expire(&rcpt_key, retention as i64).ignore();
         }
         suppression::queue_suppressed_events(&mut pipe, keys, &message, &screened, retention)?;
+        if pending {
+            pipe.persist(keys.events(&message.id)).ignore();
+        }
         let members: Vec<String> =
             domains.iter().map(|d| Keys::job_member(&message.id, d)).collect();
         if !members.is_empty() {

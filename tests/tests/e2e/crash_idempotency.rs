@@ -17,18 +17,65 @@ use crate::{ip, mx_hosts};
 /// How soon after the restarted service answers every retry must have its answer.
 const RETRY_WINDOW: Duration = Duration::from_secs(5);
 
-fn body(round: usize, n: usize) -> Value {
-    let mut body = simple_message(&[&format!("u{round}x{n}@idem-crash.test")]);
-    body["subject"] = json!(format!("idem {round} {n}"));
-    body["tags"] = json!([format!("t{round}x{n}")]);
-    body
+/// A single send (`POST /v1/messages`) or a batch of [`BATCH`] (`POST /v1/messages/batch`).
+#[derive(Clone, Copy)]
+enum Kind {
+    Single,
+    Batch,
+}
+
+const BATCH: usize = 5;
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Single => "/v1/messages",
+            Kind::Batch => "/v1/messages/batch",
+        }
+    }
+
+    /// The tags that tell this key's messages apart, one per message.
+    fn tags(self, round: usize, n: usize) -> Vec<String> {
+        match self {
+            Kind::Single => vec![format!("t{round}x{n}")],
+            Kind::Batch => (0..BATCH).map(|j| format!("t{round}x{n}x{j}")).collect(),
+        }
+    }
+
+    fn body(self, round: usize, n: usize) -> Value {
+        let messages: Vec<Value> = self
+            .tags(round, n)
+            .into_iter()
+            .map(|tag| {
+                let mut body = simple_message(&[&format!("u{tag}@idem-crash.test")]);
+                body["subject"] = json!(format!("idem {tag}"));
+                body["tags"] = json!([tag]);
+                body
+            })
+            .collect();
+        match self {
+            Kind::Single => messages.into_iter().next().unwrap(),
+            Kind::Batch => json!({ "messages": messages }),
+        }
+    }
+
+    /// The success status and the ids it answers with, in order.
+    fn accepted(self, status: u16, answer: &Value) -> Option<Vec<String>> {
+        let id = |v: &Value| v["id"].as_str().map(str::to_string);
+        match (self, status) {
+            (Kind::Single, 202) => Some(vec![id(answer)?]),
+            (Kind::Batch, 200) => answer["results"].as_array()?.iter().map(id).collect(),
+            _ => None,
+        }
+    }
 }
 
 /// What each key's sends saw before the kill: the 202's id, or `None` (cut off mid-request).
-type Seen = Arc<Mutex<HashMap<(usize, usize), Option<String>>>>;
+type Seen = Arc<Mutex<HashMap<(usize, usize), Option<Vec<String>>>>>;
 
 /// Senders that each post one key after another until the server dies under them.
 async fn send_until_killed(
+    kind: Kind,
     client: &reqwest::Client,
     base: &str,
     key: &str,
@@ -44,18 +91,18 @@ async fn send_until_killed(
                     let n = sender * 10_000 + i;
                     seen.lock().unwrap().insert((round, n), None);
                     let sent = client
-                        .post(format!("{base}/v1/messages"))
+                        .post(format!("{base}{}", kind.path()))
                         .bearer_auth(&key)
                         .header("Idempotency-Key", format!("idem-{round}-{n}"))
-                        .json(&body(round, n))
+                        .json(&kind.body(round, n))
                         .send()
                         .await;
                     let Ok(response) = sent else { return };
                     let status = response.status().as_u16();
                     let Ok(answer) = response.json::<Value>().await else { return };
-                    assert_eq!(status, 202, "before the kill: {answer}");
-                    let id = answer["id"].as_str().unwrap().to_string();
-                    seen.lock().unwrap().insert((round, n), Some(id));
+                    let ids = kind.accepted(status, &answer);
+                    assert!(ids.is_some(), "before the kill: {status} {answer}");
+                    seen.lock().unwrap().insert((round, n), ids);
                 }
             })
         })
@@ -64,6 +111,17 @@ async fn send_until_killed(
 
 #[tokio::test]
 async fn a_retry_after_kill_9_mid_request_gets_the_first_answer_or_a_fresh_run_never_a_409() {
+    kill_retry_rounds(Kind::Single).await;
+}
+
+#[tokio::test]
+async fn a_batch_retried_after_kill_9_stores_each_of_its_messages_once() {
+    kill_retry_rounds(Kind::Batch).await;
+}
+
+/// Three rounds of: senders posting one key after another, `kill -9` while requests are in
+/// flight, restart, every key retried; then each key's messages are counted.
+async fn kill_retry_rounds(kind: Kind) {
     let world = World::new().await;
     let _hosts = mx_hosts(&world, "idem-crash.test", &[(10, ip(42), Script::default())]).await;
     let port = postwire_e2e::smtp::pick_free_port();
@@ -77,7 +135,7 @@ async fn a_retry_after_kill_9_mid_request_gets_the_first_answer_or_a_fresh_run_n
     let mut server = serve_healthy(&config, &[], &base).await;
     let (mut cut_off, mut answered, mut slowest) = (0, 0, Duration::ZERO);
     for round in 0..3 {
-        let senders = send_until_killed(&client, &base, &key, round, seen.clone()).await;
+        let senders = send_until_killed(kind, &client, &base, &key, round, seen.clone()).await;
         // Let the senders get going, then kill while their requests are in flight.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while seen.lock().unwrap().values().filter(|v| v.is_some()).count() < 30 * (round + 1) {
@@ -105,19 +163,18 @@ async fn a_retry_after_kill_9_mid_request_gets_the_first_answer_or_a_fresh_run_n
             async move {
                 loop {
                     let response = client
-                        .post(format!("{base}/v1/messages"))
+                        .post(format!("{base}{}", kind.path()))
                         .bearer_auth(&key)
                         .header("Idempotency-Key", format!("idem-{r}-{n}"))
-                        .json(&body(r, n))
+                        .json(&kind.body(r, n))
                         .send()
                         .await
                         .unwrap();
                     let status = response.status().as_u16();
                     let answer: Value = response.json().await.unwrap();
-                    if status == 202 {
-                        let id = answer["id"].as_str().unwrap().to_string();
+                    if let Some(ids) = kind.accepted(status, &answer) {
                         if let Some(first) = &first {
-                            assert_eq!(&id, first, "key idem-{r}-{n}: a retry gets the first id");
+                            assert_eq!(&ids, first, "key idem-{r}-{n}: a retry gets the first ids");
                         }
                         return (first.is_none(), up.elapsed());
                     }
@@ -146,20 +203,26 @@ async fn a_retry_after_kill_9_mid_request_gets_the_first_answer_or_a_fresh_run_n
     // Every key's message exists exactly once, whether its first answer arrived or not.
     let keys: Vec<(usize, usize)> = seen.lock().unwrap().keys().copied().collect();
     for (r, n) in keys {
-        let page: Value = client
-            .get(format!("{base}/v1/messages?tag=t{r}x{n}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let found = page["data"].as_array().unwrap().len();
-        assert_eq!(found, 1, "key idem-{r}-{n} stored {found} messages: {page}");
+        for tag in kind.tags(r, n) {
+            let page: Value = client
+                .get(format!("{base}/v1/messages?tag={tag}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let found = page["data"].as_array().unwrap().len();
+            assert_eq!(found, 1, "key idem-{r}-{n}, {tag}: {found} messages stored: {page}");
+        }
     }
     assert!(cut_off > 0, "no request was in flight at a kill; the test proved nothing");
+    let what = match kind {
+        Kind::Single => "single sends",
+        Kind::Batch => "batches of 5",
+    };
     println!(
-        "idempotency across 3 kill -9: {answered} answered before the kill and replayed, {cut_off} cut off mid-request and retried, slowest retry {slowest:?} after restart"
+        "idempotency across 3 kill -9 ({what}): {answered} answered before the kill and replayed, {cut_off} cut off mid-request and retried, slowest retry {slowest:?} after restart"
     );
 }

@@ -319,6 +319,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn distributed_accepting_a_stored_id_again_changes_nothing() {
+        let ns = TestNs::new().await;
+        contract::accepting_a_stored_id_again_changes_nothing(&ns.store).await;
+    }
+
+    #[tokio::test]
     async fn of_concurrent_begins_with_one_key_exactly_one_starts() {
         let ns = TestNs::new().await;
         let store = ns.store.clone();

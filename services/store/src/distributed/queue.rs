@@ -61,6 +61,13 @@ fn job_id(message_id: &str, domain: &str) -> String {
 }
 
 impl DistributedStore {
+    /// Whether message `id` is stored.
+    async fn message_stored(&self, id: &str) -> Result<bool, StoreError> {
+        let mut con = self.redis().await?;
+        self.run_redis(redis::cmd("EXISTS").arg(self.inner.keys.message(id)).query_async(&mut con))
+            .await
+    }
+
     /// Publishes one persistent job to `queue` and waits for the broker's confirm.
     async fn publish(
         &self,
@@ -299,6 +306,9 @@ impl Queue for DistributedStore {
         let created = to_ms(message.created_at);
         if let Some(answer) = &message.idempotency {
             self.check_claim(answer).await?;
+        }
+        if self.message_stored(&message.id).await? {
+            return Ok(()); // Stored by an earlier run of the same request.
         }
         // Suppression list: listed recipients are stored `suppressed` with their event, no job.
         let screened = self.screen_recipients(&message).await?;

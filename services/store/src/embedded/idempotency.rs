@@ -324,6 +324,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn accepting_a_stored_id_again_changes_nothing() {
+        let (_dir, store) = open();
+        contract::accepting_a_stored_id_again_changes_nothing(&store).await;
+    }
+
+    #[tokio::test]
     async fn of_concurrent_begins_with_one_key_exactly_one_starts() {
         let (_dir, store) = open();
         let store = Arc::new(store);

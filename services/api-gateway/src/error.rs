@@ -73,6 +73,11 @@ impl From<postwire_store::StoreError> for ApiError {
         use postwire_store::StoreError as E;
         match e {
             E::NotFound => Self::NotFound,
+            // Another request took this Idempotency-Key over; it answers for the key.
+            E::IdempotencyLost => Self::Conflict(
+                "a request with this Idempotency-Key is in progress; retry once it has finished"
+                    .into(),
+            ),
             // A backend that is down or unreachable is a 503 (retry later), never a 500.
             E::Closed | E::Unavailable { .. } | E::Amqp(_) | E::Redis(_) => Self::Unavailable(e),
             E::Database(_) | E::Open { .. } | E::Corrupt(_) => Self::Internal(Box::new(e)),

@@ -9,6 +9,12 @@
 //! Answers below 500 are stored and replayed (a 422 stays a 422), except 408, 409 and 429,
 //! which say "try again" and so must not stick to the key. A 5xx drops the record so a retry
 //! runs afresh.
+//!
+//! Crashes: a request that queues a message hands the answer to the accept
+//! ([`IdemClaim::answer`] into [`postwire_store::NewMessage::idempotency`]), so the message and
+//! its answer are stored together or not at all. The record in progress is held under a lease
+//! of [`IDEMPOTENCY_LEASE`], renewed while the request runs, so a process that dies holds the
+//! key for seconds, never minutes: a retry then gets the stored answer or runs afresh.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,7 +22,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use postwire_store::IdemBegin;
+use postwire_store::{IdemBegin, IdemClaim};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -26,8 +32,9 @@ use crate::Gateway;
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a request in progress holds its key if the process running it dies before
-/// storing the answer; afterwards the key may run again. Longer than any request takes.
-pub const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(120);
+/// storing the answer; afterwards the key may run again. Renewed every third of it while the
+/// request runs, so a slow request keeps its key however long it takes.
+pub const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(3);
 
 /// The request header.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -76,7 +83,8 @@ impl IdempotencyKey {
 /// is a 409, and otherwise `run` goes ahead and its answer is stored.
 ///
 /// `run` is driven to completion in a task of its own, so a client that hangs up mid-request
-/// does not leave the key in progress until the lease lapses.
+/// does not leave the key in progress until the lease lapses. It gets the claim (`None`
+/// without the header) to attach its answer to the message it accepts.
 pub async fn idempotent<F, Fut>(
     gw: &Gateway,
     key_id: &str,
@@ -85,11 +93,11 @@ pub async fn idempotent<F, Fut>(
     run: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(Gateway, Bytes) -> Fut + Send + 'static,
+    F: FnOnce(Gateway, Bytes, Option<IdemClaim>) -> Fut + Send + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
     let Some(idem) = IdempotencyKey::from_headers(headers)? else {
-        return Ok(run(gw.clone(), body).await);
+        return Ok(run(gw.clone(), body, None).await);
     };
     let hash: [u8; 32] = Sha256::digest(&body).into();
     let store = gw.idempotency.clone();
@@ -109,8 +117,16 @@ where
         }
     };
     let (gw, key_id) = (gw.clone(), key_id.to_string());
+    let claim =
+        IdemClaim { key_id: key_id.clone(), idem_key: idem.as_str().into(), token: token.clone() };
     let task = tokio::spawn(async move {
-        let (parts, body) = run(gw, body).await.into_parts();
+        let renewing = renew_while_running(store.clone(), claim.clone());
+        let running = run(gw, body, Some(claim));
+        let response = tokio::select! {
+            response = running => response,
+            never = renewing => match never {},
+        };
+        let (parts, body) = response.into_parts();
         let bytes = match axum::body::to_bytes(body, usize::MAX).await {
             Ok(b) => b,
             Err(e) => {
@@ -135,6 +151,42 @@ where
         Ok(Response::from_parts(parts, Body::from(bytes)))
     });
     task.await.map_err(|e| ApiError::Internal(Box::new(e)))?
+}
+
+/// Attaches the answer `status` + `body` (serialised as the response will be) to `message`,
+/// so the accept stores it with the message. Nothing to do without a claim.
+pub(crate) fn answer_with(
+    claim: Option<&IdemClaim>,
+    message: &mut postwire_store::NewMessage,
+    status: StatusCode,
+    body: &impl serde::Serialize,
+) -> Result<(), ApiError> {
+    if let Some(claim) = claim {
+        let text = serde_json::to_string(body).map_err(|e| ApiError::Internal(Box::new(e)))?;
+        message.idempotency = Some(claim.answer(status.as_u16(), text));
+    }
+    Ok(())
+}
+
+/// Renews `claim`'s lease every third of [`IDEMPOTENCY_LEASE`] until dropped (when the request
+/// it guards has its answer). A failed renewal is retried at the next tick; a record that is
+/// no longer the claim's stops nothing: the accept then refuses to store under it.
+async fn renew_while_running(
+    store: std::sync::Arc<dyn postwire_store::Idempotency>,
+    claim: IdemClaim,
+) -> std::convert::Infallible {
+    let mut tick = tokio::time::interval(IDEMPOTENCY_LEASE / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // The first tick is immediate; the record was just begun.
+    loop {
+        tick.tick().await;
+        let renewed = store
+            .idempotency_renew(&claim.key_id, &claim.idem_key, &claim.token, IDEMPOTENCY_LEASE)
+            .await;
+        if let Err(e) = renewed {
+            tracing::warn!(error = %e, "cannot renew an Idempotency-Key lease");
+        }
+    }
 }
 
 /// Whether an answer sticks to its key (see the module docs).

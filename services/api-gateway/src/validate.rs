@@ -334,12 +334,24 @@ pub fn validate_send(
         key_id: key_id.into(),
         sandbox: false,
         raw: None,
+        idempotency: None,
     })
 }
 
 /// The `Message-ID` (without angle brackets) Postwire gives message `id` sent from `from`.
 pub fn message_id_for(id: &str, from: &Mailbox) -> String {
-    format!("{}@{}", id.trim_start_matches("msg_"), from.address.domain())
+    message_id_at(id, from.address.domain())
+}
+
+fn message_id_at(id: &str, domain: &str) -> String {
+    format!("{}@{domain}", id.trim_start_matches("msg_"))
+}
+
+/// Gives a validated API message the id `id`, its `Message-ID` following (same domain).
+pub fn rename(message: &mut NewMessage, id: String) {
+    let domain = message.message_id_header.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+    message.message_id_header = message_id_at(&id, &domain);
+    message.id = id;
 }
 
 /// Validates what a message submitted over SMTP says about itself: its envelope recipients
@@ -376,6 +388,7 @@ pub fn validate_submission(
         key_id: key_id.into(),
         sandbox: false,
         raw: None,
+        idempotency: None,
     };
     Ok((message, from))
 }

@@ -169,9 +169,10 @@ pub struct Storage {
     /// Distributed backend: prefix of every Redis key and RabbitMQ queue, so several
     /// installations can share one broker and one Redis.
     pub namespace: String,
-    /// Distributed backend: how long a message's status and event history are kept in Redis.
-    /// Both backends: how long after a message is accepted its tracking links record hits
-    /// (an expired click link still redirects).
+    /// How long a finished message (no recipient pending) is kept with everything about it
+    /// before the pruner removes it, on both backends; pending messages are never pruned. Also
+    /// how long after a message is accepted its tracking links record hits (an expired click
+    /// link still redirects).
     pub retention: Duration,
 }
 

@@ -92,6 +92,8 @@ pub struct Stores {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Sending domains and their DKIM keys (`/v1/domains`), signed with by the workers.
     pub domains: Arc<dyn postwire_store::Domains>,
+    /// Pruning under `storage.retention` and the store's size.
+    pub retention: Arc<dyn postwire_store::Retention>,
     /// The embedded store, which must be closed so its writer thread drains.
     sqlite: Option<SqliteStore>,
 }
@@ -113,6 +115,7 @@ impl Stores {
                         store.clone(),
                     )),
                     domains: Arc::new(store.clone()),
+                    retention: Arc::new(store.clone()),
                     sqlite: Some(store),
                 })
             }
@@ -130,6 +133,7 @@ impl Stores {
                     templates: Arc::new(store.clone()),
                     rate_limiter: Arc::new(store.clone()),
                     domains: Arc::new(store.clone()),
+                    retention: Arc::new(store.clone()),
                     sqlite: None,
                 })
             }
@@ -298,6 +302,14 @@ impl App {
             _ => None,
         };
         let tasks = TaskTracker::new();
+        // Every process prunes: a lone embedded one, and on Redis any of them (the batches of
+        // several processes do not overlap in what they count).
+        tasks.spawn(crate::pruner::run(
+            self.stores.retention.clone(),
+            self.settings.storage.retention.std(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         if roles.mta_worker {
             tasks.spawn(self.worker.clone().run(shutdown.clone()));
         }

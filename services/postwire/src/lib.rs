@@ -4,9 +4,11 @@
 //! - [`app`]: [`App`], built from settings and run on a listener the caller owns.
 //! - [`cli`]: the `postwire` command line (serve, keys, dkim).
 //! - [`keygen`]: DKIM key pair generation and the TXT record to publish.
+//! - [`pruner`]: the task that applies `storage.retention`.
 
 pub mod app;
 pub mod cli;
 pub mod keygen;
+pub mod pruner;
 
 pub use app::{App, AppError};

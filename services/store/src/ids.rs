@@ -13,6 +13,18 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// An id fixed by `parts` instead of drawn at random, same shape as [`new_id`] (`prefix_` and
+/// 32 hex digits): a request run again after a crash names the messages it makes as the first
+/// run did, so the store can tell it already holds them.
+pub fn derived_id(prefix: &str, parts: &[&[u8]]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    format!("{prefix}_{}", hex::encode(&hash.finalize()[..16]))
+}
+
 /// A freshly minted API key: the full key (shown once) and what is stored.
 pub struct MintedKey {
     pub id: String,

@@ -19,6 +19,7 @@
 //! - [`engagement`]: opens and clicks folded per recipient and link, and when a hit emits an event.
 //! - [`feedback`]: bounces and complaints that come back, and what each changes.
 //! - [`template`]: stored templates ([`Templates`]) that the API renders into sends.
+//! - [`retention`]: what `storage.retention` prunes, in small batches ([`Retention`]).
 
 pub mod distributed;
 pub mod domain;
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod messages;
 pub mod model;
 pub mod ratelimit;
+pub mod retention;
 pub mod suppression;
 pub mod template;
 
@@ -48,6 +50,7 @@ pub use messages::{
 };
 pub use model::*;
 pub use ratelimit::RateLimiter;
+pub use retention::{Pruned, Retention};
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
 pub use template::{new_template, TemplateCursor, TemplatePage, Templates};
 
@@ -68,6 +71,10 @@ pub enum StoreError {
     Closed,
     #[error("not found")]
     NotFound,
+    /// An accept carried an idempotent answer for a record its caller no longer owns (the
+    /// lease lapsed and another request took the key over): nothing was stored.
+    #[error("the Idempotency-Key record is no longer this request's")]
+    IdempotencyLost,
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("Redis error: {0}")]
@@ -82,7 +89,9 @@ pub enum StoreError {
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Stores the message, its recipients and one job per recipient domain. Durable on return:
-    /// the caller may answer 202 as soon as this resolves.
+    /// the caller may answer 202 as soon as this resolves. A message whose id is already stored
+    /// is not stored again (a request retried after a crash with [`ids::derived_id`] ids):
+    /// that accept succeeds and changes nothing.
     /// With a future `request.send_at` the recipients are stored `scheduled` and no job is
     /// claimable before then (see [`messages`]).
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError>;

@@ -23,6 +23,9 @@ pub struct NewMessage {
     /// `Date` present, `X-Postwire-*` removed), sent as it is instead of being rendered from
     /// `request`, which then only describes it (from, to, cc, bcc, subject, tags, metadata).
     pub raw: Option<Vec<u8>>,
+    /// The `Idempotency-Key` answer to store in the same atomic step as the message (see
+    /// [`crate::idempotency`]); `None` for a send without the header.
+    pub idempotency: Option<crate::IdemAnswer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

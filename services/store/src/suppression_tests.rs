@@ -38,6 +38,7 @@ pub(crate) fn message(recipients: &[&str]) -> NewMessage {
         key_id: "key_test".into(),
         sandbox: false,
         raw: None,
+        idempotency: None,
     }
 }
 

@@ -34,6 +34,13 @@ pub struct Metrics {
     /// `postwire_inbound_messages_total{kind}`: messages received on the bounce listener by
     /// what they turned out to be (`dsn`, `arf`, `autoreply`, `unknown`).
     pub inbound_messages: IntCounterVec,
+    /// `postwire_store_pruned_total{kind}`: records removed under `storage.retention`:
+    /// `message` (a finished message with everything about it), `idempotency` (an expired
+    /// `Idempotency-Key` record).
+    pub store_pruned: IntCounterVec,
+    /// `postwire_store_size_bytes`: the store's size (embedded: database and WAL files;
+    /// distributed: Redis `used_memory`), sampled by the pruner.
+    pub store_size_bytes: IntGauge,
 }
 
 impl Default for Metrics {
@@ -102,8 +109,18 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let store_pruned = IntCounterVec::new(
+            Opts::new("postwire_store_pruned_total", "Records pruned under storage.retention"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let store_size_bytes =
+            IntGauge::new("postwire_store_size_bytes", "Size of the store in bytes")
+                .expect("valid metric");
         for c in [
             Box::new(messages_accepted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_pruned.clone()),
+            Box::new(store_size_bytes.clone()),
             Box::new(smtp_in_sessions.clone()),
             Box::new(inbound_messages.clone()),
             Box::new(deliveries.clone()),
@@ -125,6 +142,9 @@ impl Metrics {
         for k in ["dsn", "arf", "autoreply", "unknown"] {
             inbound_messages.with_label_values(&[k]);
         }
+        for k in ["message", "idempotency"] {
+            store_pruned.with_label_values(&[k]);
+        }
         Self {
             registry,
             messages_accepted,
@@ -136,6 +156,8 @@ impl Metrics {
             http_request_duration,
             smtp_in_sessions,
             inbound_messages,
+            store_pruned,
+            store_size_bytes,
         }
     }
 

@@ -5,6 +5,7 @@
 mod api;
 mod batch;
 mod bounces;
+mod crash_idempotency;
 mod delivery;
 mod dkim;
 mod domains;
@@ -13,6 +14,7 @@ mod events;
 mod keys;
 mod limits;
 mod ratelimit;
+mod retention;
 mod scheduled;
 mod search;
 mod security;

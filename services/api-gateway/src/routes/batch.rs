@@ -3,6 +3,10 @@
 //! One bad message does not fail the rest: its result is an `errors` list, the others are
 //! queued. Every accepted message is durable before the 200. They are accepted concurrently,
 //! so on the embedded backend they share the writer's group commit (one fsync for the batch).
+//!
+//! With an `Idempotency-Key` the message ids are derived from the key, the body and the
+//! position, so a batch cut off by a crash and run again stores only what the first run had
+//! not: the retry answers with the same ids and no message is stored twice.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +19,9 @@ use postwire_proto::{
     BatchRequest, BatchResponse, BatchResult, FieldError, SendRequest, SendResponse,
     MAX_BATCH_MESSAGES,
 };
+use postwire_store::{ids, IdemClaim};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::messages::Refused;
 use super::{body_bytes, json_body};
@@ -72,8 +78,8 @@ pub async fn send_batch(
     key.require("send")?;
     let body = body_bytes(body)?;
     let key_id = key.id.clone();
-    idempotent(&gw, &key_id, &headers, body, move |gw, body| async move {
-        accept_batch(gw, key, body).await.into_response()
+    idempotent(&gw, &key_id, &headers, body, move |gw, body, claim| async move {
+        accept_batch(gw, key, body, claim).await.into_response()
     })
     .await
 }
@@ -82,7 +88,9 @@ async fn accept_batch(
     gw: Gateway,
     key: ApiKey,
     body: Bytes,
+    claim: Option<IdemClaim>,
 ) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+    let body_hash: [u8; 32] = Sha256::digest(&body).into();
     let batch: RawBatch = json_body(Ok(body))?;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
         return Err(ApiError::field(
@@ -96,7 +104,23 @@ async fn accept_batch(
     let mut templates = crate::template::TemplateCache::default();
     for (i, raw) in batch.messages.into_iter().enumerate() {
         match prepare(raw, &gw, &key, &mut templates).await {
-            Ok((message, response)) => {
+            Ok((mut message, mut response)) => {
+                // With an Idempotency-Key, a run after a crash names its messages as the first
+                // did, and the store skips the ones that run had already stored.
+                if let Some(claim) = &claim {
+                    let position = (i as u64).to_be_bytes();
+                    let id = ids::derived_id(
+                        "msg",
+                        &[
+                            claim.key_id.as_bytes(),
+                            claim.idem_key.as_bytes(),
+                            &body_hash,
+                            &position,
+                        ],
+                    );
+                    crate::validate::rename(&mut message, id);
+                    response.id = message.id.clone();
+                }
                 valid.push((i, message, response));
                 results.push(None);
             }

@@ -15,12 +15,12 @@ use axum::{Json, Router};
 use postwire_proto::{
     FieldError, MessageView, RecipientStatus, RecipientSummary, SendRequest, SendResponse,
 };
-use postwire_store::{Cancel, NewMessage};
+use postwire_store::{Cancel, IdemClaim, NewMessage};
 
 use super::{body_bytes, json_body};
 use crate::auth::ApiKey;
 use crate::error::ApiError;
-use crate::idempotency::idempotent;
+use crate::idempotency::{answer_with, idempotent};
 use crate::template::{render_send, RenderError, TemplateCache};
 use crate::validate::{validate_send, TOO_LARGE_FIELD};
 use crate::Gateway;
@@ -66,8 +66,8 @@ pub async fn send_message(
     key.require("send")?;
     let body = body_bytes(body)?;
     let key_id = key.id.clone();
-    idempotent(&gw, &key_id, &headers, body, move |gw, body| async move {
-        accept_message(gw, key, body).await.into_response()
+    idempotent(&gw, &key_id, &headers, body, move |gw, body, claim| async move {
+        accept_message(gw, key, body, claim).await.into_response()
     })
     .await
 }
@@ -76,19 +76,21 @@ async fn accept_message(
     gw: Gateway,
     key: ApiKey,
     body: Bytes,
+    claim: Option<IdemClaim>,
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
     let request: SendRequest = json_body(Ok(body))?;
     let mut templates = TemplateCache::default();
-    let (message, mut response) = prepare_send(&gw, &key, request, &mut templates).await.map_err(
-        |refused| match refused {
+    let (mut message, mut response) = prepare_send(&gw, &key, request, &mut templates)
+        .await
+        .map_err(|refused| match refused {
             Refused::Render(e) => e.into(),
             Refused::Invalid(errors) => match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
                 Some(e) => ApiError::TooLarge(e.message.clone()),
                 None => ApiError::Invalid(errors),
             },
-        },
-    )?;
+        })?;
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
+    answer_with(claim.as_ref(), &mut message, StatusCode::ACCEPTED, &response)?;
     queue_one(&gw, &key.id, message).await?;
     Ok((StatusCode::ACCEPTED, Json(response)))
 }

@@ -168,10 +168,11 @@ pub(crate) async fn submit(
     let key_id = key.id.clone();
     let key = key.clone();
     // The stored answer of a retried submission is compared by the text's hash, like a body.
-    let response = idempotent(gw, &key_id, &headers, Bytes::from(raw), move |gw, _| async move {
-        accept(gw, key, parsed).await.into_response()
-    })
-    .await;
+    let response =
+        idempotent(gw, &key_id, &headers, Bytes::from(raw), move |gw, _, claim| async move {
+            accept(gw, key, parsed, claim).await.into_response()
+        })
+        .await;
     match response {
         Ok(r) => reply_for(r).await,
         Err(e) => reply_for(e.into_response()).await,
@@ -182,6 +183,7 @@ async fn accept(
     gw: Gateway,
     key: ApiKey,
     parsed: Parsed,
+    claim: Option<postwire_store::IdemClaim>,
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
     crate::ratelimit::admit_request(&gw, &key.id).await?;
     let (mut message, from) =
@@ -212,6 +214,7 @@ async fn accept(
     }
     message.raw = Some(text);
     let response = crate::routes::messages::accepted_response(&message);
+    crate::idempotency::answer_with(claim.as_ref(), &mut message, StatusCode::ACCEPTED, &response)?;
     crate::routes::messages::queue_one(&gw, &key.id, message).await?;
     Ok((StatusCode::ACCEPTED, Json(response)))
 }

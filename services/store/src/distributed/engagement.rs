@@ -82,11 +82,7 @@ if emit then
   fanout(ARGV[1], ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]))
 end
 redis.call('HSET', KEYS[4], ARGV[2], cjson.encode(t))
-if emit then
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
-elseif not raw then
-  redis.call('EXPIRE', KEYS[4], ARGV[7])
-end
+if emit or not raw then settle_expiry(KEYS[1], tonumber(ARGV[7])) end
 if emit then return {t.count, 1} end
 return {t.count, 0}
 "#

@@ -14,7 +14,7 @@ use redis::Script;
 
 use super::DistributedStore;
 use crate::embedded::now_ms;
-use crate::{ids, IdemBegin, Idempotency, StoreError};
+use crate::{ids, IdemAnswer, IdemBegin, Idempotency, StoreError};
 
 /// KEYS: record. ARGV: body hash (hex), token, lease ms, expires_at (unix ms).
 /// Returns `{'started'}`, `{'mismatch'}`, `{'in_progress'}` or `{'replay', status, body}`.
@@ -35,13 +35,24 @@ return {'replay', rec[2], rec[3] or ''}
 });
 
 /// KEYS: record. ARGV: token, status, body. Returns 1 when stored, 0 when not the owner.
-static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// Also run (as `EVAL`) inside the accept's `MULTI`, so the answer lands with the message.
+const FINISH_LUA: &str = r#"
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'body', ARGV[3])
 redis.call('HDEL', KEYS[1], 'token')
 redis.call('PEXPIREAT', KEYS[1], redis.call('HGET', KEYS[1], 'expires_at'))
+return 1
+"#;
+
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(FINISH_LUA));
+
+/// KEYS: record. ARGV: token, lease ms. Returns 1 when the owner's lease was extended.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'token', 'status')
+if rec[1] ~= ARGV[1] or rec[2] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#,
     )
@@ -58,8 +69,42 @@ return 1
 });
 
 impl DistributedStore {
-    fn idempotency_key(&self, key_id: &str, idem_key: &str) -> String {
+    pub(crate) fn idempotency_key(&self, key_id: &str, idem_key: &str) -> String {
         format!("{}:idem:{key_id}:{idem_key}", self.inner.keys.ns())
+    }
+
+    /// Before an accept that carries `answer`: [`StoreError::IdempotencyLost`] unless the caller
+    /// still owns the record. The owner renews a lease of seconds, so the record cannot change
+    /// hands between this check and the accept's `MULTI` a moment later.
+    pub(crate) async fn check_claim(&self, answer: &IdemAnswer) -> Result<(), StoreError> {
+        let c = &answer.claim;
+        let mut con = self.redis().await?;
+        let token: Option<String> = self
+            .run_redis(
+                redis::cmd("HGET")
+                    .arg(self.idempotency_key(&c.key_id, &c.idem_key))
+                    .arg("token")
+                    .query_async(&mut con),
+            )
+            .await?;
+        if token.as_deref() == Some(c.token.as_str()) {
+            Ok(())
+        } else {
+            Err(StoreError::IdempotencyLost)
+        }
+    }
+
+    /// Adds the storing of `answer` to the accept's atomic pipeline.
+    pub(crate) fn store_answer(&self, pipe: &mut redis::Pipeline, answer: &IdemAnswer) {
+        let c = &answer.claim;
+        pipe.cmd("EVAL")
+            .arg(FINISH_LUA)
+            .arg(1)
+            .arg(self.idempotency_key(&c.key_id, &c.idem_key))
+            .arg(&c.token)
+            .arg(answer.status)
+            .arg(&answer.body)
+            .ignore();
     }
 }
 
@@ -124,6 +169,26 @@ impl Idempotency for DistributedStore {
         Ok(stored == 1)
     }
 
+    async fn idempotency_renew(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.redis().await?;
+        let renewed: i64 = self
+            .run_redis(
+                RENEW
+                    .key(self.idempotency_key(key_id, idem_key))
+                    .arg(token)
+                    .arg(lease.as_millis().max(1) as u64)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+
     async fn idempotency_abandon(
         &self,
         key_id: &str,
@@ -151,6 +216,7 @@ mod tests {
 
     use super::*;
     use crate::distributed::test_ns::TestNs;
+    use crate::idempotency::contract;
 
     const LEASE: Duration = Duration::from_secs(60);
     const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -232,6 +298,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
         token(store.idempotency_begin("key_a", "ttl", [9; 32], LEASE, TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn distributed_an_answer_stored_with_the_accept_is_replayed_without_finish() {
+        let ns = TestNs::new().await;
+        contract::an_answer_stored_with_the_accept_is_replayed_without_finish(&ns.store).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_an_accept_under_a_lost_claim_stores_nothing() {
+        let ns = TestNs::new().await;
+        contract::an_accept_under_a_lost_claim_stores_nothing(&ns.store).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_a_renewed_short_lease_holds_the_key_and_a_lapsed_one_frees_it() {
+        let ns = TestNs::new().await;
+        contract::a_renewed_short_lease_holds_the_key_and_a_lapsed_one_frees_it(&ns.store).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_accepting_a_stored_id_again_changes_nothing() {
+        let ns = TestNs::new().await;
+        contract::accepting_a_stored_id_again_changes_nothing(&ns.store).await;
     }
 
     #[tokio::test]

@@ -71,7 +71,7 @@ fn indexes(keys: &Keys, message: &NewMessage) -> Vec<String> {
 }
 
 /// Adds the message to its search indexes (in the accept `MULTI`) and trims entries older
-/// than the retention from each; the per-tag and per-recipient indexes expire with it.
+/// than the retention from the per-tag and per-recipient ones, which also expire with it.
 pub(crate) fn index_message(
     pipe: &mut redis::Pipeline,
     keys: &Keys,
@@ -87,8 +87,10 @@ pub(crate) fn index_message(
     let global = keys.search();
     for index in indexes(keys, message) {
         pipe.zadd(&index, &member, 0).ignore();
-        pipe.cmd("ZREMRANGEBYLEX").arg(&index).arg("-").arg(&cutoff).ignore();
+        // The global index is trimmed by the pruner, which keeps a pending message's entry
+        // (see `retention`); the others are bounded by their own expiry.
         if index != global {
+            pipe.cmd("ZREMRANGEBYLEX").arg(&index).arg("-").arg(&cutoff).ignore();
             pipe.expire(&index, retention_s as i64).ignore();
         }
     }
@@ -133,11 +135,7 @@ for _, e in ipairs(load_recipients(KEYS[2])) do
     end
   end
 end
-if canceled > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
-end
+if canceled > 0 then settle_expiry(KEYS[1], ttl) end
 return {canceled, in_flight}
 "#
     ))

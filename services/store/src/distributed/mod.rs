@@ -42,6 +42,7 @@
 //! - `template`: the [`Templates`](crate::Templates) implementation.
 //! - `ratelimit`: the [`RateLimiter`](crate::RateLimiter) implementation (one Lua script).
 //! - `domain`: the [`Domains`](crate::Domains) implementation (sending domains and their keys).
+//! - `retention`: the [`Retention`](crate::Retention) implementation (expiry once finished).
 
 mod domain;
 mod engagement;
@@ -51,6 +52,7 @@ pub mod keys;
 mod messages;
 mod queue;
 mod ratelimit;
+mod retention;
 mod scripts;
 mod state;
 mod suppression;
@@ -171,6 +173,8 @@ pub(crate) struct Inner {
     /// again first by the next claim instead of being returned to the broker, which would
     /// count against the delivery limit.
     pub(crate) parked: Mutex<Vec<lapin::message::Delivery>>,
+    /// Where pruning left off in `{ns}:search` (see `retention`).
+    pub(crate) prune_cursor: Mutex<Option<String>>,
     closed: AtomicBool,
 }
 
@@ -257,6 +261,7 @@ impl DistributedStore {
                 generation: AtomicU64::new(0),
                 claims: Mutex::new(HashMap::new()),
                 parked: Mutex::new(Vec::new()),
+                prune_cursor: Mutex::new(None),
                 closed: AtomicBool::new(false),
             }),
         };

@@ -61,6 +61,13 @@ fn job_id(message_id: &str, domain: &str) -> String {
 }
 
 impl DistributedStore {
+    /// Whether message `id` is stored.
+    async fn message_stored(&self, id: &str) -> Result<bool, StoreError> {
+        let mut con = self.redis().await?;
+        self.run_redis(redis::cmd("EXISTS").arg(self.inner.keys.message(id)).query_async(&mut con))
+            .await
+    }
+
     /// Publishes one persistent job to `queue` and waits for the broker's confirm.
     async fn publish(
         &self,
@@ -297,6 +304,12 @@ impl Queue for DistributedStore {
         let broker = self.broker().await?;
         let request = serde_json::to_string(&message.request).map_err(corrupt)?;
         let created = to_ms(message.created_at);
+        if let Some(answer) = &message.idempotency {
+            self.check_claim(answer).await?;
+        }
+        if self.message_stored(&message.id).await? {
+            return Ok(()); // Stored by an earlier run of the same request.
+        }
         // Suppression list: listed recipients are stored `suppressed` with their event, no job.
         let screened = self.screen_recipients(&message).await?;
         let mut domains: Vec<&str> = Vec::new();
@@ -311,6 +324,9 @@ impl Queue for DistributedStore {
         // Scheduled send: recipients wait as `scheduled` until `send_at`, the job in the delay queues.
         let send_at = crate::messages::scheduled_for(&message.request, created);
         let (msg_key, rcpt_key) = (keys.message(&message.id), keys.recipients(&message.id));
+        // Retention starts once the message is finished (see `scripts::settle_expiry`): a
+        // message with a recipient to send to is stored without an expiry.
+        let pending = !domains.is_empty();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
@@ -324,14 +340,18 @@ impl Queue for DistributedStore {
                     ("summary", super::messages::summary_json(&message.request)?),
                 ],
             )
-            .ignore()
-            .expire(&msg_key, retention as i64)
             .ignore();
+        if !pending {
+            pipe.expire(&msg_key, retention as i64).ignore();
+        }
         if let Some(raw) = &message.raw {
             pipe.hset(&msg_key, "source", "smtp")
                 .ignore()
-                .set_ex(keys.raw(&message.id), BASE64.encode(raw), retention)
+                .set(keys.raw(&message.id), BASE64.encode(raw))
                 .ignore();
+            if !pending {
+                pipe.expire(keys.raw(&message.id), retention as i64).ignore();
+            }
         }
         super::messages::index_message(&mut pipe, keys, &message, retention);
         for (i, r) in message.recipients.iter().enumerate() {
@@ -350,14 +370,21 @@ impl Queue for DistributedStore {
             };
             pipe.hset(&rcpt_key, i, serde_json::to_string(&stored).map_err(corrupt)?).ignore();
         }
-        if !message.recipients.is_empty() {
+        if !message.recipients.is_empty() && !pending {
             pipe.expire(&rcpt_key, retention as i64).ignore();
         }
         suppression::queue_suppressed_events(&mut pipe, keys, &message, &screened, retention)?;
+        if pending {
+            pipe.persist(keys.events(&message.id)).ignore();
+        }
         let members: Vec<String> =
             domains.iter().map(|d| Keys::job_member(&message.id, d)).collect();
         if !members.is_empty() {
             pipe.sadd(keys.jobs(), &members).ignore();
+        }
+        // The idempotent answer lands with the message: a retry finds one or neither.
+        if let Some(answer) = &message.idempotency {
+            self.store_answer(&mut pipe, answer);
         }
         let mut con = self.redis().await?;
         self.run_redis(pipe.query_async::<()>(&mut con)).await?;
@@ -403,6 +430,11 @@ impl Queue for DistributedStore {
             super::messages::unindex_message(&mut undo, keys, &message);
             if !members.is_empty() {
                 undo.srem(keys.jobs(), &members).ignore();
+            }
+            // The answer goes too: the caller answers 503, and a retry runs afresh.
+            if let Some(answer) = &message.idempotency {
+                let c = &answer.claim;
+                undo.del(self.idempotency_key(&c.key_id, &c.idem_key)).ignore();
             }
             if let Err(undo_error) = self.run_redis(undo.query_async::<()>(&mut con)).await {
                 tracing::error!(message_id = %message.id, error = %undo_error, "cannot undo a message whose jobs were not published");

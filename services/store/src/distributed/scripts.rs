@@ -26,6 +26,18 @@ local function is_pending(status)
   return status == 'queued' or status == 'scheduled' or status == 'deferred'
 end
 
+-- Retention (`storage.retention`): a message's keys expire `ttl` seconds after its last change
+-- only once it is finished; while any recipient is pending they are kept, however old.
+local function settle_expiry(msg, ttl)
+  local pending = false
+  for _, e in ipairs(load_recipients(msg .. ':rcpt')) do
+    if is_pending(e.r.status) then pending = true break end
+  end
+  for _, k in ipairs({msg, msg .. ':rcpt', msg .. ':events', msg .. ':raw', msg .. ':eng'}) do
+    if pending then redis.call('PERSIST', k) else redis.call('EXPIRE', k, ttl) end
+  end
+end
+
 -- Queues one webhook delivery per endpoint subscribed to the event type (the outbox),
 -- in the same script that stores the event.
 local function fanout(ns, event_id, event_type, body, now)
@@ -180,10 +192,7 @@ if holder == token then
 elseif holder then
   ours = 0
 end
-local ttl = tonumber(ARGV[5])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
+settle_expiry(KEYS[1], tonumber(ARGV[5]))
 return {remaining, earliest or 0, ours}
 "#,
     )

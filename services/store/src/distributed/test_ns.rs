@@ -13,11 +13,17 @@ pub(crate) struct TestNs {
 
 impl TestNs {
     pub async fn new() -> Self {
+        Self::with_retention(Options::new("", "", "").retention).await
+    }
+
+    /// A namespace whose messages are kept `retention` once finished.
+    pub async fn with_retention(retention: Duration) -> Self {
         let env =
             |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
         let ns = format!("pwtest_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let options = Options {
             op_timeout: Duration::from_secs(3),
+            retention,
             ..Options::new(
                 &env("POSTWIRE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
                 &env("POSTWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),

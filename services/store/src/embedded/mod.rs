@@ -16,6 +16,7 @@
 //!   the queue's transactions call.
 //! - `ratelimit`: [`LocalRateLimiter`], the in-process [`crate::RateLimiter`].
 //! - `template`: the [`crate::Templates`] implementation.
+//! - `retention`: the [`crate::Retention`] implementation (pruning finished messages).
 
 mod domain;
 mod engagement;
@@ -24,6 +25,7 @@ mod idempotency;
 mod messages;
 mod queue;
 mod ratelimit;
+mod retention;
 pub mod schema;
 mod state;
 mod suppression;
@@ -71,6 +73,11 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Woken after a commit that may have made a job claimable.
     work: Notify,
+    /// Random per open: idempotency records in progress carry it, so records left by an
+    /// earlier process (dead by definition) are recognised as such at once.
+    boot: String,
+    /// Where pruning left off (see `retention`).
+    prune_cursor: retention::PruneCursor,
 }
 
 impl SqliteStore {
@@ -82,11 +89,17 @@ impl SqliteStore {
         restrict_to_owner(dir, &path)
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let conn = Connection::open(&path)?;
+        // Before any table exists (a new file) this makes pruning able to shrink the file; on
+        // an older database it changes nothing and freed pages are only reused.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+        // `journal_size_limit`: the WAL is cut back to 64 MiB after a checkpoint instead of
+        // keeping its largest size for ever.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 10000;",
+             PRAGMA busy_timeout = 10000;
+             PRAGMA journal_size_limit = 67108864;",
         )?;
         // Every write goes through this connection; rusqlite's default of 16 cached statements
         // is fewer than one accept, claim and complete use between them, and a statement
@@ -104,6 +117,8 @@ impl SqliteStore {
                 writer: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 work: Notify::new(),
+                boot: crate::ids::new_id("boot"),
+                prune_cursor: retention::PruneCursor::default(),
             }),
         })
     }
@@ -165,6 +180,20 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(crate) fn prune_cursor(&self) -> &retention::PruneCursor {
+        &self.inner.prune_cursor
+    }
+
+    /// This open's id (see [`Inner::boot`]).
+    pub(crate) fn boot(&self) -> &str {
+        &self.inner.boot
     }
 
     pub(crate) fn notify_work(&self) {

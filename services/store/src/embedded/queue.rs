@@ -14,13 +14,21 @@ impl Queue for SqliteStore {
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError> {
         let request = serde_json::to_string(&message.request)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let boot = self.boot().to_string();
         self.write(move |conn| {
+            // The idempotent answer first: a lost claim stores nothing at all.
+            if let Some(answer) = &message.idempotency {
+                super::idempotency::store_answer(conn, &boot, answer)?;
+            }
             let created = to_ms(message.created_at);
-            conn.prepare_cached(
+            let inserted = conn.prepare_cached(
                 "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox, raw)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox, message.raw])?;
+            if inserted == 0 {
+                return Ok(()); // Stored by an earlier run of the same request.
+            }
             let mut rcpt = conn.prepare_cached(
                 "INSERT INTO recipients (message_id, position, email, domain, status, next_attempt_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -1,0 +1,43 @@
+//! Retention: what `storage.retention` removes, and how.
+//!
+//! A message is *finished* when none of its recipients is pending (`queued`, `scheduled`,
+//! `deferred`) and no delivery job for it is left. A finished message accepted longer than the
+//! retention ago is pruned with everything about it: its recipients, events, the webhook
+//! outbox rows of those events, its tags and engagement records (opens, clicks). A message
+//! still pending is never touched, however old. Idempotency records are pruned once their
+//! 24 h are over.
+//!
+//! [`Retention::prune`] does one small batch and says what it removed; the caller (the
+//! service's pruner task) calls it again and again, pausing between batches, so pruning never
+//! holds the store for long.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::StoreError;
+
+/// What one [`Retention::prune`] batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished messages removed (with their recipients, events, outbox rows, tags, engagements).
+    pub messages: u64,
+    /// Idempotency records removed.
+    pub idempotency: u64,
+    /// Whether the batch was full: more may be waiting, so the next batch may start soon.
+    pub more: bool,
+}
+
+/// Pruning and size; both backends implement it.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
+    /// Removes up to about `max` finished messages accepted before `cutoff` (see the module
+    /// docs), and expired idempotency records.
+    async fn prune(&self, cutoff: DateTime<Utc>, max: usize) -> Result<Pruned, StoreError>;
+
+    /// How large the store is, in bytes (the database files; Redis's `used_memory`).
+    async fn size_bytes(&self) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+pub(crate) mod contract;

@@ -3,7 +3,9 @@
 //! [`SmtpServer::start`] binds `ip:port` (tests give each MX host its own `127.0.0.x` with one
 //! shared port from [`pick_free_port`], because the MTA dials every MX on the same port). The
 //! [`Script`] decides the greeting, whether STARTTLS is offered (with a fresh self-signed
-//! certificate) or offered and then broken, each RCPT reply, and the reply to the end of DATA.
+//! certificate) or offered and then broken, whether SMTPUTF8 is offered, each RCPT reply, and
+//! the reply to the end of DATA. Like a real MX (RFC 6531 §3.4), it refuses a UTF-8 address in
+//! a transaction that did not ask for `SMTPUTF8`.
 //! The server records what a real MX would have seen: one [`Received`] per accepted message,
 //! the connection count, every command line, and whether a bare LF ever appeared in DATA.
 
@@ -38,6 +40,7 @@ pub struct Script {
     drop_after_greeting: bool,
     starttls: bool,
     broken_tls: bool,
+    smtputf8: bool,
     rcpt_reply: RcptReply,
     data_reply: DataReply,
 }
@@ -50,6 +53,7 @@ impl Default for Script {
             drop_after_greeting: false,
             starttls: false,
             broken_tls: false,
+            smtputf8: false,
             rcpt_reply: Arc::new(|_, _| (250, "2.1.5 Recipient ok".into())),
             data_reply: Arc::new(|_| (250, "2.0.0 Queued".into())),
         }
@@ -64,6 +68,7 @@ impl fmt::Debug for Script {
             .field("drop_after_greeting", &self.drop_after_greeting)
             .field("starttls", &self.starttls)
             .field("broken_tls", &self.broken_tls)
+            .field("smtputf8", &self.smtputf8)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +107,13 @@ impl Script {
         self
     }
 
+    /// Advertise SMTPUTF8 (RFC 6531): UTF-8 addresses are then accepted in a transaction whose
+    /// `MAIL FROM` carries the `SMTPUTF8` parameter.
+    pub fn smtputf8(mut self) -> Self {
+        self.smtputf8 = true;
+        self
+    }
+
     /// Script each RCPT reply, e.g. `|addr, nth| if nth == 1 { (451, "4.7.1 try later".into()) }
     /// else { (250, "2.1.5 ok".into()) }`.
     pub fn rcpt_reply(
@@ -133,6 +145,8 @@ impl Script {
 pub struct Received {
     /// The reverse-path from `MAIL FROM:<...>`, without brackets; empty for the null path.
     pub mail_from: String,
+    /// The `MAIL FROM` parameters after the path, as sent (e.g. `BODY=8BITMIME`, `SMTPUTF8`).
+    pub mail_params: Vec<String>,
     /// The recipients whose RCPT got a 2xx reply, in order.
     pub rcpt_to: Vec<String>,
     /// The message as received, with the CRLF.CRLF terminator removed and dot-stuffing undone.
@@ -321,6 +335,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tls: false,
             helo: None,
             mail_from: None,
+            mail_params: Vec::new(),
             rcpt_to: Vec::new(),
         };
         sessions.spawn(session.run());
@@ -338,6 +353,7 @@ struct Session {
     tls: bool,
     helo: Option<String>,
     mail_from: Option<String>,
+    mail_params: Vec<String>,
     rcpt_to: Vec<String>,
 }
 
@@ -425,6 +441,9 @@ impl Session {
         if self.shared.script.starttls && !self.tls {
             lines.push("STARTTLS".to_owned());
         }
+        if self.shared.script.smtputf8 {
+            lines.push("SMTPUTF8".to_owned());
+        }
         let mut out = String::new();
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
@@ -473,7 +492,22 @@ impl Session {
         let Some(path) = strip_prefix_ci(arg, "FROM:") else {
             return self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>").await;
         };
-        self.mail_from = Some(address(path));
+        let params: Vec<String> = path
+            .rsplit_once('>')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let utf8 = params.iter().any(|p| p.eq_ignore_ascii_case("SMTPUTF8"));
+        if utf8 && !self.shared.script.smtputf8 {
+            return self.reply(555, "5.5.4 SMTPUTF8 not offered").await;
+        }
+        let from = address(path);
+        if !from.is_ascii() && !utf8 {
+            return self.reply(553, "5.6.7 UTF-8 address without SMTPUTF8").await;
+        }
+        self.mail_from = Some(from);
+        self.mail_params = params;
         self.reply(250, "2.1.0 Sender ok").await
     }
 
@@ -485,6 +519,10 @@ impl Session {
             return self.reply(501, "5.5.4 Syntax: RCPT TO:<address>").await;
         };
         let addr = address(path);
+        if !addr.is_ascii() && !self.mail_params.iter().any(|p| p.eq_ignore_ascii_case("SMTPUTF8"))
+        {
+            return self.reply(553, "5.6.7 UTF-8 address without SMTPUTF8").await;
+        }
         let nth = {
             let mut state = self.shared.lock();
             let seen = state.rcpt_seen.entry(addr.to_ascii_lowercase()).or_insert(0);
@@ -533,6 +571,7 @@ impl Session {
         if (200..300).contains(&code) {
             let received = Received {
                 mail_from: self.mail_from.clone().unwrap_or_default(),
+                mail_params: self.mail_params.clone(),
                 rcpt_to: std::mem::take(&mut self.rcpt_to),
                 data,
                 tls: self.tls,
@@ -553,6 +592,7 @@ impl Session {
 
     fn reset(&mut self) {
         self.mail_from = None;
+        self.mail_params.clear();
         self.rcpt_to.clear();
     }
 

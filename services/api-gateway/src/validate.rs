@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use base64::Engine;
 use chrono::Utc;
+pub use postwire_address::{DomainName, EmailAddress};
 use postwire_config::Limits;
 use postwire_proto::{FieldError, SendRequest};
 use postwire_store::{ids, NewMessage, NewRecipient};
@@ -109,77 +110,6 @@ impl Mailbox {
             None => self.address.as_str().to_string(),
         }
     }
-}
-
-/// An RFC 5321 address (`local@domain`) with an ASCII dot-atom local part and a DNS domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EmailAddress {
-    full: String,
-    at: usize,
-}
-
-impl EmailAddress {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let s = raw.trim();
-        let at = s.rfind('@').ok_or_else(|| format!("`{s}` is not an email address (no `@`)"))?;
-        let (local, domain) = (&s[..at], &s[at + 1..]);
-        let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
-        if local.is_empty() || local.len() > 64 {
-            return Err(format!("`{s}`: the local part must be 1 to 64 characters"));
-        }
-        if local.split('.').any(|part| part.is_empty() || !part.chars().all(atext)) {
-            return Err(format!("`{s}`: the local part has characters not allowed in an address"));
-        }
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        validate_domain(&domain).map_err(|e| format!("`{s}`: {e}"))?;
-        Ok(Self { full: format!("{local}@{domain}"), at })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.full
-    }
-
-    /// The lower-cased domain.
-    pub fn domain(&self) -> &str {
-        &self.full[self.at + 1..]
-    }
-}
-
-/// A DNS domain name with at least two labels, lower-cased, without a trailing dot: the same
-/// rules as the domain of an [`EmailAddress`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainName(String);
-
-impl DomainName {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let domain = raw.trim().trim_end_matches('.').to_ascii_lowercase();
-        validate_domain(&domain).map_err(|e| format!("`{}`: {e}", raw.trim()))?;
-        Ok(Self(domain))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn validate_domain(domain: &str) -> Result<(), String> {
-    if domain.is_empty() || domain.len() > 253 {
-        return Err("the domain must be 1 to 253 characters".into());
-    }
-    if !domain.contains('.') {
-        return Err("the domain must have at least two labels".into());
-    }
-    for label in domain.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !ok {
-            return Err(format!("`{label}` is not a valid domain label"));
-        }
-    }
-    Ok(())
 }
 
 /// Any control character but HTAB (C0, DEL and C1), or a Unicode line or paragraph separator.
@@ -340,7 +270,7 @@ pub fn validate_send(
 
 /// The `Message-ID` (without angle brackets) Postwire gives message `id` sent from `from`.
 pub fn message_id_for(id: &str, from: &Mailbox) -> String {
-    message_id_at(id, from.address.domain())
+    message_id_at(id, &from.address.ascii_domain())
 }
 
 fn message_id_at(id: &str, domain: &str) -> String {
@@ -408,10 +338,11 @@ fn collect_recipients(
             match Mailbox::parse(raw) {
                 Ok(m) => {
                     // One envelope recipient per address, whichever lists repeat it.
-                    if seen.insert(m.address.as_str().to_ascii_lowercase()) {
+                    // Compared in envelope form: `bücher.test` and its A-label are one domain.
+                    if seen.insert(postwire_address::comparable(m.address.envelope())) {
                         recipients.push(NewRecipient {
                             email: m.address.as_str().to_string(),
-                            domain: m.address.domain().to_string(),
+                            domain: m.address.ascii_domain().to_string(),
                         });
                     }
                     kept.push(m.canonical());
@@ -629,6 +560,32 @@ mod tests {
         let m = validate_send(r, &Limits::default(), "k").unwrap();
         assert_eq!(m.recipients.len(), 2);
         assert_eq!(m.recipients[1].domain, "example.net");
+    }
+
+    #[test]
+    fn idn_and_utf8_addresses_are_kept_as_written_and_queued_under_the_a_label_once() {
+        let mut r = req();
+        r.from = "Bücherei <news@Bücher.test>".into();
+        r.to = vec!["ann@bücher.test".into(), "ann@xn--bcher-kva.test".into()];
+        r.cc = vec!["jürgen@example.de".into()];
+        r.reply_to = Some("hilfe@BÜCHER.test".into());
+        let m = validate_send(r, &Limits::default(), "k").unwrap();
+        let got: Vec<_> =
+            m.recipients.iter().map(|r| (r.email.as_str(), r.domain.as_str())).collect();
+        assert_eq!(
+            got,
+            [("ann@bücher.test", "xn--bcher-kva.test"), ("jürgen@example.de", "example.de")],
+            "one recipient for both spellings"
+        );
+        assert_eq!(m.request.from, "Bücherei <news@bücher.test>");
+        assert_eq!(m.request.to, ["ann@bücher.test", "ann@xn--bcher-kva.test"]);
+        assert_eq!(m.request.reply_to.as_deref(), Some("hilfe@bücher.test"));
+        assert!(m.message_id_header.ends_with("@xn--bcher-kva.test"), "{}", m.message_id_header);
+        let mut r = req();
+        r.to = vec!["ann@bü_cher.test".into()];
+        let errors = refused_fields(r);
+        assert_eq!(errors[0].0, "to[0]");
+        assert!(errors[0].1.contains("UTS #46"), "{}", errors[0].1);
     }
 
     #[test]

@@ -116,6 +116,10 @@ impl Deliverer {
                             let action = disposition(&Failure::Data(reply.clone()), true).action;
                             (Verdict::Failed(action), reply, false)
                         }
+                        // Never the address's fault: it stays off the suppression list.
+                        Answer::Unsendable(reply) => {
+                            (Verdict::Failed(Action::Bounce), reply, false)
+                        }
                     };
                     verdicts.push(RecipientVerdict {
                         email,

@@ -104,7 +104,8 @@ impl Signer {
         algorithm: DkimAlgorithm,
         pem: &[u8],
     ) -> Result<Self, String> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // `d=` is the A-label (RFC 8616 §4): an IDN sending domain may be configured either way.
+        let domain = postwire_address::ascii_domain(domain);
         Ok(Signer {
             key: parse_key(pem, &domain, selector, algorithm)?,
             domain,

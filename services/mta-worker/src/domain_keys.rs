@@ -63,7 +63,7 @@ impl StoreSigners {
 
     /// The signer of `domain`'s store key, or `None` when the store has no key for it.
     pub(crate) async fn signer(&self, domain: &str) -> Result<Option<Arc<Signer>>, DkimError> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = postwire_address::ascii_domain(domain);
         let lookup = |e: postwire_store::StoreError| DkimError::KeyLookup {
             domain: domain.clone(),
             reason: e.to_string(),

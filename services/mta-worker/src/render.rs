@@ -61,9 +61,12 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    /// The part after the last `@`, lower-cased.
+    /// The part after the last `@` as its lower-cased A-label (the DKIM `d=` to sign with).
     pub fn domain(&self) -> String {
-        self.email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+        self.email
+            .rsplit_once('@')
+            .map(|(_, d)| postwire_address::ascii_domain(d))
+            .unwrap_or_default()
     }
 }
 
@@ -281,8 +284,17 @@ fn list_unsubscribe(url: &str) -> String {
     out
 }
 
+/// An address in a header: with its domain as the A-label, so a message whose addresses all
+/// have ASCII local parts stays ASCII and needs no SMTPUTF8; one with a UTF-8 local part is
+/// written as is (RFC 6532 §3.2), and only an SMTPUTF8 server is given it (see
+/// [`crate::session`]).
 fn address(m: Mailbox) -> Address<'static> {
-    Address::new_address(m.name, m.email)
+    let email = if postwire_address::needs_smtputf8(&m.email) {
+        m.email
+    } else {
+        postwire_address::envelope(&m.email)
+    };
+    Address::new_address(m.name, email)
 }
 
 fn address_list(field: &'static str, values: &[String]) -> Result<Address<'static>, RenderError> {

@@ -126,6 +126,9 @@ pub enum Answer {
     RcptRejected(Reply),
     /// Accepted at RCPT but the message was refused (DATA or end-of-data reply).
     DataRejected(Reply),
+    /// Not sent: the host lacks an extension the message cannot do without (SMTPUTF8 for a
+    /// UTF-8 address). Our own reply; it bounces, but says nothing against the address.
+    Unsendable(Reply),
 }
 
 /// One SMTP transaction's worth of work.
@@ -375,22 +378,37 @@ async fn transaction(
     attempt: &mut HostAttempt,
 ) -> Result<bool, SessionError> {
     let sender = tx.sender;
+    // The envelope carries A-label domains (RFC 5891 §4.2): only a UTF-8 local part, or UTF-8
+    // in the header (RFC 6532), makes the transaction need SMTPUTF8.
+    let envelope_sender = postwire_address::envelope(sender);
     let from: Address =
-        sender.parse().map_err(|_| SessionError::BadSender { address: sender.into() })?;
+        envelope_sender.parse().map_err(|_| SessionError::BadSender { address: sender.into() })?;
     let info = conn.server_info();
     let mut params = Vec::new();
     if !tx.message.is_ascii() && info.supports_feature(Extension::EightBitMime) {
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    let needs_utf8 = !sender.is_ascii() || tx.recipients.iter().any(|r| !r.is_ascii());
-    if needs_utf8 {
+    let utf8_address = std::iter::once(sender)
+        .chain(tx.recipients.iter().map(String::as_str))
+        .find(|a| postwire_address::needs_smtputf8(a));
+    let utf8_header = !header_block(tx.message).is_ascii();
+    if utf8_address.is_some() || utf8_header {
         if !info.supports_feature(Extension::SmtpUtfEight) {
+            // RFC 6531 §3.2: without the extension a UTF-8 address cannot be sent at all, and
+            // no downgrade is attempted (never a mangled address). Nothing is sent.
+            let why = match utf8_address {
+                Some(address) => format!("the address {address} has a UTF-8 local part"),
+                None => "the message has UTF-8 header fields (RFC 6532)".into(),
+            };
+            let reply = Reply {
+                code: 553,
+                text: format!(
+                    "5.6.7 not sent: the MX {} does not offer SMTPUTF8 (RFC 6531), and {why}",
+                    info.name()
+                ),
+            };
             for r in tx.recipients {
-                let reply = Reply {
-                    code: 553,
-                    text: "5.6.7 the server does not support SMTPUTF8 addresses".into(),
-                };
-                attempt.answers.push((r.clone(), Answer::RcptRejected(reply)));
+                attempt.answers.push((r.clone(), Answer::Unsendable(reply.clone())));
             }
             return Ok(true);
         }
@@ -405,7 +423,7 @@ async fn transaction(
 
     let mut accepted: Vec<&String> = Vec::new();
     for rcpt in tx.recipients {
-        let Ok(address) = rcpt.parse::<Address>() else {
+        let Ok(address) = postwire_address::envelope(rcpt).parse::<Address>() else {
             let reply = Reply { code: 553, text: "5.1.3 invalid recipient address".into() };
             attempt.answers.push((rcpt.clone(), Answer::RcptRejected(reply)));
             continue;
@@ -460,6 +478,12 @@ async fn transaction(
             Err(e.in_stage(Stage::DataEnd))
         }
     }
+}
+
+/// The header section of a CRLF message: everything before the first empty line.
+fn header_block(message: &[u8]) -> &[u8] {
+    let end = message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    &message[..end]
 }
 
 #[cfg(test)]

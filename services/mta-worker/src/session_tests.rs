@@ -231,3 +231,74 @@ async fn a_missing_end_of_data_reply_times_out_and_leaves_accepted_recipients_in
     assert_eq!(attempt.in_doubt, r);
     assert!(attempt.answers.is_empty());
 }
+
+#[tokio::test]
+async fn an_idn_envelope_goes_out_as_a_labels_without_asking_for_smtputf8() {
+    let peer = SmtpPeer::start(LOCAL, Script::default()).await;
+    let r = rcpts(&["ann@bücher.test"]);
+    let tx = [Transaction { sender: "news@bücher.test", recipients: &r, message: MESSAGE }];
+    let attempt =
+        deliver_to_host(&opts(peer.addr.port(), TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
+    assert!(
+        matches!(attempt.answers[..], [(ref a, Answer::Delivered(_))] if a == "ann@bücher.test")
+    );
+    let commands = &peer.seen()[0].commands;
+    assert!(commands.iter().any(|c| c == "MAIL FROM:<news@xn--bcher-kva.test>"), "{commands:?}");
+    assert!(commands.iter().any(|c| c == "RCPT TO:<ann@xn--bcher-kva.test>"), "{commands:?}");
+}
+
+#[tokio::test]
+async fn a_utf8_local_part_uses_smtputf8_when_offered_and_is_not_sent_when_not() {
+    let offering = Script { extensions: vec!["SMTPUTF8".into()], ..Default::default() };
+    let peer = SmtpPeer::start(LOCAL, offering).await;
+    let r = rcpts(&["jürgen@example.de"]);
+    let tx = [Transaction { sender: "s@sender.test", recipients: &r, message: MESSAGE }];
+    let port = peer.addr.port();
+    let attempt = deliver_to_host(&opts(port, TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
+    assert!(matches!(attempt.answers[0].1, Answer::Delivered(_)), "{:?}", attempt.answers);
+    let commands = &peer.seen()[0].commands;
+    assert!(commands.iter().any(|c| c == "MAIL FROM:<s@sender.test> SMTPUTF8"), "{commands:?}");
+    assert!(commands.iter().any(|c| c == "RCPT TO:<jürgen@example.de>"), "{commands:?}");
+
+    let plain = SmtpPeer::start(LOCAL, Script::default()).await;
+    let port = plain.addr.port();
+    let attempt = deliver_to_host(&opts(port, TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
+    match &attempt.answers[..] {
+        [(who, Answer::Unsendable(reply))] => {
+            assert_eq!(who, "jürgen@example.de");
+            assert_eq!(reply.code, 553);
+            assert!(reply.text.contains("does not offer SMTPUTF8"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let commands = &plain.seen()[0].commands;
+    assert!(
+        !commands.iter().any(|c| c.starts_with("MAIL") || c.starts_with("RCPT")),
+        "{commands:?}"
+    );
+}
+
+#[tokio::test]
+async fn utf8_in_the_header_needs_smtputf8_but_an_8bit_body_alone_does_not() {
+    let offering = Script { extensions: vec!["SMTPUTF8".into()], ..Default::default() };
+    let peer = SmtpPeer::start(LOCAL, offering).await;
+    let r = rcpts(&["a@rcpt.test"]);
+    let body_only = "From: s@sender.test\r\nSubject: t\r\n\r\nGrüße\r\n".as_bytes();
+    let in_header = "From: jürgen@sender.test\r\nSubject: t\r\n\r\nhi\r\n".as_bytes();
+    let tx = [
+        Transaction { sender: "s@sender.test", recipients: &r, message: body_only },
+        Transaction { sender: "s@sender.test", recipients: &r, message: in_header },
+    ];
+    let port = peer.addr.port();
+    let attempt = deliver_to_host(&opts(port, TlsMode::Disabled), LOCAL, "mx.test", &tx).await;
+    assert_eq!(attempt.answers.len(), 2, "{:?}", attempt.answers);
+    let mails: Vec<_> =
+        peer.seen()[0].commands.iter().filter(|c| c.starts_with("MAIL")).cloned().collect();
+    assert_eq!(
+        mails,
+        [
+            "MAIL FROM:<s@sender.test> BODY=8BITMIME",
+            "MAIL FROM:<s@sender.test> BODY=8BITMIME SMTPUTF8"
+        ]
+    );
+}

@@ -95,7 +95,7 @@ pub struct MessageQuery {
 }
 
 impl MessageQuery {
-    /// The recipient filter in stored form: the domain lower-cased.
+    /// The recipient filter in compared form (see [`normalize_address`]).
     pub fn recipient_normalized(&self) -> Option<String> {
         self.recipient.as_deref().map(normalize_address)
     }
@@ -131,12 +131,10 @@ impl MessageQuery {
     }
 }
 
-/// `local@domain` with the domain lower-cased (the form the API stores).
+/// `local@domain` with the domain as its lower-cased A-label: the form search compares, so an
+/// IDN recipient is found by either spelling of its domain.
 pub fn normalize_address(email: &str) -> String {
-    match email.trim().rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
-        None => email.trim().to_string(),
-    }
+    postwire_address::envelope(email)
 }
 
 /// Where a page of search results starts: just after (older than) this message.

@@ -7,7 +7,8 @@
 //! the message: a listed recipient is stored `suppressed` with a `message.suppressed` event
 //! (fanned out to webhooks like any other) and gets no delivery job.
 //!
-//! Addresses are compared lower-cased. Listing is newest first, paged by
+//! Addresses are compared in one form, [`key`]: the domain as its A-label (so an IDN address
+//! matches in either spelling), the whole lower-cased; entries are stored and listed in it. Listing is newest first, paged by
 //! [`SuppressionCursor`] (created time, then address, both descending).
 //!
 //! [`RecipientOutcome::suppress`]: crate::RecipientOutcome::suppress
@@ -63,7 +64,7 @@ pub struct SuppressionPage {
 /// A new entry for [`Suppressions::add_suppression`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSuppression {
-    /// Stored lower-cased.
+    /// Stored in its [`key`] form.
     pub email: String,
     pub reason: SuppressionReason,
     pub smtp_response: Option<String>,
@@ -72,16 +73,22 @@ pub struct NewSuppression {
 }
 
 impl NewSuppression {
-    /// The entry as it is stored: the address lower-cased, the time at millisecond precision.
+    /// The entry as it is stored: the address in its [`key`] form, the time at millisecond precision.
     pub fn into_entry(self) -> Suppression {
         Suppression {
-            email: self.email.to_lowercase(),
+            email: key(&self.email),
             reason: self.reason,
             smtp_response: self.smtp_response,
             message_id: self.message_id,
             created_at: crate::embedded::from_ms(self.created_at.timestamp_millis()),
         }
     }
+}
+
+/// The form the list stores and compares an address in: `Ann@Bücher.test` and
+/// `ann@xn--bcher-kva.test` are both `ann@xn--bcher-kva.test`.
+pub fn key(email: &str) -> String {
+    postwire_address::comparable(email)
 }
 
 /// The text recorded as a suppressed recipient's `last_response` and its event's

@@ -11,6 +11,7 @@ mod dkim;
 mod domains;
 mod durability;
 mod events;
+mod idn;
 mod keys;
 mod limits;
 mod ratelimit;

@@ -36,7 +36,7 @@ pub fn router() -> Router<Gateway> {
 }
 
 fn domain_name(raw: &str) -> Result<DomainName, ApiError> {
-    DomainName::parse(raw).map_err(|e| ApiError::field("domain", e))
+    DomainName::parse(raw).map_err(|e| ApiError::field("domain", format!("`{}`: {e}", raw.trim())))
 }
 
 /// A DKIM selector (RFC 6376 §3.1): one or more DNS labels of letters, digits and hyphens,
@@ -55,7 +55,7 @@ fn selector(raw: &str, domain: Option<&DomainName>) -> Result<String, String> {
             "`{raw}` is not a DKIM selector: DNS labels of letters, digits and `-`, up to 63 each"
         ));
     }
-    let full = s.len() + "._domainkey.".len() + domain.map_or(0, |d| d.as_str().len());
+    let full = s.len() + "._domainkey.".len() + domain.map_or(0, |d| d.ascii().len());
     if full > MAX_NAME {
         return Err(format!("`{s}._domainkey.…` would be longer than {MAX_NAME} characters"));
     }
@@ -126,7 +126,10 @@ pub async fn create_domain(
     let request: CreateDomain = json_body(body)?;
     let mut errors = Vec::new();
     let domain = DomainName::parse(&request.domain)
-        .map_err(|message| errors.push(FieldError { field: "domain".into(), message }))
+        .map_err(|e| {
+            let message = format!("`{}`: {e}", request.domain.trim());
+            errors.push(FieldError { field: "domain".into(), message })
+        })
         .ok();
     let selector =
         selector(request.selector.as_deref().unwrap_or(DEFAULT_SELECTOR), domain.as_ref())
@@ -135,15 +138,15 @@ pub async fn create_domain(
     let (Some(domain), Some(selector)) = (domain, selector) else {
         return Err(ApiError::Invalid(errors));
     };
-    let exists = || ApiError::Conflict(format!("the domain {} already exists", domain.as_str()));
+    let exists = || ApiError::Conflict(format!("the domain {} already exists", domain.ascii()));
     // Checked first so a duplicate costs no key generation; `create_domain` decides races.
-    if gw.domains.domain(domain.as_str()).await?.is_some() {
+    if gw.domains.domain(domain.ascii()).await?.is_some() {
         return Err(exists());
     }
     let algorithm = request.algorithm.unwrap_or_default();
     let pair = key_pair(algorithm, request.private_key).await?;
     let record = SendingDomain {
-        domain: domain.as_str().to_string(),
+        domain: domain.ascii().to_string(),
         selector,
         algorithm,
         private_key: pair.private_pem,
@@ -191,7 +194,7 @@ pub async fn get_domain(
 ) -> Result<Json<DomainView>, ApiError> {
     key.require("read")?;
     let domain = domain_name(&domain)?;
-    let stored = gw.domains.domain(domain.as_str()).await?.ok_or(ApiError::NotFound)?;
+    let stored = gw.domains.domain(domain.ascii()).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(view(&gw, stored).await))
 }
 
@@ -214,8 +217,8 @@ pub async fn delete_domain(
 ) -> Result<StatusCode, ApiError> {
     key.require("admin")?;
     let domain = domain_name(&domain)?;
-    if gw.domains.delete_domain(domain.as_str()).await? {
-        tracing::info!(domain = %domain.as_str(), "sending domain removed");
+    if gw.domains.delete_domain(domain.ascii()).await? {
+        tracing::info!(domain = %domain.ascii(), "sending domain removed");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

@@ -2,7 +2,7 @@
 //! queue uses to screen recipients at acceptance (inside the accept `MULTI`) and to list hard
 //! bounces (inside the `complete` script).
 //!
-//! Keys (see [`super::keys`]): `{ns}:suppressions` is a hash from lower-cased address to a JSON
+//! Keys (see [`super::keys`]): `{ns}:suppressions` is a hash from address ([`crate::suppression::key`] form) to a JSON
 //! [`StoredSuppression`]; `{ns}:suppressions:index` a sorted set of the same addresses scored by
 //! `created_at` (unix ms), for newest-first paging. Both change together, in one script or
 //! `MULTI`.
@@ -77,7 +77,7 @@ pub(crate) fn hard_bounce_arg(
         return Ok(String::new());
     }
     let stored = StoredSuppression {
-        email: outcome.email.to_lowercase(),
+        email: crate::suppression::key(&outcome.email),
         reason: SuppressionReason::HardBounce.as_str().to_string(),
         smtp_response: Some(outcome.response.clone()),
         message_id: Some(message_id.to_string()),
@@ -136,7 +136,7 @@ impl DistributedStore {
             return Ok(Vec::new());
         }
         let emails: Vec<String> =
-            message.recipients.iter().map(|r| r.email.to_lowercase()).collect();
+            message.recipients.iter().map(|r| crate::suppression::key(&r.email)).collect();
         let mut con = self.redis().await?;
         let raw: Vec<Option<String>> = self
             .run_redis(
@@ -261,7 +261,7 @@ impl Suppressions for DistributedStore {
             .run_redis(
                 redis::cmd("HGET")
                     .arg(list_key(self.inner.keys.ns()))
-                    .arg(email.to_lowercase())
+                    .arg(crate::suppression::key(email))
                     .query_async(&mut con),
             )
             .await?;
@@ -270,7 +270,7 @@ impl Suppressions for DistributedStore {
 
     async fn remove_suppression(&self, email: &str) -> Result<bool, StoreError> {
         let ns = self.inner.keys.ns();
-        let email = email.to_lowercase();
+        let email = crate::suppression::key(email);
         let mut pipe = redis::pipe();
         pipe.atomic().hdel(list_key(ns), &email).zrem(index_key(ns), &email).ignore();
         let mut con = self.redis().await?;
@@ -282,7 +282,7 @@ impl Suppressions for DistributedStore {
         if emails.is_empty() {
             return Ok(Vec::new());
         }
-        let lower: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+        let lower: Vec<String> = emails.iter().map(|e| crate::suppression::key(e)).collect();
         let mut con = self.redis().await?;
         let raw: Vec<Option<String>> = self
             .run_redis(

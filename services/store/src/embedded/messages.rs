@@ -75,7 +75,8 @@ fn search(
            AND (?4 IS NULL OR m.created_at >= ?4)
            AND (?5 IS NULL OR m.created_at < ?5)
            AND (?6 IS NULL OR EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ?6 AND t.message_id = m.id))
-           AND (?7 IS NULL OR EXISTS (SELECT 1 FROM recipients r WHERE r.email = ?7 AND r.message_id = m.id))
+           AND (?7 IS NULL OR EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+                AND r.domain = ?12 AND substr(r.email, 1, length(?13)) = ?13))
            AND (?8 IS NULL OR EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {SHOWN_STATUS} = ?8))
            AND (?10 IS NULL OR m.key_id = ?10)
            AND (?11 = 0 OR m.sandbox = 1)
@@ -89,6 +90,14 @@ fn search(
         Visibility::Sandbox => (None, true),
         Visibility::SentBy(key) => (Some(key.as_str()), false),
     };
+    // The recipient as stored is as written (`ann@bücher.test` or `ann@xn--bcher-kva.test`):
+    // it matches on the A-label in `domain` and the exact local part before its `@` (a dot-atom
+    // local part has no `@`).
+    let wanted = query.recipient_normalized();
+    let (wanted_domain, wanted_local) = match wanted.as_deref().and_then(|w| w.rsplit_once('@')) {
+        Some((local, domain)) => (Some(domain.to_string()), Some(format!("{local}@"))),
+        None => (None, None),
+    };
     let rows: Vec<SummaryRow> = conn
         .prepare_cached(&sql)?
         .query_map(
@@ -99,11 +108,13 @@ fn search(
                 query.since.map(|t| t.timestamp_millis()),
                 query.until.map(|t| t.timestamp_millis()),
                 query.tag,
-                query.recipient_normalized(),
+                wanted,
                 query.status.map(RecipientStatus::as_str),
                 fetch as i64,
                 sent_by,
                 sandbox_only,
+                wanted_domain,
+                wanted_local,
             ],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?

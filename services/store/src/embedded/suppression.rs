@@ -7,7 +7,7 @@ use postwire_proto::{RecipientStatus, Suppression, SuppressionReason};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_ms, state::insert_event, to_ms, SqliteStore};
-use crate::suppression::{suppressed_event, suppressed_response};
+use crate::suppression::{key, suppressed_event, suppressed_response};
 use crate::{
     NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions,
 };
@@ -16,7 +16,7 @@ use crate::{
 pub fn migrate_suppression(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
-        -- The suppression list: one row per lower-cased address.
+        -- The suppression list: one row per address, in `crate::suppression::key` form.
         CREATE TABLE IF NOT EXISTS suppressions (
             email TEXT PRIMARY KEY,
             reason TEXT NOT NULL,
@@ -45,11 +45,11 @@ fn entry(row: Row) -> Result<Suppression, StoreError> {
     Ok(Suppression { email, reason, smtp_response, message_id, created_at: from_ms(created_at) })
 }
 
-/// The entry for `email` (compared lower-cased).
+/// The entry for `email` (compared in [`key`] form).
 fn lookup(conn: &Connection, email: &str) -> Result<Option<Suppression>, StoreError> {
     let row = conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM suppressions WHERE email = ?1"))?
-        .query_row([email.to_lowercase()], entry_from_row)
+        .query_row([key(email)], entry_from_row)
         .optional()?;
     row.map(entry).transpose()
 }
@@ -118,7 +118,7 @@ pub(crate) fn record_hard_bounce(
     now: i64,
 ) -> Result<(), StoreError> {
     let entry = Suppression {
-        email: email.to_lowercase(),
+        email: key(email),
         reason: SuppressionReason::HardBounce,
         smtp_response: Some(smtp_response.to_string()),
         message_id: Some(message_id.to_string()),
@@ -179,7 +179,7 @@ impl Suppressions for SqliteStore {
     }
 
     async fn remove_suppression(&self, email: &str) -> Result<bool, StoreError> {
-        let email = email.to_lowercase();
+        let email = key(email);
         self.write(move |conn| {
             Ok(conn
                 .prepare_cached("DELETE FROM suppressions WHERE email = ?1")?

@@ -270,7 +270,7 @@ pub fn validate_send(
 
 /// The `Message-ID` (without angle brackets) Postwire gives message `id` sent from `from`.
 pub fn message_id_for(id: &str, from: &Mailbox) -> String {
-    message_id_at(id, &from.address.ascii_domain())
+    message_id_at(id, from.address.ascii_domain())
 }
 
 fn message_id_at(id: &str, domain: &str) -> String {

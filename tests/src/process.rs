@@ -41,6 +41,12 @@ impl Proc {
         Proc(cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn the process"))
     }
 
+    /// Spawns `cmd` with stdout discarded and stderr (the logs) written to `log`.
+    pub fn spawn_logging_to(mut cmd: Command, log: &std::path::Path) -> Proc {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Proc(cmd.stdout(Stdio::null()).stderr(file).spawn().expect("spawn the process"))
+    }
+
     /// The process id (for `/proc/<pid>/status`).
     pub fn id(&self) -> u32 {
         self.0.id()

@@ -49,6 +49,9 @@ impl FromRequestParts<Gateway> for ApiKey {
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
         let key = verify_key(gw, presented).await?;
+        if let Some(slot) = parts.extensions.get::<crate::KeySlot>() {
+            slot.set(&key.id);
+        }
         crate::ratelimit::admit_request(gw, &key.id).await?;
         Ok(key)
     }

@@ -125,18 +125,44 @@ pub async fn serve_router(
     conn::serve(listener, router, limits, shutdown).await
 }
 
-async fn record_metrics(AxState(gw): AxState<Gateway>, req: Request, next: Next) -> Response {
+/// Which API key a request was authenticated with, for its access-log line: set by the
+/// [`auth::ApiKey`] extractor, read after the response.
+#[derive(Clone, Default)]
+pub(crate) struct KeySlot(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl KeySlot {
+    pub(crate) fn set(&self, key_id: &str) {
+        let _ = self.0.set(key_id.to_owned());
+    }
+}
+
+/// Request metrics, and one access-log line per request (target `postwire::access`: method,
+/// route, status, latency, key id — never the key).
+async fn record_metrics(AxState(gw): AxState<Gateway>, mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let slot = KeySlot::default();
+    req.extensions_mut().insert(slot.clone());
     let started = Instant::now();
     let response = next.run(req).await;
+    let elapsed = started.elapsed();
     gw.metrics.http_requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
     gw.metrics
         .http_request_duration
         .with_label_values(&[route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "postwire::access",
+        method = %method,
+        route = %route,
+        status = response.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        key = slot.0.get().map_or("-", String::as_str),
+        "request"
+    );
     response
 }

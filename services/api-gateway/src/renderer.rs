@@ -161,13 +161,13 @@ impl Pool {
             }
             Ok(Err(Lost::Died(e))) => {
                 let status = child.reap().await;
-                tracing::warn!(template = %job.template_id, ?status, error = %e,
+                tracing::warn!(template = %job.template_id, status = %status_text(&status), error = %e,
                     "a template render process died; the send is refused");
                 Err(out_of_bounds(&job.template_id))
             }
             Err(_) => {
                 let status = child.reap().await;
-                tracing::warn!(template = %job.template_id, ?status,
+                tracing::warn!(template = %job.template_id, status = %status_text(&status),
                     "a template render ran past its deadline and was killed");
                 Err(out_of_bounds(&job.template_id))
             }
@@ -224,6 +224,11 @@ impl RenderChild {
         let _ = self.process.start_kill();
         self.process.wait().await.ok()
     }
+}
+
+/// A child's end for the log: `exit status: 1`, `signal: 9 (SIGKILL)`, or `unknown`.
+fn status_text(status: &Option<ExitStatus>) -> String {
+    status.map_or_else(|| "unknown".into(), |s| s.to_string())
 }
 
 /// The 422 of a template that broke the child's bounds.

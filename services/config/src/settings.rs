@@ -27,6 +27,23 @@ pub struct Settings {
     pub telemetry: Telemetry,
     pub submission: Submission,
     pub bounces: Bounces,
+    pub log: Log,
+}
+
+/// How the processes log (to stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+/// `text` (colour only on a terminal) or `json` (one object per line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The way back: bounces (DSNs, RFC 3464) and complaints (ARF, RFC 5965) sent to VERP return

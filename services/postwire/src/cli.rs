@@ -43,6 +43,11 @@ pub enum Command {
     /// Manage DKIM keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Write a consistent copy of the embedded database to FILE (safe while the service runs).
+    Backup {
+        /// Where the copy goes; must not exist yet.
+        file: PathBuf,
+    },
     /// Internal: render template jobs from stdin under memory and CPU limits (the API
     /// gateway's render child; see `postwire_api_gateway::renderer`).
     #[command(hide = true)]
@@ -104,15 +109,46 @@ impl Cli {
     }
 }
 
-/// Runs the parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = cli.load_settings()?;
+impl Cli {
+    /// Whether the command runs a service (rather than doing one thing and exiting).
+    pub fn is_service(&self) -> bool {
+        matches!(
+            self.command,
+            None | Some(
+                Command::Serve
+                    | Command::ApiGateway
+                    | Command::MtaWorker
+                    | Command::WebhookDispatcher
+            )
+        )
+    }
+}
+
+/// An error and its causes, each said once: a cause whose text its parent already includes
+/// (`"store: permission denied"` over `"permission denied"`) is not repeated.
+pub fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Runs the parsed command line with its loaded settings.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings, Roles::ALL).await,
         Command::ApiGateway => serve(settings, Roles::API_GATEWAY).await,
         Command::MtaWorker => serve(settings, Roles::MTA_WORKER).await,
         Command::WebhookDispatcher => serve(settings, Roles::WEBHOOK_DISPATCHER).await,
         Command::Keys(cmd) => keys(settings, cmd).await,
+        Command::Backup { file } => backup(&settings, &file).await,
         Command::Dkim(DkimCommand::Generate { domain, selector, algorithm, out }) => {
             dkim_generate(&settings, &domain, &selector, algorithm, out)
         }
@@ -159,6 +195,22 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 /// Scopes of `keys create` without `--scopes` ([`postwire_store::default_scopes`]).
 fn default_scopes(sandbox: bool) -> Vec<String> {
     postwire_store::default_scopes(sandbox).map(String::from).collect()
+}
+
+async fn backup(settings: &Settings, file: &std::path::Path) -> anyhow::Result<()> {
+    if settings.storage.backend == postwire_config::Backend::Distributed {
+        bail!(
+            "`postwire backup` copies the embedded database; with storage.backend = \"distributed\" \
+             back up Redis (its AOF/RDB files) and RabbitMQ instead (README: Backups)"
+        );
+    }
+    let store = postwire_store::embedded::SqliteStore::open(&settings.storage.path)
+        .with_context(|| format!("opening the store in {}", settings.storage.path.display()))?;
+    let bytes =
+        store.backup_to(file).await.with_context(|| format!("backing up to {}", file.display()))?;
+    store.close();
+    println!("backed up {} to {} ({bytes} bytes)", settings.storage.path.display(), file.display());
+    Ok(())
 }
 
 async fn keys(settings: Settings, cmd: KeysCommand) -> anyhow::Result<()> {

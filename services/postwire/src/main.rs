@@ -15,12 +15,23 @@ fn main() -> std::process::ExitCode {
             Err(_) => std::process::ExitCode::FAILURE,
         };
     }
-    postwire_telemetry::init_tracing();
+    let settings = match cli.load_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("postwire: {}", postwire::cli::report(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Services log their work; one-shot commands only what went wrong, and not the broker
+    // client's noise about the connection they close on exit.
+    let default_filter = if cli.is_service() { "info" } else { "warn,lapin=off" };
+    let json = settings.log.format == postwire_config::LogFormat::Json;
+    postwire_telemetry::init_tracing(json, default_filter);
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-    match runtime.block_on(postwire::cli::run(cli)) {
+    match runtime.block_on(postwire::cli::run(cli, settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("postwire: {e:#}");
+            eprintln!("postwire: {}", postwire::cli::report(&e));
             std::process::ExitCode::FAILURE
         }
     }

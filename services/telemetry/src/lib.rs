@@ -180,16 +180,21 @@ impl Metrics {
     }
 }
 
-/// Installs the `tracing` subscriber for a binary: `RUST_LOG` filters, default `info`.
-pub fn init_tracing() {
+/// Installs the `tracing` subscriber for a binary, writing to stderr (stdout is reserved for
+/// command output, e.g. the key printed by `keys create`). `RUST_LOG` filters; without it,
+/// `default_filter`. `json`: one JSON object per line; otherwise text, coloured only when
+/// stderr is a terminal (never escape codes in files or pipes).
+pub fn init_tracing(json: bool, default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // stderr: stdout is reserved for command output (e.g. the key printed by `keys create`).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod events;
 mod idn;
 mod keys;
 mod limits;
+mod operations;
 mod ratelimit;
 mod retention;
 mod scheduled;

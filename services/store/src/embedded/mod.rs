@@ -123,6 +123,29 @@ impl SqliteStore {
         })
     }
 
+    /// Writes a consistent copy of the database to `dest`, which must not exist (SQLite's
+    /// `VACUUM INTO`: one read transaction, writers go on meanwhile). The copy is created
+    /// readable by its owner only, like the database. Returns its size in bytes.
+    pub async fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
+        let open_err = |source| StoreError::Open { path: dest.display().to_string(), source };
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dest)
+                .map_err(open_err)?;
+        }
+        let target = dest.to_string_lossy().into_owned();
+        self.read(move |conn| {
+            conn.execute("VACUUM INTO ?1", [&target])?;
+            Ok(())
+        })
+        .await?;
+        Ok(std::fs::metadata(dest).map_err(open_err)?.len())
+    }
+
     /// Stops accepting writes; the writer thread exits once queued writes are committed.
     pub fn close(&self) {
         self.inner.writer.lock().expect("writer lock").take();

@@ -34,7 +34,9 @@ pub fn load(path: &Path, required: bool) -> Result<Settings, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
         Err(source) => return Err(ConfigError::Read { path: path.display().to_string(), source }),
     };
-    load_with_env(&text, &path.display().to_string(), std::env::vars())
+    let mut settings = load_with_env(&text, &path.display().to_string(), std::env::vars())?;
+    settings.resolve_paths(path.parent().unwrap_or(Path::new("")));
+    Ok(settings)
 }
 
 /// Loads settings from TOML text alone (no environment): for tests and embedding.
@@ -136,6 +138,42 @@ mod tests {
             let err = load_from_str(&text).unwrap_err().to_string();
             assert!(err.contains("bounces.domain") && err.contains("not a domain"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_resolve_against_its_directory() {
+        let dir = std::env::temp_dir().join(format!("pw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("postwire.toml");
+        std::fs::write(
+            &file,
+            "[submission]\ntls_cert = \"certs/smtp.pem\"\ntls_key = \"/abs/key.pem\"\n\
+             [[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nprivate_key = \"dkim/a.pem\"\n",
+        )
+        .unwrap();
+        let s = load(&file, true).unwrap();
+        assert_eq!(s.storage.path, dir.join("data"), "the default too");
+        assert_eq!(s.submission.tls_cert, dir.join("certs/smtp.pem"));
+        assert_eq!(s.submission.tls_key, std::path::PathBuf::from("/abs/key.pem"));
+        assert_eq!(s.dkim[0].private_key, dir.join("dkim/a.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loopback_public_url_on_a_public_listener_and_a_dotless_helo_name_are_warned_about() {
+        let quiet = load_from_str(
+            "[smtp]\nhelo_name = \"mta.example.com\"\n[http]\nlisten = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap();
+        assert!(quiet.warnings().is_empty(), "{:?}", quiet.warnings());
+        let loud = load_from_str(
+            "[smtp]\nhelo_name = \"box\"\n[http]\nlisten = \"0.0.0.0:8080\"\n\
+             public_url = \"http://127.0.0.1:8080\"\n",
+        )
+        .unwrap();
+        let w = loud.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("http.public_url") && w[1].starts_with("smtp.helo_name"), "{w:?}");
     }
 
     #[test]

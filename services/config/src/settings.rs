@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Duration, Listen, Secret};
 
 /// Everything Postwire reads at start-up.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub http: Http,
@@ -31,14 +31,14 @@ pub struct Settings {
 }
 
 /// How the processes log (to stderr).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub format: LogFormat,
 }
 
 /// `text` (colour only on a terminal) or `json` (one object per line).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -48,7 +48,7 @@ pub enum LogFormat {
 
 /// The way back: bounces (DSNs, RFC 3464) and complaints (ARF, RFC 5965) sent to VERP return
 /// paths on `domain` arrive at `listen`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bounces {
     /// The bounce domain. Set, every outgoing copy is sent with the envelope sender
@@ -89,9 +89,82 @@ impl Default for Bounces {
     }
 }
 
+/// This machine's name (the kernel's host name, as `hostname` prints it), the default
+/// `smtp.helo_name`; `localhost` when it cannot be read. A name without a dot draws a warning
+/// ([`Settings::warnings`]).
+fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|n| n.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Settings {
+    /// Makes every relative path (`storage.path`, `[[dkim]] private_key`, the submission
+    /// certificate and key) relative to `base`, the config file's directory, so a command
+    /// behaves the same from any working directory. Empty paths (unset) stay empty.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if base.as_os_str().is_empty() {
+            return;
+        }
+        let resolve = |p: &mut PathBuf| {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(p.strip_prefix(".").unwrap_or(p));
+            }
+        };
+        resolve(&mut self.storage.path);
+        resolve(&mut self.submission.tls_cert);
+        resolve(&mut self.submission.tls_key);
+        for key in &mut self.dkim {
+            resolve(&mut key.private_key);
+        }
+    }
+
+    /// What is allowed but probably wrong, one sentence each: printed at start and by
+    /// `postwire config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let public_host = url::Url::parse(&self.http.public_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let loopback_public = public_host == "localhost"
+            || public_host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback_public && !self.http.listen.ip().is_loopback() {
+            out.push(format!(
+                "http.public_url ({}) is a loopback address while http.listen ({}) takes \
+                 connections from other hosts: tracking links in mail would point at each \
+                 reader's own machine; set http.public_url to the address readers reach",
+                self.http.public_url, self.http.listen
+            ));
+        }
+        if !self.smtp.helo_name.contains('.') {
+            out.push(format!(
+                "smtp.helo_name ({:?}) is not a fully qualified domain name: receivers may \
+                 refuse the EHLO, and the SPF record the domains API suggests (a:{}) names \
+                 no public host; set it to the public name of the sending IP",
+                self.smtp.helo_name, self.smtp.helo_name
+            ));
+        }
+        if !self.bounces.domain.is_empty() && self.bounces.listen.0.is_none() {
+            out.push(format!(
+                "bounces.domain ({}) is set but bounces.listen is disabled: mail goes out with \
+                 return paths on that domain; make sure a gateway elsewhere listens for it",
+                self.bounces.domain
+            ));
+        }
+        out
+    }
+}
+
 /// SMTP submission (RFC 6409): apps that speak SMTP hand messages to Postwire here, with an
 /// API key as the password.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Submission {
     /// Plain listener offering STARTTLS (RFC 3207); 587 in production. `""` disables it.
@@ -122,7 +195,7 @@ impl Default for Submission {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Telemetry {
     /// Extra listener serving only `/metrics`, `/healthz` and `/readyz`, for processes that do
@@ -130,7 +203,7 @@ pub struct Telemetry {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Address the API gateway listens on.
@@ -168,7 +241,7 @@ impl Default for Http {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// SQLite in `storage.path`: one process, nothing else to install.
@@ -177,7 +250,7 @@ pub enum Backend {
     Distributed,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub backend: Backend,
@@ -204,7 +277,7 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Amqp {
     pub url: Secret,
@@ -216,7 +289,7 @@ impl Default for Amqp {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Redis {
     pub url: Secret,
@@ -228,7 +301,7 @@ impl Default for Redis {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dns {
     /// Nameservers as `"ip:port"`; empty uses the system resolver (`/etc/resolv.conf`).
@@ -237,7 +310,7 @@ pub struct Dns {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// STARTTLS when the MX offers it (any certificate); plain text otherwise or if the handshake fails.
@@ -248,10 +321,11 @@ pub enum TlsMode {
     Disabled,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Smtp {
-    /// Name sent in EHLO; should resolve back to this host.
+    /// Name sent in EHLO (and the SMTP listeners' greeting); should be the public name of the
+    /// sending IP. Default: this machine's host name.
     pub helo_name: String,
     /// Port on the MX hosts (25 in production).
     pub port: u16,
@@ -275,7 +349,7 @@ pub struct Smtp {
 impl Default for Smtp {
     fn default() -> Self {
         Self {
-            helo_name: "localhost".into(),
+            helo_name: machine_name(),
             port: 25,
             tls: TlsMode::Opportunistic,
             connect_timeout: Duration::from_secs(30),
@@ -288,7 +362,7 @@ impl Default for Smtp {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retry {
     /// Delay before attempt n+1 is `schedule[min(n, len-1)]`: the last delay repeats.
@@ -315,7 +389,7 @@ impl Retry {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Worker {
     /// Delivery jobs in flight at once per worker process.
@@ -331,7 +405,7 @@ impl Default for Worker {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DkimAlgorithm {
     #[serde(rename = "rsa-sha256")]
     RsaSha256,
@@ -349,7 +423,7 @@ impl DkimAlgorithm {
 }
 
 /// One DKIM signing key; several may be configured (e.g. RSA and Ed25519 for one domain).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimKey {
     /// Messages whose From domain equals this are signed with `d=domain`.
@@ -365,14 +439,14 @@ fn default_dkim_algorithm() -> DkimAlgorithm {
     DkimAlgorithm::RsaSha256
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tracking {
     /// HMAC key for open/click tokens. Empty: generated once and kept in `storage.path`.
     pub secret: Secret,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Webhooks {
     /// Allow endpoints on loopback and private ranges (development and tests only).
@@ -394,7 +468,7 @@ impl Default for Webhooks {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Requests per second per API key, on every authenticated `/v1` route (429 above it).

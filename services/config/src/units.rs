@@ -148,6 +148,20 @@ impl fmt::Debug for Secret {
     }
 }
 
+// Serialized as they are written in the file (`postwire config check`); a secret never.
+
+impl Serialize for Listen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

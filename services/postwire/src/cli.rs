@@ -43,6 +43,9 @@ pub enum Command {
     /// Manage DKIM keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Write a consistent copy of the embedded database to FILE (safe while the service runs).
     Backup {
         /// Where the copy goes; must not exist yet.
@@ -73,6 +76,13 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by id; it stops working at once.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (file, environment overrides and defaults; secrets
+    /// redacted) as TOML, then one `# warning:` line per setting that is probably wrong.
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,6 +159,16 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::WebhookDispatcher => serve(settings, Roles::WEBHOOK_DISPATCHER).await,
         Command::Keys(cmd) => keys(settings, cmd).await,
         Command::Backup { file } => backup(&settings, &file).await,
+        Command::Config(ConfigCommand::Check) => {
+            let mut text = toml::to_string(&settings).context("printing the configuration")?;
+            for warning in settings.warnings() {
+                text.push_str(&format!("\n# warning: {warning}"));
+            }
+            text.push('\n');
+            // A closed pipe (`| head`) ends the output; that is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+            Ok(())
+        }
         Command::Dkim(DkimCommand::Generate { domain, selector, algorithm, out }) => {
             dkim_generate(&settings, &domain, &selector, algorithm, out)
         }
@@ -157,6 +177,9 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let listener = if roles.api_gateway {
         let addr = settings.http.listen;
         Some(

@@ -161,3 +161,48 @@ async fn postwire_backup_copies_a_live_embedded_store_that_opens_with_everything
     let keys = restored.list_api_keys().await.unwrap();
     assert!(keys.iter().any(|k| k.name == "backup"));
 }
+
+#[tokio::test]
+async fn config_check_prints_the_effective_config_with_secrets_redacted_and_its_warnings() {
+    let world = World::new().await;
+    let config = world.path().join("check.toml");
+    std::fs::write(
+        &config,
+        "[smtp]\nhelo_name = \"box\"\n[tracking]\nsecret = \"hunter2-tracking\"\n\
+         [bounces]\ndomain = \"bounces.acme.test\"\n",
+    )
+    .unwrap();
+    let out = postwire(&config)
+        .args(["config", "check"])
+        .env("POSTWIRE__LIMITS__MAX_RECIPIENTS", "7")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("hunter2"), "secrets are redacted:\n{text}");
+    let printed: toml::Table = text.parse().expect("the output is TOML");
+    assert_eq!(printed["tracking"]["secret"].as_str(), Some("<redacted>"));
+    assert_eq!(printed["limits"]["max_recipients"].as_integer(), Some(7), "env overrides shown");
+    assert_eq!(printed["bounces"]["domain"].as_str(), Some("bounces.acme.test"));
+    assert_eq!(printed["retry"]["max_age"].as_str(), Some("2days"), "defaults shown");
+    assert!(text.contains("\n# warning: smtp.helo_name (\"box\")"), "{text}");
+    postwire_config::load_from_str(&text).expect("what it prints loads back");
+}
+
+#[tokio::test]
+async fn relative_paths_follow_the_config_file_not_the_working_directory() {
+    let world = World::new().await;
+    let config = world.path().join("postwire.toml");
+    std::fs::write(&config, "[storage]\npath = \"store\"\n").unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = postwire(&config)
+        .current_dir(elsewhere.path())
+        .args(["keys", "create", "--name", "cwd"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(world.path().join("store/postwire.db").exists(), "the store is beside the config");
+    assert!(!elsewhere.path().join("store").exists(), "nothing in the working directory");
+    let listed = postwire(&config).current_dir("/").args(["keys", "list"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("cwd"), "the same store from /");
+}

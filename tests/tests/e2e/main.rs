@@ -17,6 +17,7 @@ mod retention;
 mod scheduled;
 mod search;
 mod security;
+mod shutdown;
 mod submission;
 mod suppressions;
 mod templates;

@@ -16,8 +16,10 @@
 //!   the queue's transactions call.
 //! - `ratelimit`: [`LocalRateLimiter`], the in-process [`crate::RateLimiter`].
 //! - `template`: the [`crate::Templates`] implementation.
+//! - `checkpoint`: WAL checkpoints on a thread of their own, never inside a commit.
 //! - `retention`: the [`crate::Retention`] implementation (pruning finished messages).
 
+mod checkpoint;
 mod domain;
 mod engagement;
 mod idempotency;
@@ -77,6 +79,8 @@ struct Inner {
     boot: String,
     /// Where pruning left off (see `retention`).
     prune_cursor: retention::PruneCursor,
+    /// Dropped to stop the checkpoint thread (see `checkpoint`).
+    checkpoints: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl SqliteStore {
@@ -91,20 +95,25 @@ impl SqliteStore {
         // Before any table exists (a new file) this makes pruning able to shrink the file; on
         // an older database it changes nothing and freed pages are only reused.
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
-        // `journal_size_limit`: the WAL is cut back to 64 MiB after a checkpoint instead of
+        // `wal_autocheckpoint = 0`: checkpoints run on their own thread (see `checkpoint`), not
+        // inside a commit. `journal_size_limit`: the WAL is cut back to 64 MiB after a checkpoint instead of
         // keeping its largest size for ever.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 10000;
-             PRAGMA journal_size_limit = 67108864;",
+             PRAGMA journal_size_limit = 67108864;
+             PRAGMA wal_autocheckpoint = 0;",
         )?;
         // Every write goes through this connection; rusqlite's default of 16 cached statements
         // is fewer than one accept, claim and complete use between them, and a statement
         // evicted from the cache is compiled again on its next use.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&conn)?;
+        let (stop_checkpoints, stopped) = mpsc::channel();
+        checkpoint::spawn(path.clone(), stopped)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let (tx, rx) = mpsc::channel::<WriteOp>();
         std::thread::Builder::new()
             .name("postwire-sqlite-writer".into())
@@ -118,6 +127,7 @@ impl SqliteStore {
                 work: Notify::new(),
                 boot: crate::ids::new_id("boot"),
                 prune_cursor: retention::PruneCursor::default(),
+                checkpoints: Mutex::new(Some(stop_checkpoints)),
             }),
         })
     }
@@ -125,6 +135,7 @@ impl SqliteStore {
     /// Stops accepting writes; the writer thread exits once queued writes are committed.
     pub fn close(&self) {
         self.inner.writer.lock().expect("writer lock").take();
+        self.inner.checkpoints.lock().expect("checkpoint lock").take();
     }
 
     /// Runs `f` inside the next group-commit transaction; resolves once it is durable.

@@ -6,6 +6,7 @@ mod api;
 mod batch;
 mod crash_idempotency;
 mod delivery;
+mod diskfull;
 mod dkim;
 mod domains;
 mod durability;

@@ -59,7 +59,28 @@ const MAX_BATCH: usize = 512;
 /// Prepared statements kept per connection (room for every statement the store runs).
 const STATEMENT_CACHE: usize = 256;
 
-type Completion = Box<dyn FnOnce(bool) + Send>;
+type Completion = Box<dyn FnOnce(Commit) + Send>;
+
+/// How the transaction holding a batch of writes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Done,
+    DiskFull,
+    Failed,
+}
+
+/// `SQLITE_FULL` (ENOSPC, or the database at its size limit) becomes [`StoreError::DiskFull`]:
+/// temporary, unlike the other database errors.
+fn disk_full_is_temporary(e: StoreError) -> StoreError {
+    match &e {
+        StoreError::Database(db) if is_disk_full(db) => StoreError::DiskFull,
+        _ => e,
+    }
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
 type WriteOp = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
 /// Queue and state in one SQLite database.
@@ -147,11 +168,12 @@ impl SqliteStore {
         let (done, wait) = oneshot::channel();
         let op: WriteOp = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
-            Box::new(move |committed| {
-                let _ = done.send(match result {
-                    Ok(v) if committed => Ok(v),
-                    Ok(_) => Err(StoreError::Corrupt("commit failed".into())),
-                    Err(e) => Err(e),
+            Box::new(move |commit| {
+                let _ = done.send(match (result, commit) {
+                    (Ok(v), Commit::Done) => Ok(v),
+                    (Ok(_), Commit::DiskFull) => Err(StoreError::DiskFull),
+                    (Ok(_), Commit::Failed) => Err(StoreError::Corrupt("commit failed".into())),
+                    (Err(e), _) => Err(disk_full_is_temporary(e)),
                 });
             })
         });
@@ -248,15 +270,19 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
             continue;
         }
         let completions: Vec<Completion> = batch.into_iter().map(|op| op(&conn)).collect();
-        let committed = match conn.execute_batch("COMMIT") {
-            Ok(()) => true,
+        let commit = match conn.execute_batch("COMMIT") {
+            Ok(()) => Commit::Done,
             Err(e) => {
                 tracing::error!(error = %e, "sqlite: commit failed; every write in the batch is reported failed");
                 let _ = conn.execute_batch("ROLLBACK");
-                false
+                if is_disk_full(&e) {
+                    Commit::DiskFull
+                } else {
+                    Commit::Failed
+                }
             }
         };
-        completions.into_iter().for_each(|c| c(committed));
+        completions.into_iter().for_each(|c| c(commit));
     }
 }
 

@@ -59,6 +59,28 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGTERM, then waits (polling, at most `within`) for the process to exit; its status, or
+    /// `None` if it was still running at the deadline (it is then killed on drop).
+    pub async fn terminate(
+        &mut self,
+        within: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {}", self.0.id());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

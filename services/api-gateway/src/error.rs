@@ -79,7 +79,10 @@ impl From<postwire_store::StoreError> for ApiError {
                     .into(),
             ),
             // A backend that is down or unreachable is a 503 (retry later), never a 500.
-            E::Closed | E::Unavailable { .. } | E::Amqp(_) | E::Redis(_) => Self::Unavailable(e),
+            // A full disk too: nothing was written, and it recovers once space is freed.
+            E::Closed | E::Unavailable { .. } | E::Amqp(_) | E::Redis(_) | E::DiskFull => {
+                Self::Unavailable(e)
+            }
             E::Database(_) | E::Open { .. } | E::Corrupt(_) => Self::Internal(Box::new(e)),
         }
     }

@@ -397,11 +397,18 @@ pub struct Worker {
     /// How long a claimed job stays invisible to other workers. A live worker renews it every
     /// third of this while the delivery runs; a worker that dies releases it after this.
     pub lease: Duration,
+    /// On shutdown (SIGTERM), how long the deliveries in flight may take to finish before the
+    /// process exits anyway; a delivery cut off then is handed back by its lease running out.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Worker {
     fn default() -> Self {
-        Self { concurrency: 32, lease: Duration::from_secs(30) }
+        Self {
+            concurrency: 32,
+            lease: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(60),
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct MtaWorker {
     retry: Retry,
     concurrency: usize,
     lease: Duration,
+    /// `worker.drain_timeout`: the bound on waiting for deliveries in flight at shutdown.
+    drain_timeout: Duration,
     worker_id: String,
     /// With `[bounces] domain` set: each copy's VERP envelope sender.
     return_paths: Option<ReturnPaths>,
@@ -126,6 +128,7 @@ impl MtaWorker {
             retry: settings.retry.clone(),
             concurrency: settings.worker.concurrency.max(1),
             lease: settings.worker.lease.std(),
+            drain_timeout: settings.worker.drain_timeout.std(),
             worker_id: format!("mta-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         })
     }
@@ -138,8 +141,8 @@ impl MtaWorker {
     }
 
     /// Claims and processes jobs, up to `worker.concurrency` at once, until `shutdown` is
-    /// cancelled; then stops claiming, waits for the jobs in flight to finish and closes the
-    /// pooled SMTP connections.
+    /// cancelled; then stops claiming, waits (at most `worker.drain_timeout`) for the jobs in
+    /// flight to finish and closes the pooled SMTP connections.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.concurrency));
@@ -193,7 +196,14 @@ impl MtaWorker {
             in_flight = tracker.len(),
             "MTA worker stopping; waiting for deliveries in flight"
         );
-        tracker.wait().await;
+        if tokio::time::timeout(self.drain_timeout, tracker.wait()).await.is_err() {
+            // Their leases hand the jobs back: a restarted worker (or another) retries them.
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "worker.drain_timeout passed; stopping with deliveries still in flight"
+            );
+            return;
+        }
         self.deliverer.pool.close().await;
     }
 

@@ -69,6 +69,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
+    /// The disk under the embedded store is full: nothing was written; the same write may
+    /// succeed once space is freed.
+    #[error("the disk holding the store is full")]
+    DiskFull,
     #[error("not found")]
     NotFound,
     /// An accept carried an idempotent answer for a record its caller no longer owns (the

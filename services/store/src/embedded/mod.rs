@@ -16,8 +16,10 @@
 //!   the queue's transactions call.
 //! - `ratelimit`: [`LocalRateLimiter`], the in-process [`crate::RateLimiter`].
 //! - `template`: the [`crate::Templates`] implementation.
+//! - `checkpoint`: WAL checkpoints on a thread of their own, never inside a commit.
 //! - `retention`: the [`crate::Retention`] implementation (pruning finished messages).
 
+mod checkpoint;
 mod domain;
 mod engagement;
 mod feedback;
@@ -58,7 +60,28 @@ const MAX_BATCH: usize = 512;
 /// Prepared statements kept per connection (room for every statement the store runs).
 const STATEMENT_CACHE: usize = 256;
 
-type Completion = Box<dyn FnOnce(bool) + Send>;
+type Completion = Box<dyn FnOnce(Commit) + Send>;
+
+/// How the transaction holding a batch of writes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Done,
+    DiskFull,
+    Failed,
+}
+
+/// `SQLITE_FULL` (ENOSPC, or the database at its size limit) becomes [`StoreError::DiskFull`]:
+/// temporary, unlike the other database errors.
+fn disk_full_is_temporary(e: StoreError) -> StoreError {
+    match &e {
+        StoreError::Database(db) if is_disk_full(db) => StoreError::DiskFull,
+        _ => e,
+    }
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
 type WriteOp = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
 /// Queue and state in one SQLite database.
@@ -78,6 +101,8 @@ struct Inner {
     boot: String,
     /// Where pruning left off (see `retention`).
     prune_cursor: retention::PruneCursor,
+    /// Dropped to stop the checkpoint thread (see `checkpoint`).
+    checkpoints: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl SqliteStore {
@@ -92,20 +117,25 @@ impl SqliteStore {
         // Before any table exists (a new file) this makes pruning able to shrink the file; on
         // an older database it changes nothing and freed pages are only reused.
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
-        // `journal_size_limit`: the WAL is cut back to 64 MiB after a checkpoint instead of
+        // `wal_autocheckpoint = 0`: checkpoints run on their own thread (see `checkpoint`), not
+        // inside a commit. `journal_size_limit`: the WAL is cut back to 64 MiB after a checkpoint instead of
         // keeping its largest size for ever.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 10000;
-             PRAGMA journal_size_limit = 67108864;",
+             PRAGMA journal_size_limit = 67108864;
+             PRAGMA wal_autocheckpoint = 0;",
         )?;
         // Every write goes through this connection; rusqlite's default of 16 cached statements
         // is fewer than one accept, claim and complete use between them, and a statement
         // evicted from the cache is compiled again on its next use.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&conn)?;
+        let (stop_checkpoints, stopped) = mpsc::channel();
+        checkpoint::spawn(path.clone(), stopped)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let (tx, rx) = mpsc::channel::<WriteOp>();
         std::thread::Builder::new()
             .name("postwire-sqlite-writer".into())
@@ -119,6 +149,7 @@ impl SqliteStore {
                 work: Notify::new(),
                 boot: crate::ids::new_id("boot"),
                 prune_cursor: retention::PruneCursor::default(),
+                checkpoints: Mutex::new(Some(stop_checkpoints)),
             }),
         })
     }
@@ -149,6 +180,7 @@ impl SqliteStore {
     /// Stops accepting writes; the writer thread exits once queued writes are committed.
     pub fn close(&self) {
         self.inner.writer.lock().expect("writer lock").take();
+        self.inner.checkpoints.lock().expect("checkpoint lock").take();
     }
 
     /// Runs `f` inside the next group-commit transaction; resolves once it is durable.
@@ -160,11 +192,12 @@ impl SqliteStore {
         let (done, wait) = oneshot::channel();
         let op: WriteOp = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
-            Box::new(move |committed| {
-                let _ = done.send(match result {
-                    Ok(v) if committed => Ok(v),
-                    Ok(_) => Err(StoreError::Corrupt("commit failed".into())),
-                    Err(e) => Err(e),
+            Box::new(move |commit| {
+                let _ = done.send(match (result, commit) {
+                    (Ok(v), Commit::Done) => Ok(v),
+                    (Ok(_), Commit::DiskFull) => Err(StoreError::DiskFull),
+                    (Ok(_), Commit::Failed) => Err(StoreError::Corrupt("commit failed".into())),
+                    (Err(e), _) => Err(disk_full_is_temporary(e)),
                 });
             })
         });
@@ -261,15 +294,19 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
             continue;
         }
         let completions: Vec<Completion> = batch.into_iter().map(|op| op(&conn)).collect();
-        let committed = match conn.execute_batch("COMMIT") {
-            Ok(()) => true,
+        let commit = match conn.execute_batch("COMMIT") {
+            Ok(()) => Commit::Done,
             Err(e) => {
                 tracing::error!(error = %e, "sqlite: commit failed; every write in the batch is reported failed");
                 let _ = conn.execute_batch("ROLLBACK");
-                false
+                if is_disk_full(&e) {
+                    Commit::DiskFull
+                } else {
+                    Commit::Failed
+                }
             }
         };
-        completions.into_iter().for_each(|c| c(committed));
+        completions.into_iter().for_each(|c| c(commit));
     }
 }
 

@@ -21,16 +21,20 @@ pub enum EventType {
     Opened,
     #[serde(rename = "message.clicked")]
     Clicked,
+    /// An endpoint was disabled after failing for `webhooks.disable_after`; sent to the others.
+    #[serde(rename = "webhook.disabled")]
+    WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         Self::Delivered,
         Self::Deferred,
         Self::Bounced,
         Self::Suppressed,
         Self::Opened,
         Self::Clicked,
+        Self::WebhookDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl EventType {
             Self::Suppressed => "message.suppressed",
             Self::Opened => "message.opened",
             Self::Clicked => "message.clicked",
+            Self::WebhookDisabled => "webhook.disabled",
         }
     }
 
@@ -63,8 +68,18 @@ pub struct Event {
 /// What an event is about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventData {
+    /// The message; empty (and left out) for `webhook.disabled`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message_id: String,
+    /// The recipient; empty (and left out) for `webhook.disabled`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub recipient: String,
+    /// The endpoint disabled, for `webhook.disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub webhook_id: Option<String>,
+    /// Why, for `webhook.disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
     /// The remote MX host's reply (or our own reason, e.g. `expired`) for delivery events.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub smtp_response: Option<String>,

@@ -87,12 +87,18 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     // A message submitted over SMTP: the client's RFC 5322 bytes (NULL for API sends).
     add_column(conn, "messages", "raw", "BLOB")?;
+    super::webhook_log::migrate_webhook_log(conn)?;
     Ok(())
 }
 
 /// `ALTER TABLE … ADD COLUMN` unless the column is already there (SQLite has no `IF NOT EXISTS`
 /// for columns).
-fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+pub(crate) fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    decl: &str,
+) -> rusqlite::Result<()> {
     let exists: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
         [table, column],

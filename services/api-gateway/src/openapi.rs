@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::routes::{
-    batch, domains, keys, messages, ops, search, suppressions, templates, webhooks,
+    batch, domains, keys, messages, ops, search, suppressions, templates, webhook_log, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -26,6 +26,10 @@ use crate::routes::{
         webhooks::list_webhooks,
         webhooks::get_webhook,
         webhooks::delete_webhook,
+        webhook_log::update_webhook,
+        webhook_log::list_deliveries,
+        webhook_log::retry_delivery,
+        webhook_log::list_events,
         suppressions::list_suppressions,
         suppressions::create_suppression,
         suppressions::get_suppression,

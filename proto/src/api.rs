@@ -151,6 +151,17 @@ pub struct Webhook {
     pub url: String,
     pub events: Vec<EventType>,
     pub created_at: DateTime<Utc>,
+    /// False once disabled (by `PATCH`, or after failing for `webhooks.disable_after`): no
+    /// deliveries are made to it.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// When it was disabled, while it is.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// `201` answer to creating a webhook: the only time the secret is shown.

@@ -24,10 +24,13 @@ pub enum EventType {
     /// The recipient reported the message as spam (an ARF feedback report, RFC 5965).
     #[serde(rename = "message.complained")]
     Complained,
+    /// An endpoint was disabled after failing for `webhooks.disable_after`; sent to the others.
+    #[serde(rename = "webhook.disabled")]
+    WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         Self::Delivered,
         Self::Deferred,
         Self::Bounced,
@@ -35,6 +38,7 @@ impl EventType {
         Self::Opened,
         Self::Clicked,
         Self::Complained,
+        Self::WebhookDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl EventType {
             Self::Opened => "message.opened",
             Self::Clicked => "message.clicked",
             Self::Complained => "message.complained",
+            Self::WebhookDisabled => "webhook.disabled",
         }
     }
 
@@ -68,8 +73,18 @@ pub struct Event {
 /// What an event is about.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventData {
+    /// The message; empty (and left out) for `webhook.disabled`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message_id: String,
+    /// The recipient; empty (and left out) for `webhook.disabled`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub recipient: String,
+    /// The endpoint disabled, for `webhook.disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub webhook_id: Option<String>,
+    /// Why, for `webhook.disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
     /// The remote MX host's reply (or our own reason, e.g. `expired`) for delivery events.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub smtp_response: Option<String>,

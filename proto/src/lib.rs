@@ -14,6 +14,7 @@
 //! - [`status`]: recipient delivery states.
 //! - [`suppression`]: the suppression list's bodies.
 //! - [`template`]: stored templates a send renders with its `variables`.
+//! - [`webhook_log`]: the webhook delivery log, replay, enable/disable, and `GET /v1/events`.
 
 pub mod api;
 pub mod batch;
@@ -25,6 +26,7 @@ pub mod search;
 pub mod status;
 pub mod suppression;
 pub mod template;
+pub mod webhook_log;
 
 pub use api::*;
 pub use batch::*;
@@ -36,3 +38,4 @@ pub use search::*;
 pub use status::*;
 pub use suppression::*;
 pub use template::*;
+pub use webhook_log::*;

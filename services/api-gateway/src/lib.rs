@@ -56,6 +56,8 @@ pub struct Gateway {
     pub state: Arc<dyn State>,
     /// The suppression list.
     pub suppressions: Arc<dyn Suppressions>,
+    /// Webhook delivery logs, replay, enable/disable and `GET /v1/events`.
+    pub webhook_log: Arc<dyn postwire_store::WebhookLog>,
     /// `Idempotency-Key` records of the send routes.
     pub idempotency: Arc<dyn Idempotency>,
     /// Message search and cancel.
@@ -92,6 +94,7 @@ pub fn router(gw: Gateway) -> Router {
         .merge(routes::batch::router())
         .merge(routes::webhooks::router())
         .merge(routes::suppressions::router())
+        .merge(routes::webhook_log::router())
         .merge(routes::domains::router())
         .merge(routes::templates::router())
         .merge(routes::keys::router())

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::routes::{
-    batch, domains, keys, messages, ops, search, suppressions, templates, webhooks,
+    batch, domains, keys, messages, ops, search, suppressions, templates, webhook_log, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -26,6 +26,10 @@ use crate::routes::{
         webhooks::list_webhooks,
         webhooks::get_webhook,
         webhooks::delete_webhook,
+        webhook_log::update_webhook,
+        webhook_log::list_deliveries,
+        webhook_log::retry_delivery,
+        webhook_log::list_events,
         suppressions::list_suppressions,
         suppressions::create_suppression,
         suppressions::get_suppression,
@@ -47,7 +51,7 @@ use crate::routes::{
         ops::metrics,
     ),
     components(schemas(postwire_proto::Event, postwire_proto::EventType)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SharedProblems),
     tags(
         (name = "messages", description = "Send mail and follow its delivery"),
         (name = "webhooks", description = "Endpoints that receive signed events"),
@@ -77,6 +81,53 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The problem+json answers every authenticated `/v1` route can give, written once here rather
+/// than on each handler: 401 (no valid key), 403 (missing scope), 429 (rate limit, with
+/// `Retry-After`), 503 (a backend down, or the route at capacity); and, on routes with a JSON
+/// body, 400 (not JSON) and 413 (over `limits.max_request_size`). A handler's own entry for a
+/// status wins.
+struct SharedProblems;
+
+impl Modify for SharedProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let operations =
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in operations.into_iter().flatten() {
+                let mut shared = vec![
+                    ("401", "Missing, unknown or revoked API key"),
+                    ("403", "The key lacks the route's scope"),
+                    ("429", "Over the key's rate limit; see `Retry-After`"),
+                    ("503", "A backend is unavailable or the API is at capacity; retry later"),
+                ];
+                if op.request_body.is_some() {
+                    shared.push(("400", "The body is not valid JSON"));
+                    shared.push(("413", "The request is over `limits.max_request_size`"));
+                }
+                for (status, description) in shared {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The spec as pretty JSON, exactly as checked in under `openapi/`.
 pub fn spec_json() -> String {
     ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises") + "\n"
@@ -99,4 +150,38 @@ pub fn docs_router() -> Router {
             }),
         )
         .merge(SwaggerUi::new("/docs").config(Config::from("/openapi.json").validator_url("none")))
+}
+
+#[cfg(test)]
+mod shared_problem_tests {
+    use super::*;
+
+    #[test]
+    fn every_v1_operation_documents_401_403_429_and_503_and_bodies_400_and_413() {
+        let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap();
+        let mut checked = 0;
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                let mut wanted = vec!["401", "403", "429", "503"];
+                if op.get("requestBody").is_some() {
+                    wanted.extend(["400", "413"]);
+                }
+                for status in wanted {
+                    let r = &responses
+                        .get(status)
+                        .unwrap_or_else(|| panic!("{method} {path}: no {status}"));
+                    assert!(
+                        r["content"]["application/problem+json"].is_object(),
+                        "{method} {path} {status}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 25, "{checked} operations");
+    }
 }

@@ -462,6 +462,10 @@ pub struct Webhooks {
     pub retry_schedule: Vec<Duration>,
     /// Time allowed for an endpoint to answer.
     pub timeout: Duration,
+    /// An endpoint whose every attempt has failed for this long (since its last success) is
+    /// disabled, with a `webhook.disabled` event to the other endpoints; `PATCH
+    /// /v1/webhooks/{id}` enables it again.
+    pub disable_after: Duration,
 }
 
 impl Default for Webhooks {
@@ -471,6 +475,7 @@ impl Default for Webhooks {
             allow_private_targets: false,
             retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h"].map(s).to_vec(),
             timeout: s("15s"),
+            disable_after: s("5d"),
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct Stores {
     pub state: Arc<dyn State>,
     pub idempotency: Arc<dyn Idempotency>,
     pub suppressions: Arc<dyn Suppressions>,
+    /// Webhook delivery logs, replay, enable/disable and the event pull API.
+    pub webhook_log: Arc<dyn postwire_store::WebhookLog>,
     /// Message search and cancel (`GET /v1/messages`, `DELETE /v1/messages/{id}`).
     pub messages: Arc<dyn postwire_store::Messages>,
     /// Stored templates (`/v1/templates`).
@@ -109,6 +111,7 @@ impl Stores {
                     state: Arc::new(store.clone()),
                     idempotency: Arc::new(store.clone()),
                     suppressions: Arc::new(store.clone()),
+                    webhook_log: Arc::new(store.clone()),
                     messages: Arc::new(store.clone()),
                     templates: Arc::new(store.clone()),
                     rate_limiter: Arc::new(postwire_store::embedded::LocalRateLimiter::new(
@@ -129,6 +132,7 @@ impl Stores {
                     state: Arc::new(store.clone()),
                     idempotency: Arc::new(store.clone()),
                     suppressions: Arc::new(store.clone()),
+                    webhook_log: Arc::new(store.clone()),
                     messages: Arc::new(store.clone()),
                     templates: Arc::new(store.clone()),
                     rate_limiter: Arc::new(store.clone()),
@@ -235,6 +239,7 @@ impl App {
             state: self.stores.state.clone(),
             idempotency: self.stores.idempotency.clone(),
             suppressions: self.stores.suppressions.clone(),
+            webhook_log: self.stores.webhook_log.clone(),
             messages: self.stores.messages.clone(),
             templates: self.stores.templates.clone(),
             renderer: self.renderer.clone(),

@@ -129,6 +129,8 @@ pub(crate) fn engagement_event(
             next_attempt_at: None,
             url: hit.url.clone(),
             user_agent: hit.user_agent.clone(),
+            webhook_id: None,
+            reason: None,
             tags,
             metadata,
             ..EventData::default()

@@ -135,7 +135,7 @@ impl Feedback {
             }
         };
         Some(Suppression {
-            email: email.to_lowercase(),
+            email: crate::suppression::key(email),
             reason,
             smtp_response,
             message_id: Some(self.message_id.clone()),

@@ -20,6 +20,8 @@
 //! - [`feedback`]: bounces and complaints that come back, and what each changes.
 //! - [`template`]: stored templates ([`Templates`]) that the API renders into sends.
 //! - [`retention`]: what `storage.retention` prunes, in small batches ([`Retention`]).
+//! - [`webhook_log`]: the per-endpoint delivery log, replay, enable/disable and the event
+//!   pull API ([`WebhookLog`]).
 
 pub mod distributed;
 pub mod domain;
@@ -34,12 +36,13 @@ pub mod ratelimit;
 pub mod retention;
 pub mod suppression;
 pub mod template;
+pub mod webhook_log;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_proto::{MessageView, Webhook};
+use postwire_proto::{Event, MessageView, Webhook};
 
 pub use domain::{Domains, SendingDomain};
 pub use engagement::{Hit, HitRecorded};
@@ -53,6 +56,7 @@ pub use ratelimit::RateLimiter;
 pub use retention::{Pruned, Retention};
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
 pub use template::{new_template, TemplateCursor, TemplatePage, Templates};
+pub use webhook_log::{DeliveryPage, EventPage, EventQuery, WebhookLog};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -183,12 +187,19 @@ pub trait State: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<WebhookDelivery>, StoreError>;
 
-    /// Records the result of one delivery attempt.
+    /// Records the result of one delivery attempt in the delivery and its log, and the
+    /// endpoint's failure streak: returns when its current run of failed attempts began
+    /// (`None` after a success). See [`webhook_log`].
     async fn finish_webhook_delivery(
         &self,
         delivery: &WebhookDelivery,
         attempt: WebhookAttempt,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Disables endpoint `id` (its pending deliveries end `failed`) and stores `event` (a
+    /// `webhook.disabled`), queued for every other enabled endpoint, in one atomic step. False
+    /// when the endpoint is unknown or already disabled (then nothing is stored).
+    async fn disable_webhook(&self, id: &str, event: Event) -> Result<bool, StoreError>;
 
     /// When the next webhook delivery falls due, if any is pending.
     async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;

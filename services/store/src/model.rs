@@ -150,7 +150,7 @@ pub struct WebhookDelivery {
 }
 
 /// The result of one webhook delivery attempt.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WebhookAttempt {
     /// HTTP status, when the endpoint answered.
     pub status: Option<u16>,
@@ -159,6 +159,12 @@ pub struct WebhookAttempt {
     /// `Some`: retry at that time; `None` after a failure: give up. Ignored on success.
     pub retry_at: Option<DateTime<Utc>>,
     pub succeeded: bool,
+    /// When the attempt was made.
+    pub at: DateTime<Utc>,
+    /// From sending the request to the end of the answer's head (or the failure).
+    pub latency_ms: u64,
+    /// The start of the answer's body, for the delivery log.
+    pub response: Option<String>,
 }
 
 /// The message's overall status: the least advanced of its recipients' states.
@@ -209,6 +215,8 @@ pub(crate) fn outcome_event(
             next_attempt_at: next,
             url: None,
             user_agent: None,
+            webhook_id: None,
+            reason: None,
             tags: job.request.tags.clone(),
             metadata: job.request.metadata.clone(),
             ..EventData::default()

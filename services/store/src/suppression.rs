@@ -115,6 +115,8 @@ pub(crate) fn suppressed_event(message: &NewMessage, email: &str, response: Stri
             next_attempt_at: None,
             url: None,
             user_agent: None,
+            webhook_id: None,
+            reason: None,
             tags: message.request.tags.clone(),
             metadata: message.request.metadata.clone(),
             ..EventData::default()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt as _;
 use postwire_config::Settings;
-use postwire_store::{State, WebhookAttempt, WebhookDelivery};
+use postwire_store::{webhook_log, State, WebhookAttempt, WebhookDelivery};
 use postwire_telemetry::Metrics;
 use reqwest::header::CONTENT_TYPE;
 use tokio::sync::Semaphore;
@@ -40,12 +40,13 @@ pub struct Dispatcher {
     lease: Duration,
     retry_schedule: Vec<Duration>,
     allow_private: bool,
+    disable_after: Duration,
 }
 
 /// What one attempt came to, before it is turned into a [`WebhookAttempt`].
 enum Outcome {
-    Delivered { status: u16 },
-    Failed { status: Option<u16>, error: String, permanent: bool },
+    Delivered { status: u16, response: String },
+    Failed { status: Option<u16>, error: String, permanent: bool, response: Option<String> },
 }
 
 impl Dispatcher {
@@ -71,6 +72,7 @@ impl Dispatcher {
             lease: timeout * 2 + Duration::from_secs(30),
             retry_schedule: cfg.retry_schedule.iter().map(|d| d.std()).collect(),
             allow_private: cfg.allow_private_targets,
+            disable_after: cfg.disable_after.std(),
         }
     }
 
@@ -143,10 +145,16 @@ impl Dispatcher {
         }
     }
 
-    /// Attempts one delivery and records the attempt.
+    /// Attempts one delivery and records the attempt; disables the endpoint once it has failed
+    /// for `webhooks.disable_after` (see [`postwire_store::webhook_log`]).
     async fn deliver(&self, delivery: WebhookDelivery) {
+        let at = Utc::now();
+        let started = std::time::Instant::now();
         let outcome = self.attempt(&delivery).await;
-        let (attempt, result) = self.judge(&delivery, outcome);
+        let latency = started.elapsed();
+        let (mut attempt, result) = self.judge(&delivery, outcome);
+        attempt.at = at;
+        attempt.latency_ms = latency.as_millis().try_into().unwrap_or(u64::MAX);
         self.metrics.webhook_deliveries.with_label_values(&[result]).inc();
         tracing::info!(
             delivery = %delivery.id,
@@ -159,9 +167,29 @@ impl Dispatcher {
             result,
             "webhook attempt"
         );
-        if let Err(e) = self.state.finish_webhook_delivery(&delivery, attempt).await {
-            // The lease will lapse and the delivery be sent again: at-least-once.
-            tracing::warn!(delivery = %delivery.id, error = %e, "recording a webhook attempt failed");
+        let failing_since = match self.state.finish_webhook_delivery(&delivery, attempt).await {
+            Ok(since) => since,
+            Err(e) => {
+                // The lease will lapse and the delivery be sent again: at-least-once.
+                tracing::warn!(delivery = %delivery.id, error = %e, "recording a webhook attempt failed");
+                return;
+            }
+        };
+        if !webhook_log::should_disable(failing_since, self.disable_after, Utc::now()) {
+            return;
+        }
+        let since = failing_since.expect("should_disable needs a failure streak");
+        let event = webhook_log::disabled_event(&delivery.webhook_id, &delivery.url, since);
+        match self.state.disable_webhook(&delivery.webhook_id, event).await {
+            Ok(true) => tracing::warn!(
+                webhook = %delivery.webhook_id, url = %delivery.url, failing_since = %since,
+                "webhook endpoint disabled after failing for webhooks.disable_after"
+            ),
+            // Another attempt disabled it first.
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(webhook = %delivery.webhook_id, error = %e, "disabling a failing webhook endpoint failed")
+            }
         }
     }
 
@@ -174,16 +202,19 @@ impl Dispatcher {
         outcome: Outcome,
     ) -> (WebhookAttempt, &'static str) {
         match outcome {
-            Outcome::Delivered { status } => (
+            Outcome::Delivered { status, response } => (
                 WebhookAttempt {
                     status: Some(status),
                     error: None,
                     retry_at: None,
                     succeeded: true,
+                    at: Utc::now(),
+                    latency_ms: 0,
+                    response: (!response.is_empty()).then_some(response),
                 },
                 "delivered",
             ),
-            Outcome::Failed { status, error, permanent } => {
+            Outcome::Failed { status, error, permanent, response } => {
                 let delay = (!permanent)
                     .then(|| self.retry_schedule.get(delivery.attempts as usize))
                     .flatten();
@@ -191,7 +222,16 @@ impl Dispatcher {
                     Utc::now() + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)
                 });
                 let result = if retry_at.is_some() { "failed" } else { "gave_up" };
-                (WebhookAttempt { status, error: Some(error), retry_at, succeeded: false }, result)
+                let attempt = WebhookAttempt {
+                    status,
+                    error: Some(error),
+                    retry_at,
+                    succeeded: false,
+                    at: Utc::now(),
+                    latency_ms: 0,
+                    response,
+                };
+                (attempt, result)
             }
         }
     }
@@ -206,6 +246,7 @@ impl Dispatcher {
                     status: None,
                     error: format!("resolving the endpoint timed out after {:?}", self.timeout),
                     permanent: false,
+                    response: None,
                 }
             }
             Ok(Err(e)) => {
@@ -213,6 +254,7 @@ impl Dispatcher {
                     status: None,
                     permanent: e.is_permanent(),
                     error: e.to_string(),
+                    response: None,
                 }
             }
             Ok(Ok(())) => {}
@@ -225,7 +267,12 @@ impl Dispatcher {
         ) {
             Ok(signed) => signed,
             Err(e) => {
-                return Outcome::Failed { status: None, error: e.to_string(), permanent: true }
+                return Outcome::Failed {
+                    status: None,
+                    error: e.to_string(),
+                    permanent: true,
+                    response: None,
+                }
             }
         };
         let sent = self
@@ -240,7 +287,8 @@ impl Dispatcher {
             .await;
         match sent {
             Ok(resp) if resp.status().is_success() => {
-                Outcome::Delivered { status: resp.status().as_u16() }
+                let status = resp.status().as_u16();
+                Outcome::Delivered { status, response: body_snippet(resp).await }
             }
             Ok(resp) => {
                 let status = resp.status();
@@ -253,7 +301,8 @@ impl Dispatcher {
                     error.push_str(": ");
                     error.push_str(&snippet);
                 }
-                Outcome::Failed { status: Some(status.as_u16()), error, permanent: false }
+                let response = (!snippet.is_empty()).then_some(snippet);
+                Outcome::Failed { status: Some(status.as_u16()), error, permanent: false, response }
             }
             Err(e) => {
                 if let Some(refused) = find_source::<TargetError>(&e) {
@@ -261,6 +310,7 @@ impl Dispatcher {
                         status: None,
                         error: refused.to_string(),
                         permanent: refused.is_permanent(),
+                        response: None,
                     };
                 }
                 let error = if e.is_timeout() {
@@ -268,7 +318,7 @@ impl Dispatcher {
                 } else {
                     error_chain(&e)
                 };
-                Outcome::Failed { status: None, error, permanent: false }
+                Outcome::Failed { status: None, error, permanent: false, response: None }
             }
         }
     }

@@ -26,6 +26,10 @@ const BODY: &str = r#"{"type":"message.delivered","timestamp":"2025-01-01T00:00:
 struct FakeState {
     pending: Mutex<Vec<(WebhookDelivery, DateTime<Utc>)>>,
     attempts: Mutex<Vec<(WebhookDelivery, WebhookAttempt)>>,
+    /// The endpoint's failure streak, as a store keeps it.
+    failing_since: Mutex<Option<DateTime<Utc>>>,
+    /// `disable_webhook` calls: (endpoint, event).
+    disabled: Mutex<Vec<(String, postwire_proto::Event)>>,
 }
 
 impl FakeState {
@@ -100,14 +104,27 @@ impl State for FakeState {
         &self,
         d: &WebhookDelivery,
         a: WebhookAttempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.attempts.lock().unwrap().push((d.clone(), a.clone()));
+        let since = {
+            let mut since = self.failing_since.lock().unwrap();
+            *since = if a.succeeded { None } else { Some(since.unwrap_or(a.at)) };
+            *since
+        };
         let mut pending = self.pending.lock().unwrap();
         pending.retain(|(p, _)| p.id != d.id);
         if let (false, Some(at)) = (a.succeeded, a.retry_at) {
             pending.push((WebhookDelivery { attempts: d.attempts + 1, ..d.clone() }, at));
         }
-        Ok(())
+        Ok(since)
+    }
+    async fn disable_webhook(
+        &self,
+        id: &str,
+        event: postwire_proto::Event,
+    ) -> Result<bool, StoreError> {
+        self.disabled.lock().unwrap().push((id.to_string(), event));
+        Ok(true)
     }
     async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self.pending.lock().unwrap().iter().map(|(_, due)| *due).min())
@@ -201,10 +218,10 @@ async fn accepted_delivery_is_signed_verifiable_and_recorded_as_delivered() {
     standardwebhooks::Webhook::new(SECRET).unwrap().verify(&req.body, &req.headers).unwrap();
 
     let attempts = state.attempts();
-    assert_eq!(
-        attempts[0].1,
-        WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true }
-    );
+    let a = &attempts[0].1;
+    assert_eq!((a.status, &a.error, a.retry_at, a.succeeded), (Some(204), &None, None, true));
+    assert!((Utc::now() - a.at).num_seconds() < 5, "the attempt's time is recorded");
+    assert!(state.disabled.lock().unwrap().is_empty());
     assert_eq!(count(&metrics, "delivered"), 1);
     assert_eq!(d.step_once().await.unwrap(), 0, "a delivered event is not sent again");
 }
@@ -228,6 +245,30 @@ async fn first_failure_is_retried_after_the_first_schedule_step() {
     let wait = a.retry_at.unwrap() - before;
     assert!(wait >= chrono::Duration::seconds(5) && wait < chrono::Duration::seconds(7), "{wait}");
     assert_eq!(count(&metrics, "failed"), 1);
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_disable_after_is_disabled_with_a_webhook_disabled_event() {
+    let (url, _) = receiver(vec![500, 500], Duration::ZERO).await;
+    let state = FakeState::with(vec![delivery(&url, 0)]);
+    let mut s = settings(true, DEFAULT_SCHEDULE, "5s");
+    s.webhooks.disable_after = "1h".parse().unwrap();
+    let (d, _) = dispatcher(&s, state.clone());
+    d.step_once().await.unwrap();
+    assert!(state.disabled.lock().unwrap().is_empty(), "one failure is not an hour of them");
+    assert!(state.attempts()[0].1.latency_ms < 5_000);
+    assert_eq!(state.attempts()[0].1.response.as_deref(), Some("endpoint says no"));
+
+    // The streak began over an hour ago: the next failure disables the endpoint.
+    *state.failing_since.lock().unwrap() = Some(Utc::now() - chrono::Duration::minutes(61));
+    state.pending.lock().unwrap()[0].1 = Utc::now();
+    d.step_once().await.unwrap();
+    let disabled = state.disabled.lock().unwrap().clone();
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(disabled[0].0, "wh_1");
+    assert_eq!(disabled[0].1.kind, postwire_proto::EventType::WebhookDisabled);
+    assert_eq!(disabled[0].1.data.webhook_id.as_deref(), Some("wh_1"));
+    assert!(disabled[0].1.data.reason.as_deref().unwrap().contains(&url), "{:?}", disabled[0].1);
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ mod suppressions;
 mod templates;
 mod tracking;
 mod unsubscribe;
+mod webhook_log;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

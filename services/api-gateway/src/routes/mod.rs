@@ -9,6 +9,7 @@ pub mod search;
 pub mod suppressions;
 pub mod templates;
 pub mod tracking;
+pub mod webhook_log;
 pub mod webhooks;
 
 use axum::body::Bytes;

@@ -16,9 +16,10 @@ use crate::error::ApiError;
 use crate::Gateway;
 
 pub fn router() -> Router<Gateway> {
-    Router::new()
-        .route("/v1/webhooks", post(create_webhook).get(list_webhooks))
-        .route("/v1/webhooks/{id}", get(get_webhook).delete(delete_webhook))
+    Router::new().route("/v1/webhooks", post(create_webhook).get(list_webhooks)).route(
+        "/v1/webhooks/{id}",
+        get(get_webhook).delete(delete_webhook).patch(super::webhook_log::update_webhook),
+    )
 }
 
 /// Register an endpoint. The signing secret is returned here and never again.
@@ -82,7 +83,7 @@ pub async fn get_webhook(
     Path(id): Path<String>,
 ) -> Result<Json<Webhook>, ApiError> {
     key.require("admin")?;
-    gw.state.webhooks().await?.into_iter().find(|w| w.id == id).map(Json).ok_or(ApiError::NotFound)
+    gw.webhook_log.webhook(&id).await?.map(Json).ok_or(ApiError::NotFound)
 }
 
 /// Remove an endpoint; its pending deliveries are dropped.

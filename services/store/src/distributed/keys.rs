@@ -19,10 +19,12 @@
 //! | `{ns}:jobs` | set | `{message_id} {domain}` of every unfinished job (queued, deferred, in flight): the queue depth | never |
 //! | `{ns}:apikey:{key_id}` | hash | `name`, `hash` (hex SHA-256 of the secret), `scopes` (comma list), `created_at`, `sandbox` (`1` or `0`; absent = `0`), `revoked_at`? | never |
 //! | `{ns}:apikeys` | sorted set | key ids scored by `created_at` | never |
-//! | `{ns}:webhook:{webhook_id}` | hash | `url`, `secret`, `events` (JSON list; empty = all), `created_at` | never |
+//! | `{ns}:webhook:{webhook_id}` | hash | `url`, `secret`, `events` (JSON list; empty = all), `created_at`, `disabled_at`? (no deliveries while set), `failing_since`? (first failed attempt since the last success) | never |
 //! | `{ns}:webhooks` | sorted set | webhook ids scored by `created_at` | never |
 //! | `{ns}:webhook:{webhook_id}:pending` | set | ids of that endpoint's deliveries still pending | never |
-//! | `{ns}:whd:{delivery_id}` | hash | one outbox row: `webhook_id`, `event_id`, `body`, `state` (`pending`, `delivered`, `failed`), `attempts`, `next_attempt_at`, `last_status`?, `last_error`? | retention once final |
+//! | `{ns}:webhook:{webhook_id}:log` | sorted set | every delivery id of that endpoint scored by its number (`whd_{n}` → n), for the delivery log; ids whose hash expired are dropped when read | deleted with the endpoint |
+//! | `{ns}:whd:{delivery_id}` | hash | one outbox row: `webhook_id`, `event_id`, `body`, `state` (`pending`, `delivered`, `failed`), `attempts`, `next_attempt_at`, `created_at`, `log` (JSON list of the newest attempts, see [`crate::webhook_log`]), `last_status`?, `last_error`? | retention once final |
+//! | `{ns}:events:log` + `{ns}:events:body` | sorted set + hash | every event in stored order, for `GET /v1/events`: members `{created_at:015}:{event_id}` scored 0 (`BYLEX` ranges walk time order); event id → JSON body; entries older than retention are trimmed when read | never |
 //! | `{ns}:outbox` | sorted set | pending delivery ids scored by when they may next be claimed (due time, or lease end while leased) | never |
 //! | `{ns}:suppressions` + `{ns}:suppressions:index` | hash + sorted set | the suppression list: lower-cased address → JSON `{"email","reason","smtp_response"?,"message_id"?,"created_at"}`; the same addresses scored by `created_at` | never |
 //! | `{ns}:templates` + `{ns}:templates:index` | hash + sorted set | stored templates: id → JSON `{"id","name","subject","text","html","created_at","updated_at"}` (times RFC 3339); the same ids scored by `created_at` (unix ms) | never |
@@ -128,6 +130,18 @@ impl Keys {
 
     pub(crate) fn domains_generation(&self) -> String {
         format!("{}:domains:generation", self.ns)
+    }
+
+    pub(crate) fn webhook_log(&self, id: &str) -> String {
+        format!("{}:webhook:{id}:log", self.ns)
+    }
+
+    pub(crate) fn events_log(&self) -> String {
+        format!("{}:events:log", self.ns)
+    }
+
+    pub(crate) fn events_body(&self) -> String {
+        format!("{}:events:body", self.ns)
     }
 
     pub(crate) fn outbox(&self) -> String {

@@ -61,6 +61,7 @@ mod template;
 mod test_ns;
 #[cfg(test)]
 mod tests;
+mod webhook_log;
 
 use std::collections::HashMap;
 use std::future::Future;

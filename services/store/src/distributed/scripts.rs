@@ -41,18 +41,25 @@ end
 -- Queues one webhook delivery per endpoint subscribed to the event type (the outbox),
 -- in the same script that stores the event.
 local function fanout(ns, event_id, event_type, body, now)
+  -- The pull API's log of every event (`GET /v1/events`).
+  redis.call('ZADD', ns .. ':events:log', 0, string.format('%015d', now) .. ':' .. event_id)
+  redis.call('HSET', ns .. ':events:body', event_id, body)
   for _, wid in ipairs(redis.call('ZRANGE', ns .. ':webhooks', 0, -1)) do
-    local kinds = redis.call('HGET', ns .. ':webhook:' .. wid, 'events')
-    if kinds then
+    local hook = redis.call('HMGET', ns .. ':webhook:' .. wid, 'events', 'disabled_at')
+    local kinds = hook[1]
+    -- A disabled endpoint gets no new deliveries.
+    if kinds and not hook[2] then
       local list = cjson.decode(kinds)
       local wanted = #list == 0
       for _, k in ipairs(list) do
         if k == event_type then wanted = true end
       end
       if wanted then
-        local did = 'whd_' .. redis.call('INCR', ns .. ':seq:whd')
+        local n = redis.call('INCR', ns .. ':seq:whd')
+        local did = 'whd_' .. n
         redis.call('HSET', ns .. ':whd:' .. did, 'webhook_id', wid, 'event_id', event_id, 'body', body,
-          'state', 'pending', 'attempts', 0, 'next_attempt_at', now)
+          'state', 'pending', 'attempts', 0, 'next_attempt_at', now, 'created_at', now)
+        redis.call('ZADD', ns .. ':webhook:' .. wid .. ':log', n, did)
         redis.call('ZADD', ns .. ':outbox', now, did)
         redis.call('SADD', ns .. ':webhook:' .. wid .. ':pending', did)
       end
@@ -230,7 +237,7 @@ return 1
 
 /// Removes an endpoint and drops its pending deliveries.
 ///
-/// KEYS: webhook, webhooks index, its pending set, outbox. ARGV: ns, webhook id.
+/// KEYS: webhook, webhooks index, its pending set, outbox, its delivery log. ARGV: ns, webhook id.
 pub(crate) static DELETE_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -239,7 +246,7 @@ for _, did in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   redis.call('ZREM', KEYS[4], did)
   redis.call('DEL', ARGV[1] .. ':whd:' .. did)
 end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[5])
 redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 "#,
@@ -278,14 +285,30 @@ return out
     )
 });
 
-/// Records one webhook delivery attempt.
+/// Records one webhook delivery attempt, appends it to the delivery's log (keeping the newest
+/// `max logged`), and updates the endpoint's failure streak.
 ///
-/// KEYS: delivery, outbox. ARGV: ns, delivery id, state, retry at ms or '', HTTP status or '',
-/// error or '', retention s.
+/// KEYS: delivery, outbox, endpoint. ARGV: ns, delivery id, state, retry at ms or '', HTTP
+/// status or '', error or '', retention s, attempt JSON, max logged, succeeded (`1`/`0`),
+/// attempt ms. Returns the endpoint's `failing_since` (ms) or `''`.
 pub(crate) static FINISH_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  if ARGV[10] == '1' then
+    redis.call('HDEL', KEYS[3], 'failing_since')
+  elseif redis.call('HEXISTS', KEYS[3], 'failing_since') == 0 then
+    redis.call('HSET', KEYS[3], 'failing_since', ARGV[11])
+  end
+end
+local since = redis.call('HGET', KEYS[3], 'failing_since') or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return since end
+local log = {}
+local stored = redis.call('HGET', KEYS[1], 'log')
+if stored then log = cjson.decode(stored) end
+log[#log + 1] = cjson.decode(ARGV[8])
+while #log > tonumber(ARGV[9]) do table.remove(log, 1) end
+redis.call('HSET', KEYS[1], 'log', cjson.encode(log))
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[5]) else redis.call('HDEL', KEYS[1], 'last_status') end
@@ -299,7 +322,7 @@ else
   redis.call('SREM', ARGV[1] .. ':webhook:' .. wid .. ':pending', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
-return 1
+return since
 "#,
     )
 });

@@ -53,8 +53,11 @@ fn key_record(fields: Fields) -> Result<ApiKeyRecord, StoreError> {
     })
 }
 
-fn webhook_record(fields: Fields) -> Result<Webhook, StoreError> {
+pub(crate) fn webhook_record(fields: Fields) -> Result<Webhook, StoreError> {
+    let disabled_at = fields.get("disabled_at").and_then(|v| v.parse::<i64>().ok()).map(from_ms);
     Ok(Webhook {
+        enabled: disabled_at.is_none(),
+        disabled_at,
         created_at: from_ms(ms_field(&fields, "created_at")?),
         events: fields.get("events").and_then(|e| serde_json::from_str(e).ok()).unwrap_or_default(),
         url: fields.get("url").cloned().unwrap_or_default(),
@@ -296,6 +299,8 @@ impl State for DistributedStore {
             url: webhook.url,
             events: webhook.events,
             created_at: webhook.created_at,
+            enabled: true,
+            disabled_at: None,
         })
     }
 
@@ -315,6 +320,7 @@ impl State for DistributedStore {
                     .key(keys.webhooks())
                     .key(format!("{}:pending", keys.webhook(id)))
                     .key(keys.outbox())
+                    .key(keys.webhook_log(id))
                     .arg(keys.ns())
                     .arg(id)
                     .invoke_async(&mut con),
@@ -361,29 +367,41 @@ impl State for DistributedStore {
         &self,
         delivery: &WebhookDelivery,
         attempt: WebhookAttempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let keys = &self.inner.keys;
+        let entry =
+            serde_json::to_string(&crate::webhook_log::attempt_view(&attempt)).map_err(corrupt)?;
         let (state, next) = match (attempt.succeeded, attempt.retry_at) {
             (true, _) => ("delivered", None),
             (false, Some(at)) => ("pending", Some(to_ms(at))),
             (false, None) => ("failed", None),
         };
         let mut con = self.redis().await?;
-        self.run_redis(
-            FINISH_WEBHOOK
-                .key(keys.webhook_delivery(&delivery.id))
-                .key(keys.outbox())
-                .arg(keys.ns())
-                .arg(&delivery.id)
-                .arg(state)
-                .arg(next.map(|n| n.to_string()).unwrap_or_default())
-                .arg(attempt.status.map(|s| s.to_string()).unwrap_or_default())
-                .arg(attempt.error.unwrap_or_default())
-                .arg(self.inner.options.retention.as_secs().max(1))
-                .invoke_async::<i64>(&mut con),
-        )
-        .await?;
-        Ok(())
+        let since: String = self
+            .run_redis(
+                FINISH_WEBHOOK
+                    .key(keys.webhook_delivery(&delivery.id))
+                    .key(keys.outbox())
+                    .key(keys.webhook(&delivery.webhook_id))
+                    .arg(keys.ns())
+                    .arg(&delivery.id)
+                    .arg(state)
+                    .arg(next.map(|n| n.to_string()).unwrap_or_default())
+                    .arg(attempt.status.map(|s| s.to_string()).unwrap_or_default())
+                    .arg(attempt.error.unwrap_or_default())
+                    .arg(self.inner.options.retention.as_secs().max(1))
+                    .arg(entry)
+                    .arg(crate::webhook_log::MAX_LOGGED_ATTEMPTS)
+                    .arg(if attempt.succeeded { "1" } else { "0" })
+                    .arg(to_ms(attempt.at))
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(since.parse::<i64>().ok().map(from_ms))
+    }
+
+    async fn disable_webhook(&self, id: &str, event: Event) -> Result<bool, StoreError> {
+        self.disable(id, Some(&event)).await
     }
 
     async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

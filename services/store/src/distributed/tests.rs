@@ -583,7 +583,13 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     store
         .finish_webhook_delivery(
             &ok,
-            WebhookAttempt { status: Some(200), error: None, retry_at: None, succeeded: true },
+            WebhookAttempt {
+                status: Some(200),
+                error: None,
+                retry_at: None,
+                succeeded: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -596,6 +602,7 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
                 error: Some("503".into()),
                 retry_at: Some(retry_at),
                 succeeded: false,
+                ..Default::default()
             },
         )
         .await
@@ -608,6 +615,7 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
                 error: Some("connection refused".into()),
                 retry_at: None,
                 succeeded: false,
+                ..Default::default()
             },
         )
         .await
@@ -634,7 +642,13 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     store
         .finish_webhook_delivery(
             &again[0],
-            WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true },
+            WebhookAttempt {
+                status: Some(204),
+                error: None,
+                retry_at: None,
+                succeeded: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();

@@ -34,6 +34,7 @@ mod suppression;
 mod template;
 #[cfg(test)]
 mod tests;
+mod webhook_log;
 
 pub use ratelimit::LocalRateLimiter;
 

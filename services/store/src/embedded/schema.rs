@@ -90,12 +90,18 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "messages", "raw", "BLOB")?;
     // The process (store open) that owns an idempotency record in progress.
     add_column(conn, "idempotency", "owner", "TEXT")?;
+    super::webhook_log::migrate_webhook_log(conn)?;
     Ok(())
 }
 
 /// `ALTER TABLE … ADD COLUMN` unless the column is already there (SQLite has no `IF NOT EXISTS`
 /// for columns).
-fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+pub(crate) fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    decl: &str,
+) -> rusqlite::Result<()> {
     let exists: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
         [table, column],

@@ -22,9 +22,14 @@ use crate::{
 /// in the caller's transaction (the outbox: no event without its deliveries).
 pub(crate) fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
     let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    conn.prepare_cached("INSERT INTO events (id, message_id, body) VALUES (?1, ?2, ?3)")?
-        .execute(params![event.id, event.data.message_id, body])?;
-    let mut endpoints = conn.prepare_cached("SELECT id, events FROM webhooks")?;
+    let now = now_ms();
+    conn.prepare_cached(
+        "INSERT INTO events (id, message_id, body, type, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![event.id, event.data.message_id, body, event.kind.as_str(), now])?;
+    // A disabled endpoint gets no new deliveries (see `crate::webhook_log`).
+    let mut endpoints =
+        conn.prepare_cached("SELECT id, events FROM webhooks WHERE disabled_at IS NULL")?;
     let subscribed: Vec<String> = endpoints
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
         .filter_map(Result::ok)
@@ -35,10 +40,11 @@ pub(crate) fn insert_event(conn: &Connection, event: &Event) -> Result<(), Store
         .map(|(id, _)| id)
         .collect();
     let mut queue = conn.prepare_cached(
-        "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, event_id, next_attempt_at) VALUES (?1, ?2, ?3)",
+        "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, event_id, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?3)",
     )?;
     for webhook_id in subscribed {
-        queue.execute(params![webhook_id, event.id, now_ms()])?;
+        queue.execute(params![webhook_id, event.id, now])?;
     }
     Ok(())
 }
@@ -69,13 +75,19 @@ fn key_record(row: KeyRow) -> Result<ApiKeyRecord, StoreError> {
     })
 }
 
-fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+/// The columns [`webhook_from_row`] reads, in order.
+pub(crate) const WEBHOOK_COLUMNS: &str = "id, url, events, created_at, disabled_at";
+
+pub(crate) fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
     let events: String = r.get(2)?;
+    let disabled_at: Option<i64> = r.get(4)?;
     Ok(Webhook {
         id: r.get(0)?,
         url: r.get(1)?,
         events: serde_json::from_str(&events).unwrap_or_default(),
         created_at: from_ms(r.get(3)?),
+        enabled: disabled_at.is_none(),
+        disabled_at: disabled_at.map(from_ms),
     })
 }
 
@@ -225,16 +237,23 @@ impl State for SqliteStore {
             // Answer with what was stored (millisecond precision), so the 201 body and a later
             // GET agree on `created_at`.
             let created_at = from_ms(to_ms(webhook.created_at));
-            Ok(Webhook { id: webhook.id, url: webhook.url, events: webhook.events, created_at })
+            Ok(Webhook {
+                id: webhook.id,
+                url: webhook.url,
+                events: webhook.events,
+                created_at,
+                enabled: true,
+                disabled_at: None,
+            })
         })
         .await
     }
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, url, events, created_at FROM webhooks ORDER BY created_at",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at"
+            ))?;
             let rows = stmt.query_map([], webhook_from_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -283,7 +302,7 @@ impl State for SqliteStore {
                 let row = load
                     .query_row([id], |r| {
                         Ok(WebhookDelivery {
-                            id: id.to_string(),
+                            id: crate::webhook_log::delivery_id(id),
                             webhook_id: r.get(0)?,
                             url: r.get(1)?,
                             secret: r.get(2)?,
@@ -310,24 +329,46 @@ impl State for SqliteStore {
         &self,
         delivery: &WebhookDelivery,
         attempt: WebhookAttempt,
-    ) -> Result<(), StoreError> {
-        let id = delivery.id.clone();
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let id = crate::webhook_log::delivery_seq(&delivery.id).unwrap_or(0);
+        let webhook_id = delivery.webhook_id.clone();
         self.write(move |conn| {
             let (state, next) = match (attempt.succeeded, attempt.retry_at) {
                 (true, _) => ("delivered", None),
                 (false, Some(at)) => ("pending", Some(to_ms(at))),
                 (false, None) => ("failed", None),
             };
+            let log: Option<String> = conn
+                .prepare_cached("SELECT attempt_log FROM webhook_deliveries WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            let log = crate::webhook_log::append_attempt(log.as_deref(), &attempt);
             conn.prepare_cached(
                 "UPDATE webhook_deliveries
                  SET state = ?1, attempts = attempts + 1, next_attempt_at = COALESCE(?2, next_attempt_at),
-                     lease_until = 0, last_status = ?3, last_error = ?4
-                 WHERE id = ?5",
+                     lease_until = 0, last_status = ?3, last_error = ?4, attempt_log = ?5
+                 WHERE id = ?6",
             )?
-            .execute(params![state, next, attempt.status, attempt.error, id])?;
-            Ok(())
+            .execute(params![state, next, attempt.status, attempt.error, log, id])?;
+            // The endpoint's failure streak: begun at its first failure since a success.
+            let since: Option<i64> = conn
+                .prepare_cached(
+                    "UPDATE webhooks SET failing_since =
+                         CASE WHEN ?2 THEN NULL ELSE COALESCE(failing_since, ?3) END
+                     WHERE id = ?1 RETURNING failing_since",
+                )?
+                .query_row(params![webhook_id, attempt.succeeded, to_ms(attempt.at)], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(since.map(from_ms))
         })
         .await
+    }
+
+    async fn disable_webhook(&self, id: &str, event: Event) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| super::webhook_log::disable(conn, &id, Some(&event))).await
     }
 
     async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

@@ -64,7 +64,7 @@ async fn count(store: &SqliteStore, sql: &'static str, param: String) -> i64 {
 }
 
 async fn delivery_state(store: &SqliteStore, id: &str) -> (String, i64, i64) {
-    let id = id.to_string();
+    let id = crate::webhook_log::delivery_seq(id).expect("a whd_ id");
     store
         .read(move |conn| {
             Ok(conn.query_row(
@@ -357,7 +357,13 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     store
         .finish_webhook_delivery(
             &ok,
-            WebhookAttempt { status: Some(200), error: None, retry_at: None, succeeded: true },
+            WebhookAttempt {
+                status: Some(200),
+                error: None,
+                retry_at: None,
+                succeeded: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -370,6 +376,7 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
                 error: Some("503".into()),
                 retry_at: Some(retry_at),
                 succeeded: false,
+                ..Default::default()
             },
         )
         .await
@@ -382,6 +389,7 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
                 error: Some("connection refused".into()),
                 retry_at: None,
                 succeeded: false,
+                ..Default::default()
             },
         )
         .await
@@ -408,7 +416,13 @@ async fn finishing_a_webhook_delivery_records_success_retry_or_giving_up() {
     store
         .finish_webhook_delivery(
             &again[0],
-            WebhookAttempt { status: Some(204), error: None, retry_at: None, succeeded: true },
+            WebhookAttempt {
+                status: Some(204),
+                error: None,
+                retry_at: None,
+                succeeded: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();

@@ -75,8 +75,12 @@ impl Service {
         std::fs::create_dir_all(dir)?;
         let port = crate::postfix::free_port()?;
         let config = dir.join("postwire.toml");
-        let secret = format!("bench-tracking-secret-{:016x}", rand::random::<u64>());
-        std::fs::write(&config, config_text(dir, port, options, &secret, ""))?;
+        // Fixed before the first write: the config is written again once the key exists.
+        let run = Run {
+            secret: format!("bench-tracking-secret-{:016x}", rand::random::<u64>()),
+            namespace: format!("pwbench-{:016x}", rand::random::<u64>()),
+        };
+        std::fs::write(&config, config_text(dir, port, options, &run, ""))?;
 
         let out = postwire(bin, &config)
             .args(["keys", "create", "--name", "bench", "--scopes", "send,read,admin"])
@@ -98,7 +102,7 @@ impl Service {
             "no key on the last line of `postwire keys create`: {key:?}"
         );
         // Trusted submission clients send as the key just made.
-        std::fs::write(&config, config_text(dir, port, options, &secret, &key))?;
+        std::fs::write(&config, config_text(dir, port, options, &run, &key))?;
         let settings =
             postwire_config::load(&config, true).context("the benchmark's config does not load")?;
 
@@ -224,14 +228,17 @@ fn postwire(bin: &Path, config: &Path) -> Command {
     cmd
 }
 
-fn config_text(dir: &Path, port: u16, o: &Options<'_>, secret: &str, key: &str) -> String {
+/// What one service's config files share however often they are written.
+struct Run {
+    secret: String,
+    namespace: String,
+}
+
+fn config_text(dir: &Path, port: u16, o: &Options<'_>, run: &Run, key: &str) -> String {
     let storage = match o.backend {
         Backend::Embedded => "backend = \"embedded\"".to_owned(),
         Backend::Distributed => {
-            format!(
-                "backend = \"distributed\"\nnamespace = \"pwbench-{:016x}\"",
-                rand::random::<u64>()
-            )
+            format!("backend = \"distributed\"\nnamespace = \"{}\"", run.namespace)
         }
     };
     let workers = o.workers.map(|n| format!("[worker]\nconcurrency = {n}\n")).unwrap_or_default();
@@ -276,6 +283,7 @@ private_key = "{key}"
         data = dir.join("data").display(),
         dns = o.dns,
         retry = o.retry,
+        secret = run.secret,
         domain = o.dkim.domain,
         selector = o.dkim.selector,
         algorithm = o.dkim.algorithm.as_str(),

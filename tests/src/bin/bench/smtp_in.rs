@@ -46,6 +46,18 @@ pub async fn smtp_in(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Re
     let section = format!("SMTP in, {}", backend.name());
     let count = args.smtp_messages;
 
+    // The same shape over HTTP first, for comparison: single sends by 20 closed-loop clients.
+    eprintln!("smtp in {}: {count} single sends over HTTP, {SESSIONS} clients…", backend.name());
+    let cpu = Cpu::read(&svc);
+    let http = crate::load::closed_loop(&bench.target(&svc), 0, count, SESSIONS).await?;
+    let http_cpu = cpu.note(&svc, &http);
+    let mut rows = vec![Row::new(
+        &section,
+        format!("`POST /v1/messages`, {SESSIONS} closed-loop clients (for comparison)"),
+        format!("{:.0} msgs/s", http.rate()),
+        &format!("{}{}; {http_cpu}", http.latency_summary(), http.failure_note()),
+    )];
+
     let message = dir.join("message.eml");
     std::fs::write(
         &message,
@@ -72,7 +84,7 @@ pub async fn smtp_in(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Re
     anyhow::ensure!(status.success(), "smtp-source exited with {status}");
     let outcome = window(started, accepted(&svc).await? - before);
     let cpu_note = cpu.note(&svc, &outcome);
-    let mut rows = vec![Row::new(
+    rows.push(Row::new(
         &section,
         format!("submission, `smtp-source -s {SESSIONS}`, trusted network"),
         format!("{:.0} msgs/s", outcome.rate()),
@@ -82,7 +94,7 @@ pub async fn smtp_in(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Re
             bench.text.len(),
             svc.rss_note()
         ),
-    )];
+    ));
 
     let ids = queued_ids(&svc, count).await?;
     eprintln!("smtp in {}: {} DSNs, {SESSIONS} connections…", backend.name(), ids.len());

@@ -56,10 +56,12 @@ pub(crate) async fn receive(server: &SmtpServer, recipients: &[String], raw: &[u
             Err(error) => return unavailable(&error),
         }
     }
-    let kind = if recorded == 0 { "unknown" } else { report.kind() };
-    if recorded == 0 {
+    let kind = if recorded == 0 {
         tracing::info!(kind = report.kind(), "report naming no copy of ours; dropped");
-    }
+        "unknown"
+    } else {
+        report.kind()
+    };
     server.gw.metrics.inbound_messages.with_label_values(&[kind]).inc();
     RECORDED.into()
 }

@@ -46,12 +46,7 @@ elseif redis.call('HSETNX', KEYS[1], 'complained:' .. ARGV[2], ARGV[6]) == 0 the
 end
 redis.call('RPUSH', KEYS[3], ARGV[9])
 fanout(ARGV[1], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[11]))
-if ARGV[10] ~= '' then
-  local s = cjson.decode(ARGV[10])
-  if redis.call('HSETNX', ARGV[1] .. ':suppressions', s.email, ARGV[10]) == 1 then
-    redis.call('ZADD', ARGV[1] .. ':suppressions:index', string.format('%d', s.created_at), s.email)
-  end
-end
+list_suppression(ARGV[1], ARGV[10])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[12]) end
 return 1
 "#

@@ -38,6 +38,16 @@ local function settle_expiry(msg, ttl)
   end
 end
 
+-- Lists an address on the suppression list from its stored JSON entry ('' lists nothing); an
+-- existing entry is kept.
+local function list_suppression(ns, entry)
+  if entry == '' then return end
+  local s = cjson.decode(entry)
+  if redis.call('HSETNX', ns .. ':suppressions', s.email, entry) == 1 then
+    redis.call('ZADD', ns .. ':suppressions:index', string.format('%d', s.created_at), s.email)
+  end
+end
+
 -- Queues one webhook delivery per endpoint subscribed to the event type (the outbox),
 -- in the same script that stores the event.
 local function fanout(ns, event_id, event_type, body, now)
@@ -171,13 +181,8 @@ while i + 7 <= #ARGV do
         end
         redis.call('RPUSH', KEYS[3], body)
         fanout(ns, event_id, event_type, body, now)
-        -- Suppression list: a hard bounce lists the address (an existing entry is kept).
-        if suppression ~= '' then
-          local s = cjson.decode(suppression)
-          if redis.call('HSETNX', ns .. ':suppressions', s.email, suppression) == 1 then
-            redis.call('ZADD', ns .. ':suppressions:index', string.format('%d', s.created_at), s.email)
-          end
-        end
+        -- Suppression list: a hard bounce lists the address.
+        list_suppression(ns, suppression)
       end
       break
     end

@@ -83,7 +83,9 @@ impl From<postwire_store::StoreError> for ApiError {
             E::Closed | E::Unavailable { .. } | E::Amqp(_) | E::Redis(_) | E::DiskFull => {
                 Self::Unavailable(e)
             }
-            E::Database(_) | E::Open { .. } | E::Corrupt(_) => Self::Internal(Box::new(e)),
+            E::Database(_) | E::Open { .. } | E::Corrupt(_) | E::Sealing(_) => {
+                Self::Internal(Box::new(e))
+            }
         }
     }
 }

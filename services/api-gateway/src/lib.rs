@@ -79,6 +79,8 @@ pub struct Gateway {
     pub capacity: capacity::Capacity,
     /// Accept webhook endpoints on loopback/private addresses (`webhooks.allow_private_targets`).
     pub allow_private_targets: bool,
+    /// Seals webhook secrets under `storage.encryption_key` before they are stored.
+    pub sealer: Arc<postwire_store::sealing::Sealer>,
 }
 
 /// Every route, with request metrics and the body size limit applied, and the API's routes

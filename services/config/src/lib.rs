@@ -14,4 +14,4 @@ pub mod units;
 
 pub use load::{load, load_from_str, ConfigError};
 pub use settings::*;
-pub use units::{ByteSize, Duration, Listen, Secret};
+pub use units::{ByteSize, Duration, EncryptionKey, Listen, Secret};

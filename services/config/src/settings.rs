@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::units::{ByteSize, Duration, Listen, Secret};
+use crate::units::{ByteSize, Duration, EncryptionKey, Listen, Secret};
 
 /// Everything Postwire reads at start-up.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -264,6 +264,10 @@ pub struct Storage {
     /// how long after a message is accepted its tracking links record hits (an expired click
     /// link still redirects).
     pub retention: Duration,
+    /// When set, DKIM private keys made or imported through `/v1/domains` and webhook signing
+    /// secrets are stored encrypted with it (AES-256-GCM). Values stored before it was set
+    /// stay readable; once set, it must not change or be removed while such values exist.
+    pub encryption_key: EncryptionKey,
 }
 
 impl Default for Storage {
@@ -273,6 +277,7 @@ impl Default for Storage {
             path: PathBuf::from("./data"),
             namespace: "postwire".into(),
             retention: Duration::from_secs(30 * 24 * 3600),
+            encryption_key: EncryptionKey::default(),
         }
     }
 }

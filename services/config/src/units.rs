@@ -148,6 +148,61 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `storage.encryption_key`: 32 bytes written as standard base64 (44 characters, e.g. the
+/// output of `openssl rand -base64 32`), or `""` for none. Decoded once, here; never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EncryptionKey(Option<[u8; 32]>);
+
+impl EncryptionKey {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(Some(key))
+    }
+    /// The key's bytes; call only where data is sealed or opened.
+    pub fn bytes(&self) -> Option<&[u8; 32]> {
+        self.0.as_ref()
+    }
+}
+
+impl std::str::FromStr for EncryptionKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(Self(None));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| "is not base64; make one with `openssl rand -base64 32`".to_string())?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            format!("decodes to {} bytes, not 32; make one with `openssl rand -base64 32`", b.len())
+        })?;
+        Ok(Self(Some(key)))
+    }
+}
+
+impl<'de> Deserialize<'de> for EncryptionKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_none() {
+            "EncryptionKey(<none>)"
+        } else {
+            "EncryptionKey(<redacted>)"
+        })
+    }
+}
+
+impl Serialize for EncryptionKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_none() { "" } else { "<redacted>" })
+    }
+}
+
 // Serialized as they are written in the file (`postwire config check`); a secret never.
 
 impl Serialize for Listen {
@@ -165,6 +220,18 @@ impl Serialize for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encryption_key_is_32_bytes_of_base64_or_nothing() {
+        let key: EncryptionKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".parse().unwrap();
+        let want: Vec<u8> = (0u8..32).collect();
+        assert_eq!(key.bytes().map(|k| k.to_vec()), Some(want));
+        assert_eq!("".parse::<EncryptionKey>().unwrap().bytes(), None);
+        let short = "AAECAwQFBgcICQoLDA0ODw==".parse::<EncryptionKey>().unwrap_err();
+        assert!(short.contains("16 bytes, not 32"), "{short}");
+        assert!("not base64!".parse::<EncryptionKey>().unwrap_err().contains("not base64"));
+        assert!(!format!("{key:?}").contains("AAEC"));
+    }
 
     #[test]
     fn durations_and_sizes_parse_as_written() {

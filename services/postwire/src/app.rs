@@ -10,6 +10,7 @@ use postwire_config::{Backend, Settings};
 use postwire_mta_worker::domain_check::DomainChecker;
 use postwire_mta_worker::MtaWorker;
 use postwire_store::embedded::SqliteStore;
+use postwire_store::sealing::{SealedDomains, Sealer};
 use postwire_store::{Idempotency, Queue, RateLimiter, State, Suppressions};
 use postwire_telemetry::Metrics;
 use postwire_tracking::TrackingKeys;
@@ -96,6 +97,9 @@ pub struct Stores {
     pub domains: Arc<dyn postwire_store::Domains>,
     /// Pruning under `storage.retention` and the store's size.
     pub retention: Arc<dyn postwire_store::Retention>,
+    /// Seals secrets at rest under `storage.encryption_key` (the domains above already
+    /// go through it).
+    pub sealer: Arc<Sealer>,
     /// The embedded store, which must be closed so its writer thread drains.
     sqlite: Option<SqliteStore>,
 }
@@ -103,6 +107,7 @@ pub struct Stores {
 impl Stores {
     /// Opens the configured backend: SQLite under `storage.path`, or RabbitMQ + Redis.
     pub async fn open(settings: &Settings) -> Result<Stores, AppError> {
+        let sealer = Arc::new(Sealer::new(settings.storage.encryption_key.bytes()));
         match settings.storage.backend {
             Backend::Embedded => {
                 let store = SqliteStore::open(&settings.storage.path)?;
@@ -117,8 +122,9 @@ impl Stores {
                     rate_limiter: Arc::new(postwire_store::embedded::LocalRateLimiter::new(
                         store.clone(),
                     )),
-                    domains: Arc::new(store.clone()),
+                    domains: Arc::new(SealedDomains::new(Arc::new(store.clone()), sealer.clone())),
                     retention: Arc::new(store.clone()),
+                    sealer,
                     sqlite: Some(store),
                 })
             }
@@ -136,8 +142,9 @@ impl Stores {
                     messages: Arc::new(store.clone()),
                     templates: Arc::new(store.clone()),
                     rate_limiter: Arc::new(store.clone()),
-                    domains: Arc::new(store.clone()),
+                    domains: Arc::new(SealedDomains::new(Arc::new(store.clone()), sealer.clone())),
                     retention: Arc::new(store.clone()),
+                    sealer,
                     sqlite: None,
                 })
             }
@@ -251,6 +258,7 @@ impl App {
             limits: self.settings.limits.clone(),
             capacity: self.capacity.clone(),
             allow_private_targets: self.settings.webhooks.allow_private_targets,
+            sealer: self.stores.sealer.clone(),
         }
     }
 
@@ -317,6 +325,11 @@ impl App {
         ));
         if roles.mta_worker {
             tasks.spawn(self.worker.clone().run(shutdown.clone()));
+            tasks.spawn(crate::pruner::sweep(
+                self.stores.queue.clone(),
+                crate::pruner::overdue(self.settings.worker.lease.std()),
+                shutdown.clone(),
+            ));
         }
         if roles.webhook_dispatcher {
             tasks.spawn(self.dispatcher.clone().run(shutdown.clone()));

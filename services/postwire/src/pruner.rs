@@ -5,11 +5,14 @@
 //! batch while the store says more may be waiting, pausing between batches so the embedded
 //! writer serves the group commits in between: a backlog (the first start after an upgrade,
 //! or a retention just shortened) drains at a bounded pace instead of in one long write.
+//!
+//! [`sweep`] is the other housekeeping task: it asks the queue, once a minute, to re-queue jobs
+//! a broker crash lost (see [`postwire_store::Queue::recover_lost_jobs`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use postwire_store::Retention;
+use postwire_store::{Queue, Retention};
 use postwire_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +71,30 @@ pub async fn run(
         match store.size_bytes().await {
             Ok(size) => metrics.store_size_bytes.set(i64::try_from(size).unwrap_or(i64::MAX)),
             Err(e) => tracing::debug!(error = %e, "cannot read the store's size"),
+        }
+    }
+}
+
+/// How often [`sweep`] looks for lost jobs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How long past its due time an unheld job must be before it counts as lost: well beyond any
+/// hop between the broker's queues, and several leases (`worker.lease`) of a worker that died.
+pub fn overdue(lease: Duration) -> Duration {
+    Duration::from_secs(600).max(lease * 4)
+}
+
+/// Re-queues lost delivery jobs every [`SWEEP_EVERY`] until `shutdown`.
+pub async fn sweep(queue: Arc<dyn Queue>, overdue: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(SWEEP_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(e) = queue.recover_lost_jobs(overdue).await {
+            tracing::warn!(error = %e, "looking for lost delivery jobs failed; trying again later");
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod messages;
 pub mod model;
 pub mod ratelimit;
 pub mod retention;
+pub mod sealing;
 pub mod suppression;
 pub mod template;
 pub mod webhook_log;
@@ -71,6 +72,9 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A secret stored encrypted could not be opened (see [`sealing`]).
+    #[error("{0}")]
+    Sealing(String),
     #[error("the store is shutting down")]
     Closed,
     /// The disk under the embedded store is full: nothing was written; the same write may
@@ -141,6 +145,16 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Jobs not yet finished (queued, deferred or in flight).
     async fn depth(&self) -> Result<u64, StoreError>;
+
+    /// Finds jobs no copy of which is left to be handed out — a retry copy lost in a broker
+    /// crash — and queues them again: any unfinished job that no worker holds and that was due
+    /// more than `overdue` ago, while nothing waits to be claimed. Returns how many it
+    /// re-queued. Only a backend whose jobs live apart from their state can lose one; the
+    /// embedded store's claims read the state itself, so it never has any.
+    async fn recover_lost_jobs(&self, overdue: Duration) -> Result<u64, StoreError> {
+        let _ = overdue;
+        Ok(0)
+    }
 }
 
 /// Shared state other than the delivery queue.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt as _;
 use postwire_config::Settings;
+use postwire_store::sealing::Sealer;
 use postwire_store::{webhook_log, State, WebhookAttempt, WebhookDelivery};
 use postwire_telemetry::Metrics;
 use reqwest::header::CONTENT_TYPE;
@@ -41,6 +42,8 @@ pub struct Dispatcher {
     retry_schedule: Vec<Duration>,
     allow_private: bool,
     disable_after: Duration,
+    /// Opens endpoint secrets stored under `storage.encryption_key`.
+    sealer: Sealer,
 }
 
 /// What one attempt came to, before it is turned into a [`WebhookAttempt`].
@@ -73,6 +76,7 @@ impl Dispatcher {
             retry_schedule: cfg.retry_schedule.iter().map(|d| d.std()).collect(),
             allow_private: cfg.allow_private_targets,
             disable_after: cfg.disable_after.std(),
+            sealer: Sealer::new(settings.storage.encryption_key.bytes()),
         }
     }
 
@@ -259,8 +263,20 @@ impl Dispatcher {
             }
             Ok(Ok(())) => {}
         }
+        let secret = match self.sealer.open(&Sealer::webhook_owner(&d.webhook_id), &d.secret) {
+            Ok(secret) => secret,
+            Err(e) => {
+                tracing::error!(webhook = %d.webhook_id, error = %e, "cannot open the endpoint's secret");
+                return Outcome::Failed {
+                    status: None,
+                    error: e.to_string(),
+                    permanent: false,
+                    response: None,
+                };
+            }
+        };
         let signed = match SignedHeaders::new(
-            &d.secret,
+            &secret,
             &d.event_id,
             Utc::now().timestamp(),
             d.body.as_bytes(),

@@ -3,6 +3,7 @@
 //! hosts, and a webhook receiver.
 
 mod api;
+mod at_rest;
 mod batch;
 mod bounces;
 mod crash_idempotency;

@@ -8,6 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use postwire_proto::{CreateWebhook, CreatedWebhook, Webhook, WebhookList};
+use postwire_store::sealing::Sealer;
 use postwire_store::{ids, NewWebhook};
 
 use super::json_body;
@@ -47,13 +48,15 @@ pub async fn create_webhook(
     let mut events = request.events;
     events.dedup();
     let secret = ids::new_webhook_secret();
+    let id = ids::new_id("wh");
+    let stored = gw.sealer.seal(&Sealer::webhook_owner(&id), &secret)?;
     let webhook = gw
         .state
         .create_webhook(NewWebhook {
-            id: ids::new_id("wh"),
+            id,
             url: url.to_string(),
             events,
-            secret: secret.clone(),
+            secret: stored,
             created_at: Utc::now(),
         })
         .await?;

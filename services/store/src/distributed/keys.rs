@@ -16,6 +16,7 @@
 //! | `{ns}:msg:{message_id}:eng` | hash | engagements (opens, clicks): field `open:{position}` or `click:{position}:{url}`, value JSON `{"kind","recipient" (position),"url","first_seen","last_seen","count","events","last_event"}` (see [`crate::engagement`]) | same, set when an engagement emits an event |
 //! | `{ns}:lease:{message_id}:{domain}` | string | claim token of the worker holding the job; `PX` = the lease | the lease |
 //! | `{ns}:idem:{key_id}:{idempotency_key}` | hash | one `Idempotency-Key` record: `hash` (hex SHA-256 of the request body), `expires_at`, `token` while in progress, then `status` and `body` (the answer to replay) | the owner's lease while in progress (seconds, renewed by the owner while it runs); then `expires_at` (24 h after the first request); the answer of a single send is written in the accept's `MULTI` |
+//! | `{ns}:swept:{message_id}:{domain}` | string | `1`: the sweeper re-queued this job (its copies were lost), and will not again while it is set | the sweeper's `overdue` |
 //! | `{ns}:jobs` | set | `{message_id} {domain}` of every unfinished job (queued, deferred, in flight): the queue depth | never |
 //! | `{ns}:apikey:{key_id}` | hash | `name`, `hash` (hex SHA-256 of the secret), `scopes` (comma list), `created_at`, `sandbox` (`1` or `0`; absent = `0`), `revoked_at`? | never |
 //! | `{ns}:apikeys` | sorted set | key ids scored by `created_at` | never |
@@ -89,6 +90,10 @@ impl Keys {
 
     pub(crate) fn lease(&self, message_id: &str, domain: &str) -> String {
         format!("{}:lease:{message_id}:{domain}", self.ns)
+    }
+
+    pub(crate) fn swept(&self, message_id: &str, domain: &str) -> String {
+        format!("{}:swept:{message_id}:{domain}", self.ns)
     }
 
     pub(crate) fn jobs(&self) -> String {

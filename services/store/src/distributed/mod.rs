@@ -56,6 +56,7 @@ mod retention;
 mod scripts;
 mod state;
 mod suppression;
+mod sweeper;
 mod template;
 #[cfg(test)]
 mod test_ns;

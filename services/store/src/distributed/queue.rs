@@ -31,9 +31,9 @@ const ATTEMPT_PLACEHOLDER: u32 = u32::MAX;
 
 /// The body of one delivery job message.
 #[derive(Debug, Serialize, Deserialize)]
-struct JobPayload {
-    message_id: String,
-    domain: String,
+pub(crate) struct JobPayload {
+    pub(crate) message_id: String,
+    pub(crate) domain: String,
 }
 
 /// A recipient as stored in `{ns}:msg:{id}:rcpt` (see [`super::keys`]).
@@ -69,7 +69,7 @@ impl DistributedStore {
     }
 
     /// Publishes one persistent job to `queue` and waits for the broker's confirm.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         broker: &Broker,
         queue: &str,
@@ -590,5 +590,9 @@ impl Queue for DistributedStore {
     async fn depth(&self) -> Result<u64, StoreError> {
         let mut con = self.redis().await?;
         self.run_redis(redis::cmd("SCARD").arg(self.inner.keys.jobs()).query_async(&mut con)).await
+    }
+
+    async fn recover_lost_jobs(&self, overdue: Duration) -> Result<u64, StoreError> {
+        self.sweep(overdue).await
     }
 }

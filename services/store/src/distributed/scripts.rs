@@ -78,7 +78,7 @@ local function fanout(ns, event_id, event_type, body, now)
 end
 "#;
 
-fn with_helpers(body: &str) -> Script {
+pub(crate) fn with_helpers(body: &str) -> Script {
     Script::new(&format!("{HELPERS}\n{body}"))
 }
 

@@ -3,6 +3,16 @@
 use clap::Parser;
 use postwire::cli::{Cli, Command};
 
+/// mimalloc rather than glibc's malloc, built to commit arena memory as it is used
+/// (`.cargo/config.toml`), so that what a burst freed leaves the resident set. Measured with a
+/// burst of abusive requests against `postwire serve` (24 messages with 6 MB attachments,
+/// oversized, deeply nested and header-stuffed bodies, 2,400 small sends): glibc's malloc grew
+/// from 44 MB to 413 MB of RSS and stayed there, its per-thread arenas keeping what they
+/// freed; mimalloc with its default eager commit came back to about 150 MB; as built here, to
+/// 55 MB within 5 s, against 47 MB at start.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::RenderTemplate)) {

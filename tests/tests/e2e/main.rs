@@ -5,6 +5,7 @@
 mod api;
 mod batch;
 mod bounces;
+mod contract;
 mod crash_idempotency;
 mod delivery;
 mod diskfull;

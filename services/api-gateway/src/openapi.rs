@@ -226,9 +226,8 @@ mod constraint_tests {
         let mut checked = 0;
         for item in spec["paths"].as_object().unwrap().values() {
             for op in item.as_object().unwrap().values() {
-                let Some(schema) = op["requestBody"]["content"]["application/json"]["schema"]
-                    ["$ref"]
-                    .as_str()
+                let Some(schema) =
+                    op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
                 else {
                     continue;
                 };

@@ -9,36 +9,81 @@ use utoipa::ToSchema;
 use crate::{Engagement, Event, EventType, RecipientStatus};
 
 /// `POST /v1/messages`. Unknown fields are refused so typos never pass silently.
+///
+/// Beyond this schema the gateway checks (422, each field named): every address parses
+/// (RFC 5321 local part of at most 64 octets, a domain with a dot, IDN by UTS #46); at least
+/// one recipient; `text` or `html` (or a `template_id`); reserved header names; `metadata` at
+/// most `limits.max_metadata_size` (8 KB) as JSON; `send_at` at most 7 days ahead. Over
+/// `limits.max_message_size` once rendered is a 413.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "from": "Acme <noreply@example.com>",
+    "to": ["Ann Lee <ann@example.org>"],
+    "subject": "Your password reset",
+    "text": "Hello Ann,\n\nfollow this link to choose a new password: https://example.com/reset/8f2a\n",
+    "html": "<p>Hello Ann,</p><p><a href=\"https://example.com/reset/8f2a\">Choose a new password</a></p>",
+    "tags": ["password-reset"],
+    "metadata": {"user_id": "42"},
+    "track_clicks": true
+}))]
 pub struct SendRequest {
     /// `"Name <addr@example.com>"` or a bare address.
+    #[schema(
+        min_length = 3,
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F\u2028\u2029]*$",
+        example = "Acme <noreply@example.com>"
+    )]
     pub from: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::mailboxes)]
     pub to: Vec<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::mailboxes)]
     pub cc: Vec<String>,
     /// Envelope-only recipients: never written into a header.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::mailboxes)]
     pub bcc: Vec<String>,
+    /// One mailbox, as `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 3,
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F\u2028\u2029]*$",
+        example = "Support <help@example.com>"
+    )]
     pub reply_to: Option<String>,
+    /// No control character but tab (required unless a `template_id` gives it; may be empty).
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F\u2028\u2029]*$",
+        example = "Your password reset"
+    )]
     pub subject: String,
+    /// The plain-text body; a message needs `text`, `html` or both (non-empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "Hello Ann,\n\nfollow this link to choose a new password: https://example.com/reset/8f2a\n"
+    )]
     pub text: Option<String>,
+    /// The HTML body; links are rewritten for click tracking when `track_clicks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "<p>Hello Ann,</p><p><a href=\"https://example.com/reset/8f2a\">Choose a new password</a></p>"
+    )]
     pub html: Option<String>,
+    /// At most `limits.max_attachments` (default 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 20)]
     pub attachments: Vec<Attachment>,
-    /// Extra headers. Names must be RFC 5322 field names; CR, LF and NUL are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = crate::schema::headers)]
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = crate::schema::tags)]
     pub tags: Vec<String>,
-    /// Echoed in every event about this message.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::schema::metadata)]
     pub metadata: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub track_opens: bool,
@@ -47,21 +92,25 @@ pub struct SendRequest {
     /// Deliver no earlier than this (RFC 3339, at most 7 days ahead). Until then the
     /// recipients show `scheduled` and the message can be canceled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2026-12-05T08:00:00Z")]
     pub send_at: Option<DateTime<Utc>>,
     /// Render `subject`, `text` and `html` from this stored template with `variables`;
     /// fields given in the request itself are then not allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
-    /// Values for the template's variables. A variable the template uses but that is missing
-    /// here is a 422.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::schema::variables)]
     pub variables: BTreeMap<String, serde_json::Value>,
     /// An absolute `https:` URL (at most 2048 ASCII characters, no spaces or `<>`): adds
     /// `List-Unsubscribe: <url>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
     /// (RFC 8058), both DKIM-signed. A `mailto:` URL adds `List-Unsubscribe` alone; `http:` is
     /// refused. Not allowed together with a `List-Unsubscribe*` entry in `headers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^(?:[Hh][Tt][Tt][Pp][Ss]|[Mm][Aa][Ii][Ll][Tt][Oo]):[!-;=?-~]+$",
+        example = "https://example.com/unsubscribe?t=8f2a"
+    )]
     pub unsubscribe_url: Option<String>,
 }
 
@@ -69,9 +118,22 @@ pub struct SendRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
+    /// Not blank; no `"` and no control character but tab.
+    #[schema(
+        min_length = 1,
+        pattern = r#"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F\u2028\u2029"]*[^\s"\u0000-\u001F\u007F-\u009F\u2028\u2029][^\u0000-\u0008\u000A-\u001F\u007F-\u009F\u2028\u2029"]*$"#,
+        example = "invoice-2026-12.pdf"
+    )]
     pub filename: String,
+    /// A MIME type `type/subtype`.
+    #[schema(
+        pattern = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$",
+        example = "application/pdf"
+    )]
     pub content_type: String,
-    /// Base64 (standard alphabet) of the file's bytes.
+    /// Base64 (standard alphabet, padded, canonical: no stray bits in the last character) of
+    /// the file's bytes.
+    #[schema(format = Byte, pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$", example = "JVBERi0xLjQK")]
     pub content: String,
 }
 
@@ -102,6 +164,7 @@ pub struct MessageView {
     /// How the message reached Postwire: `api` (`POST /v1/messages` or a batch) or `smtp`
     /// (the submission listener).
     #[serde(default)]
+    #[schema(required = true)]
     pub source: MessageSource,
     pub recipients: Vec<RecipientView>,
     /// Oldest first.
@@ -109,6 +172,7 @@ pub struct MessageView {
     /// Opens and clicks, one record per recipient (opens) or recipient and URL (clicks), in
     /// recipient order; opens before clicks, then by first seen.
     #[serde(default)]
+    #[schema(required = true)]
     pub engagements: Vec<Engagement>,
 }
 
@@ -137,7 +201,11 @@ pub struct RecipientView {
 /// `POST /v1/webhooks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://app.example.com/hooks/postwire", "events": ["message.delivered", "message.bounced"]}))]
 pub struct CreateWebhook {
+    /// An absolute `http:` or `https:` URL. Its host must resolve to public addresses unless
+    /// `webhooks.allow_private_targets` (else 422).
+    #[schema(format = "uri", example = "https://app.example.com/hooks/postwire")]
     pub url: String,
     /// Event types to receive; empty or absent means all of them.
     #[serde(default)]

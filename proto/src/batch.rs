@@ -12,6 +12,7 @@ pub const MAX_BATCH_MESSAGES: usize = 500;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[schema(min_items = 1, max_items = 500)]
     pub messages: Vec<SendRequest>,
 }
 

@@ -56,10 +56,17 @@ impl SigningAlgorithm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDomain {
-    /// The domain mail will be sent from (the From address's domain), e.g. `example.com`.
+    /// The domain mail will be sent from (the From address's domain), e.g. `example.com`:
+    /// at least two labels, IDN allowed (UTS #46).
+    #[schema(min_length = 3, max_length = 253, example = "example.com")]
     pub domain: String,
-    /// DKIM selector: one or more DNS labels. Defaults to `postwire`.
+    /// DKIM selector: one or more DNS labels of letters, digits and `-` (lower-cased), so that
+    /// `{selector}._domainkey.{domain}` is at most 253 characters. Defaults to `postwire`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+        example = "s2026"
+    )]
     pub selector: Option<String>,
     /// Defaults to `rsa-sha256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

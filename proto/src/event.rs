@@ -113,9 +113,13 @@ pub struct EventData {
     /// For `message.complained`: the report's Feedback-Type (`abuse`, `fraud`, …).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub feedback_type: Option<String>,
+    /// The message's tags (empty for `webhook.disabled`).
     #[serde(default)]
+    #[schema(required = true)]
     pub tags: Vec<String>,
+    /// The message's `metadata`, as sent.
     #[serde(default)]
+    #[schema(required = true)]
     pub metadata: BTreeMap<String, serde_json::Value>,
 }
 

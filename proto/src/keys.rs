@@ -12,12 +12,19 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// A label for people (1 to 100 characters, no control characters).
+    /// A label for people (1 to 100 characters, not blank, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$",
+        example = "billing service"
+    )]
     pub name: String,
     /// Out of `send`, `read`, `admin`, and only scopes the calling key holds itself (else 403).
     /// Absent means `send,read,admin` for a live key and `send,read` for a sandbox key, as with
     /// `postwire keys create`, minus any the calling key lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Scope>>, min_items = 1, example = json!(["send", "read"]))]
     pub scopes: Option<Vec<String>>,
     /// A sandbox key: its messages are validated and recorded as `delivered` (with
     /// `last_response` `"250 sandbox: not sent (sandbox API key)"`) but never sent — no DNS
@@ -25,6 +32,16 @@ pub struct CreateApiKey {
     /// sandbox keys, and must send `true` here to do so (else 403).
     #[serde(default)]
     pub sandbox: bool,
+}
+
+/// What an API key may do: `send` messages, `read` them and their events, `admin` keys,
+/// webhooks, domains and other keys' messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Send,
+    Read,
+    Admin,
 }
 
 /// An API key as listed: never the key itself or its hash.

@@ -10,6 +10,7 @@
 //! - [`engagement`]: opens and clicks folded per recipient and link.
 //! - [`event`]: event types and the webhook payload.
 //! - [`keys`]: API keys managed over `/v1/keys`.
+//! - [`schema`]: OpenAPI schemas for list items and map entries, and the limits they state.
 //! - [`search`]: `GET /v1/messages` (message search) bodies.
 //! - [`status`]: recipient delivery states.
 //! - [`suppression`]: the suppression list's bodies.
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod engagement;
 pub mod event;
 pub mod keys;
+pub mod schema;
 pub mod search;
 pub mod status;
 pub mod suppression;

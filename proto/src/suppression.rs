@@ -54,6 +54,8 @@ pub struct Suppression {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSuppression {
+    /// The address (UTF-8 local parts and IDN domains allowed; a bad address is a 422).
+    #[schema(min_length = 3, example = "ann@example.org")]
     pub email: String,
     /// Defaults to `manual`.
     #[serde(default)]

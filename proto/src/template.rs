@@ -12,17 +12,34 @@ use utoipa::ToSchema;
 /// `POST /v1/templates` and `PUT /v1/templates/{id}` (which replaces every field).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Welcome",
+    "subject": "Welcome, {{ name }}",
+    "text": "Hello {{ name }},\n\nyour account is ready.\n",
+    "html": "<p>Hello {{ name }},</p><p>your account is ready.</p>"
+}))]
 pub struct TemplateRequest {
-    /// A label for people; need not be unique.
+    /// A label for people (1 to 200 characters, not blank, no control characters); need not be
+    /// unique.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$",
+        example = "Welcome"
+    )]
     pub name: String,
-    /// The subject line, e.g. `"Welcome, {{ name }}"`.
+    /// The subject line, e.g. `"Welcome, {{ name }}"`: no CR, LF or NUL. Template syntax
+    /// errors in any part are a 422.
     #[serde(default)]
+    #[schema(pattern = r"^[^\r\n\u0000]*$", example = "Welcome, {{ name }}")]
     pub subject: String,
     /// The plain-text body. A template needs `text`, `html` or both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "Hello {{ name }},\n\nyour account is ready.\n")]
     pub text: Option<String>,
     /// The HTML body; variables are HTML-escaped when rendered into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "<p>Hello {{ name }},</p><p>your account is ready.</p>")]
     pub html: Option<String>,
 }
 

@@ -51,7 +51,7 @@ use crate::routes::{
         ops::metrics,
     ),
     components(schemas(postwire_proto::Event, postwire_proto::EventType)),
-    modifiers(&BearerAuth, &SharedProblems),
+    modifiers(&BearerAuth, &SharedProblems, &EmptyMeansAbsent),
     tags(
         (name = "messages", description = "Send mail and follow its delivery"),
         (name = "webhooks", description = "Endpoints that receive signed events"),
@@ -84,8 +84,8 @@ impl Modify for BearerAuth {
 /// The problem+json answers every authenticated `/v1` route can give, written once here rather
 /// than on each handler: 401 (no valid key), 403 (missing scope), 429 (rate limit, with
 /// `Retry-After`), 503 (a backend down, or the route at capacity); and, on routes with a JSON
-/// body, 400 (not JSON) and 413 (over `limits.max_request_size`). A handler's own entry for a
-/// status wins.
+/// body, 400 (not JSON), 408 (a body too slow) and 413 (over `limits.max_request_size`). A
+/// handler's own entry for a status wins.
 struct SharedProblems;
 
 impl Modify for SharedProblems {
@@ -116,6 +116,11 @@ impl Modify for SharedProblems {
                 if op.request_body.is_some() {
                     shared.push(("400", "The body is not valid JSON"));
                     shared.push(("413", "The request is over `limits.max_request_size`"));
+                    shared.push((
+                        "408",
+                        "The body did not arrive in time (`http.body_read_timeout`, \
+                         `http.min_body_rate`); the connection is closed",
+                    ));
                 }
                 for (status, description) in shared {
                     op.responses
@@ -123,6 +128,26 @@ impl Modify for SharedProblems {
                         .entry(status.to_string())
                         .or_insert_with(|| problem(description).into());
                 }
+            }
+        }
+    }
+}
+
+/// `GET /v1/messages` takes an empty value as an absent one (`?status=&tag=welcome`): its
+/// typed parameters say so, each an `anyOf` of its type and the empty string.
+struct EmptyMeansAbsent;
+
+impl Modify for EmptyMeansAbsent {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        let search = openapi.paths.paths.get_mut("/v1/messages").and_then(|i| i.get.as_mut());
+        for param in search.and_then(|op| op.parameters.as_mut()).into_iter().flatten() {
+            if !matches!(param.name.as_str(), "status" | "since" | "until" | "limit") {
+                continue;
+            }
+            if let Some(schema) = param.schema.take() {
+                let empty = ObjectBuilder::new().schema_type(Type::String).max_length(Some(0));
+                param.schema = Some(AnyOfBuilder::new().item(schema).item(empty).into());
             }
         }
     }
@@ -157,7 +182,7 @@ mod shared_problem_tests {
     use super::*;
 
     #[test]
-    fn every_v1_operation_documents_401_403_429_and_503_and_bodies_400_and_413() {
+    fn every_v1_operation_documents_401_403_429_and_503_and_bodies_400_408_and_413() {
         let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap();
         let mut checked = 0;
         for (path, item) in spec["paths"].as_object().unwrap() {
@@ -168,7 +193,7 @@ mod shared_problem_tests {
                 let responses = op["responses"].as_object().unwrap();
                 let mut wanted = vec!["401", "403", "429", "503"];
                 if op.get("requestBody").is_some() {
-                    wanted.extend(["400", "413"]);
+                    wanted.extend(["400", "408", "413"]);
                 }
                 for status in wanted {
                     let r = &responses
@@ -183,5 +208,57 @@ mod shared_problem_tests {
             }
         }
         assert!(checked > 25, "{checked} operations");
+    }
+}
+
+#[cfg(test)]
+mod constraint_tests {
+    use super::*;
+
+    fn spec() -> serde_json::Value {
+        serde_json::from_str(&spec_json()).unwrap()
+    }
+
+    #[test]
+    fn every_request_body_refuses_unknown_fields_in_the_spec_too() {
+        let spec = spec();
+        let schemas = &spec["components"]["schemas"];
+        let mut checked = 0;
+        for item in spec["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                let Some(schema) =
+                    op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+                else {
+                    continue;
+                };
+                let name = schema.rsplit('/').next().unwrap();
+                assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "{checked} bodies");
+        assert_eq!(schemas["Attachment"]["additionalProperties"], false, "a send's attachments");
+    }
+
+    #[test]
+    fn the_send_schema_states_the_limits_the_gateway_enforces() {
+        let spec = spec();
+        let send = &spec["components"]["schemas"]["SendRequest"]["properties"];
+        let limits = postwire_config::Limits::default();
+        for list in ["to", "cc", "bcc"] {
+            assert_eq!(send[list]["maxItems"], limits.max_recipients, "{list}");
+        }
+        assert_eq!(send["attachments"]["maxItems"], limits.max_attachments);
+        assert_eq!(send["headers"]["maxProperties"], crate::validate::MAX_CUSTOM_HEADERS);
+        assert_eq!(send["tags"]["maxItems"], crate::validate::MAX_TAGS);
+        assert_eq!(send["tags"]["items"]["maxLength"], crate::validate::MAX_TAG_CHARS);
+        assert_eq!(send["unsubscribe_url"]["maxLength"], crate::validate::MAX_UNSUBSCRIBE_URL);
+        assert_eq!(send["send_at"]["format"], "date-time");
+        // Free-form objects say so, so generated clients can put values in them.
+        assert_eq!(send["metadata"]["additionalProperties"], true);
+        assert_eq!(send["variables"]["additionalProperties"], true);
+        let batch = &spec["components"]["schemas"]["BatchRequest"]["properties"]["messages"];
+        assert_eq!(batch["maxItems"], postwire_proto::MAX_BATCH_MESSAGES);
+        assert!(spec["components"]["schemas"]["SendRequest"]["example"].is_object());
     }
 }

@@ -39,19 +39,14 @@ const RESERVED_HEADERS: [&str; 14] = [
 /// Every `ARC-*` and `Resent-*` name is refused as well (see [`reserved_header`]).
 const TRACE_HEADERS: [&str; 3] = ["authentication-results", "received-spf", "delivered-to"];
 
-/// Custom `headers` per message (422 on `headers` above it).
-pub const MAX_CUSTOM_HEADERS: usize = 50;
-
-/// Longest custom header line, `Name: value` in octets without the CRLF: the 998 of RFC 5322
-/// §2.1.1. A longer one is refused with 422, not folded: Postwire writes ASCII values as given,
-/// and a value without whitespace could not be folded at all.
-pub const MAX_HEADER_LINE: usize = 998;
-
-/// Tags per message (422 on `tags` above it).
-pub const MAX_TAGS: usize = 20;
-
-/// Longest tag, in bytes of UTF-8 (422 on `tags[i]` above it).
-pub const MAX_TAG_LEN: usize = 128;
+// The limits the OpenAPI schema states too: custom `headers` per message (422 on `headers`
+// above it); the longest custom header line, `Name: value` in octets without the CRLF (the 998
+// of RFC 5322 §2.1.1; a longer one is refused with 422, not folded: Postwire writes ASCII values
+// as given, and a value without whitespace could not be folded at all); tags per message and
+// the longest tag in characters (422 on `tags` / `tags[i]`); the longest `unsubscribe_url`.
+pub use postwire_proto::schema::{
+    MAX_CUSTOM_HEADERS, MAX_HEADER_LINE, MAX_TAGS, MAX_TAG_CHARS, MAX_UNSUBSCRIBE_URL,
+};
 
 /// What [`has_forbidden_chars`] refuses, as said in a field error.
 const FORBIDDEN_CHARS: &str =
@@ -378,10 +373,13 @@ fn check_tags_and_metadata(
         err("tags".into(), format!("at most {MAX_TAGS} tags per message (got {})", req.tags.len()));
     }
     for (i, tag) in req.tags.iter().enumerate() {
-        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
+        if tag.is_empty()
+            || tag.chars().count() > MAX_TAG_CHARS
+            || tag.chars().any(char::is_control)
+        {
             err(
                 format!("tags[{i}]"),
-                format!("tags are 1 to {MAX_TAG_LEN} bytes without control characters"),
+                format!("tags are 1 to {MAX_TAG_CHARS} characters without control characters"),
             );
         }
     }
@@ -421,9 +419,6 @@ pub fn check_send_at(
     }
     Ok(())
 }
-
-/// Longest `unsubscribe_url` accepted.
-pub const MAX_UNSUBSCRIBE_URL: usize = 2048;
 
 /// Checks an `unsubscribe_url` (RFC 2369 `List-Unsubscribe`, RFC 8058 one-click): an absolute
 /// `https:` URL, or a `mailto:` one (which gets `List-Unsubscribe` without the one-click
@@ -739,7 +734,7 @@ mod tests {
         assert!(validate_send(r.clone(), &Limits::default(), "k").is_ok(), "the limits pass");
         r.headers.insert("X-One-More".into(), "v".into());
         r.tags.push("one-more".into());
-        r.tags.push("x".repeat(MAX_TAG_LEN + 1));
+        r.tags.push("x".repeat(MAX_TAG_CHARS + 1));
         let errors = refused_fields(r);
         let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["headers", "tags", "tags[21]"]);

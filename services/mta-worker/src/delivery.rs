@@ -4,9 +4,11 @@
 //! A recipient answered by a host (delivered, or refused by reply) is settled. When a session
 //! breaks off, [`disposition`] decides whether the undecided recipients move on to the next
 //! host or are settled now. When every host has been tried, whoever is left is retried with
-//! the last error as their response.
+//! the last error as their response. A recipient whose copy needs SMTPUTF8 at a host that does
+//! not offer it moves on to the next host too, and bounces (with that host's reply) only when
+//! every host reached lacks it and none broke off.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use postwire_telemetry::Metrics;
@@ -14,7 +16,7 @@ use postwire_telemetry::Metrics;
 use crate::disposition::{disposition, Action, Failure};
 use crate::pool::SmtpPool;
 use crate::resolve::{MxHost, MxResolver};
-use crate::session::{Answer, Transaction};
+use crate::session::{Answer, Reply, Transaction};
 
 /// What became of one recipient in this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,10 @@ impl Deliverer {
         let mut pending: HashSet<String> =
             messages.iter().flat_map(|m| m.recipients.iter().cloned()).collect();
         let mut last_error: Option<(String, String)> = None;
+        // Recipients a host could not take for want of SMTPUTF8 (RFC 6531 §3.2: no downgrade),
+        // with that host's reply: they stay pending, since another MX host of the domain may
+        // offer it, and bounce with this reply only if none does.
+        let mut unsendable: HashMap<String, (Reply, String)> = HashMap::new();
 
         'hosts: for host in hosts {
             for &ip in &host.addresses {
@@ -105,7 +111,6 @@ impl Deliverer {
                 self.metrics.smtp_transaction_seconds.observe(started.elapsed().as_secs_f64());
 
                 for (email, answer) in attempt.answers {
-                    pending.remove(&email);
                     let (verdict, reply, hard_bounce) = match answer {
                         Answer::Delivered(reply) => (Verdict::Delivered, reply, false),
                         Answer::RcptRejected(reply) => {
@@ -116,11 +121,13 @@ impl Deliverer {
                             let action = disposition(&Failure::Data(reply.clone()), true).action;
                             (Verdict::Failed(action), reply, false)
                         }
-                        // Never the address's fault: it stays off the suppression list.
                         Answer::Unsendable(reply) => {
-                            (Verdict::Failed(Action::Bounce), reply, false)
+                            unsendable.insert(email, (reply, host.name.clone()));
+                            continue;
                         }
                     };
+                    unsendable.remove(&email);
+                    pending.remove(&email);
                     verdicts.push(RecipientVerdict {
                         email,
                         verdict,
@@ -155,12 +162,26 @@ impl Deliverer {
             }
         }
 
-        // Every host was tried and none took them: temporary, whatever the last error was.
+        // Every host was tried and none took them: temporary, whatever the last error was —
+        // unless every host reached lacked SMTPUTF8 and none broke off (one that could not be
+        // reached might offer it): then a bounce with that host's reply, which says nothing
+        // against the address (it stays off the suppression list).
+        let reached_all = last_error.is_none();
         let (text, mx_host) =
             last_error.unwrap_or_else(|| ("no MX host could be reached".into(), String::new()));
         let mut rest: Vec<String> = pending.into_iter().collect();
         rest.sort();
         for email in rest {
+            if let Some((reply, host)) = unsendable.remove(&email).filter(|_| reached_all) {
+                verdicts.push(RecipientVerdict {
+                    email,
+                    verdict: Verdict::Failed(Action::Bounce),
+                    response: reply.to_string(),
+                    mx_host: Some(host),
+                    hard_bounce: false,
+                });
+                continue;
+            }
             verdicts.push(RecipientVerdict {
                 email,
                 verdict: Verdict::Failed(Action::Retry),

@@ -54,6 +54,7 @@ pub async fn run(
                         .store_pruned
                         .with_label_values(&["idempotency"])
                         .inc_by(pruned.idempotency);
+                    metrics.store_pruned.with_label_values(&["event"]).inc_by(pruned.events);
                     if !pruned.more {
                         break;
                     }

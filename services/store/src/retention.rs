@@ -5,7 +5,10 @@
 //! retention ago is pruned with everything about it: its recipients, events, the webhook
 //! outbox rows of those events, its tags and engagement records (opens, clicks). A message
 //! still pending is never touched, however old. Idempotency records are pruned once their
-//! 24 h are over.
+//! 24 h are over. The global event log behind `GET /v1/events` and the webhook delivery log
+//! follow the same rule: an event stored before the cutoff leaves the event log (with the
+//! message's, or on its own for an event about no message such as `webhook.disabled`, once no
+//! delivery of it is pending), and a finished delivery leaves its endpoint's log with it.
 //!
 //! [`Retention::prune`] does one small batch and says what it removed; the caller (the
 //! service's pruner task) calls it again and again, pausing between batches, so pruning never
@@ -23,6 +26,10 @@ pub struct Pruned {
     pub messages: u64,
     /// Idempotency records removed.
     pub idempotency: u64,
+    /// Event log entries removed on their own (not counted in `messages`): events about no
+    /// message, and on Redis every entry of the global event log past the cutoff, with the
+    /// delivery log entries that point at gone deliveries.
+    pub events: u64,
     /// Whether the batch was full: more may be waiting, so the next batch may start soon.
     pub more: bool,
 }
@@ -31,7 +38,8 @@ pub struct Pruned {
 #[async_trait]
 pub trait Retention: Send + Sync + 'static {
     /// Removes up to about `max` finished messages accepted before `cutoff` (see the module
-    /// docs), and expired idempotency records.
+    /// docs), expired idempotency records, and up to about `max` event and delivery log entries
+    /// older than `cutoff`.
     async fn prune(&self, cutoff: DateTime<Utc>, max: usize) -> Result<Pruned, StoreError>;
 
     /// How large the store is, in bytes (the database files; Redis's `used_memory`).

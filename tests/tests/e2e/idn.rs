@@ -1,7 +1,8 @@
 //! Internationalised addresses: IDN domains (UTS #46) resolved and sent as A-labels but shown
 //! as written, UTF-8 local parts sent with SMTPUTF8 where the MX offers it and bounced at once
 //! where it does not, and one suppression entry matching both spellings of an IDN address.
-//! SMTP sinks on 127.0.0.170–173.
+//! A UTF-8 local part moves on to the next MX host when the first lacks SMTPUTF8, and bounces
+//! only when none offers it. SMTP sinks on 127.0.0.170–173 and 127.0.0.200–203.
 
 use postwire_e2e::app::{simple_message, TestApp, World};
 use postwire_e2e::smtp::Script;
@@ -152,4 +153,57 @@ async fn a_suppressed_idn_address_matches_both_spellings_in_the_list_sends_and_s
     let m = app.wait_final(&id, SOON).await.unwrap();
     assert_eq!(recipient(&m, "ann@bücher.test")["status"], "delivered", "{m:#}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_utf8_local_part_goes_to_the_next_mx_when_the_first_lacks_smtputf8() {
+    let world = World::new().await;
+    let hosts = mx_hosts(
+        &world,
+        "second-utf8.test",
+        &[(10, ip(200), Script::default()), (20, ip(201), Script::default().smtputf8())],
+    )
+    .await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let to = ["jürgen@second-utf8.test", "ann@second-utf8.test"];
+    let id = app.send_ok(&simple_message(&to)).await.unwrap();
+    let m = app.wait_final(&id, SOON).await.unwrap();
+    for email in to {
+        let r = recipient(&m, email);
+        assert_eq!(r["status"], "delivered", "{m:#}");
+        assert_eq!(r["attempts"], 1, "in the same attempt: {m:#}");
+    }
+    assert!(hosts[0].received().is_empty(), "nothing sent where SMTPUTF8 is missing");
+    let got = hosts[1].received();
+    assert_eq!(got.len(), 1, "one transaction at the second host");
+    assert!(got[0].mail_params.iter().any(|p| p == "SMTPUTF8"), "{:?}", got[0].mail_params);
+    let mut rcpts = got[0].rcpt_to.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, ["ann@second-utf8.test", "jürgen@second-utf8.test"]);
+}
+
+#[tokio::test]
+async fn a_utf8_local_part_bounces_only_when_no_mx_of_the_domain_offers_smtputf8() {
+    let world = World::new().await;
+    let hosts = mx_hosts(
+        &world,
+        "no-utf8.test",
+        &[(10, ip(202), Script::default()), (20, ip(203), Script::default())],
+    )
+    .await;
+    let app = TestApp::start(world.settings()).await.unwrap();
+    let id = app.send_ok(&simple_message(&["jürgen@no-utf8.test"])).await.unwrap();
+    let m = app.wait_final(&id, SOON).await.unwrap();
+    let bounced = recipient(&m, "jürgen@no-utf8.test");
+    assert_eq!(bounced["status"], "bounced", "{m:#}");
+    assert_eq!(bounced["attempts"], 1, "at once, no retries: {m:#}");
+    let response = bounced["last_response"].as_str().unwrap();
+    assert!(response.contains("does not offer SMTPUTF8"), "{response}");
+    let events = m["events"].as_array().unwrap();
+    let event = events.iter().find(|e| e["type"] == "message.bounced").expect("bounced event");
+    assert_eq!(event["data"]["mx_host"], "mx1.no-utf8.test", "the last host tried: {m:#}");
+    for host in &hosts {
+        assert!(host.received().is_empty());
+        assert!(host.commands().iter().any(|c| c.starts_with("EHLO")), "both were asked");
+    }
 }

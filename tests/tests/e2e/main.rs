@@ -6,6 +6,7 @@ mod api;
 mod at_rest;
 mod batch;
 mod bounces;
+mod contract;
 mod crash_idempotency;
 mod delivery;
 mod diskfull;

@@ -47,7 +47,7 @@ struct RawBatch {
 #[utoipa::path(
     post, path = "/v1/messages/batch", tag = "messages",
     request_body = BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters; the same key and body within 24 h answer the first response again and send once")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~](?:[ -~]*[!-~])?$", example = "reset-ann-2026-12-04", description = "1–255 printable ASCII characters; the same key and body within 24 h answer the first response again and send once")),
     responses(
         (status = 200, description = "One result per message, in order: `{\"id\",…}` when queued, `{\"errors\":[…]}` when refused", body = BatchResponse),
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = postwire_proto::Problem, content_type = "application/problem+json"),

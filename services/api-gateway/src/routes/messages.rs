@@ -35,7 +35,7 @@ pub fn router() -> Router<Gateway> {
 #[utoipa::path(
     post, path = "/v1/messages", tag = "messages",
     request_body = SendRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters; the same key and body within 24 h answer the first response again and send once")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~](?:[ -~]*[!-~])?$", example = "reset-ann-2026-12-04", description = "1–255 printable ASCII characters; the same key and body within 24 h answer the first response again and send once")),
     responses(
         (status = 202, description = "Durably queued", body = SendResponse),
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = postwire_proto::Problem, content_type = "application/problem+json"),

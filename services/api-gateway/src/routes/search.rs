@@ -50,8 +50,9 @@ pub struct Search {
     pub limit: usize,
 }
 
+/// A value given and not empty (an empty one counts as absent, as the spec's `anyOf` says).
 fn present(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    value.as_deref().filter(|v| !v.is_empty())
 }
 
 fn time(field: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
@@ -125,10 +126,10 @@ pub fn parse(params: &SearchParams) -> Result<Search, Vec<FieldError>> {
         ("status" = Option<RecipientStatus>, Query, description = "Messages with at least one recipient in this status"),
         ("recipient" = Option<String>, Query, description = "Messages to this address (to, cc or bcc); the domain is compared in any case"),
         ("tag" = Option<String>, Query, description = "Messages carrying this tag"),
-        ("since" = Option<String>, Query, description = "Created at or after this RFC 3339 time"),
-        ("until" = Option<String>, Query, description = "Created before this RFC 3339 time"),
+        ("since" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Created at or after this RFC 3339 time"),
+        ("until" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Created before this RFC 3339 time"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Messages per page, 1–100 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "Messages per page, 1–100 (default 50)"),
     ),
     responses(
         (status = 200, description = "One page, newest first; a page may be short and still have a `next_cursor`", body = MessageList),

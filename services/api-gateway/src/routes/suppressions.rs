@@ -58,7 +58,7 @@ fn address(raw: &str) -> Result<EmailAddress, ApiError> {
     get, path = "/v1/suppressions", tag = "suppressions",
     params(
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Entries per page, 1–100 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "Entries per page, 1–100 (default 50)"),
     ),
     responses(
         (status = 200, body = SuppressionList),

@@ -69,7 +69,7 @@ pub async fn create_template(
     get, path = "/v1/templates", tag = "templates",
     params(
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Templates per page, 1–100 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "Templates per page, 1–100 (default 50)"),
     ),
     responses(
         (status = 200, body = TemplateList),

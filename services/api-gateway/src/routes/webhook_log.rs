@@ -40,7 +40,7 @@ async fn endpoint(gw: &Gateway, id: &str) -> Result<Webhook, ApiError> {
     params(
         ("id" = String, Path),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Deliveries per page, 1–100 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "Deliveries per page, 1–100 (default 50)"),
     ),
     responses(
         (status = 200, body = WebhookDeliveryList),
@@ -132,10 +132,10 @@ pub struct EventParams {
 #[utoipa::path(
     get, path = "/v1/events", tag = "webhooks",
     params(
-        ("since" = Option<String>, Query, description = "RFC 3339: events stored at or after"),
-        ("type" = Option<String>, Query, description = "One event type, e.g. `message.bounced`"),
+        ("since" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339: events stored at or after"),
+        ("type" = Option<postwire_proto::EventType>, Query, description = "One event type, e.g. `message.bounced`"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Events per page, 1–100 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "Events per page, 1–100 (default 50)"),
     ),
     responses(
         (status = 200, body = EventList),

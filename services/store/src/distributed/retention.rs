@@ -8,7 +8,9 @@
 //! drops the entries whose message Redis has removed; those are the messages it reports
 //! pruned. Entries of messages still stored (pending, or finished less than the retention
 //! ago) stay. Idempotency records expire by themselves 24 h after their first request, so
-//! none are reported here.
+//! none are reported here. Each batch also trims the global event log (`{ns}:events:log`
+//! and `{ns}:events:body`) up to the cutoff and, from every endpoint's delivery log
+//! (`{ns}:webhook:{id}:log`), the ids of deliveries Redis has expired.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -43,8 +45,11 @@ impl Retention for DistributedStore {
         let full = members.len() == max;
         *self.inner.prune_cursor.lock().expect("cursor") =
             if full { members.last().cloned() } else { None };
+        let events = self.trim_events(cutoff.timestamp_millis(), max).await?
+            + self.trim_delivery_logs(max).await?;
+        let more = full || events >= max as u64;
         if members.is_empty() {
-            return Ok(Pruned::default());
+            return Ok(Pruned { events, more, ..Pruned::default() });
         }
         let mut exists = redis::pipe();
         for m in &members {
@@ -62,7 +67,7 @@ impl Retention for DistributedStore {
             self.run_redis(redis::cmd("ZREM").arg(keys.search()).arg(&gone).query_async(&mut con))
                 .await?
         };
-        Ok(Pruned { messages: removed, idempotency: 0, more: full })
+        Ok(Pruned { messages: removed, idempotency: 0, events, more })
     }
 
     async fn size_bytes(&self) -> Result<u64, StoreError> {
@@ -89,6 +94,16 @@ mod tests {
         let retention = Duration::from_secs(1);
         let ns = TestNs::with_retention(retention).await;
         contract::finished_messages_past_the_retention_are_pruned_and_pending_ones_kept(
+            &ns.store, retention,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn distributed_the_event_log_and_the_delivery_log_are_pruned_past_the_retention() {
+        let retention = Duration::from_secs(1);
+        let ns = TestNs::with_retention(retention).await;
+        contract::the_event_log_and_the_delivery_log_are_pruned_past_the_retention(
             &ns.store, retention,
         )
         .await;

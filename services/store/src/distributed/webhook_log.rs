@@ -123,10 +123,9 @@ impl DistributedStore {
         Ok(done == 1)
     }
 
-    /// Drops `GET /v1/events` entries older than the retention.
-    async fn trim_events(&self) -> Result<(), StoreError> {
+    /// Drops up to `max` `GET /v1/events` entries stored before `cutoff` (ms); how many.
+    pub(crate) async fn trim_events(&self, cutoff: i64, max: usize) -> Result<u64, StoreError> {
         let keys = &self.inner.keys;
-        let cutoff = now_ms() - self.inner.options.retention.as_millis() as i64;
         let bound = format!("({cutoff:015}");
         let mut con = self.redis().await?;
         let old: Vec<String> = self
@@ -137,22 +136,57 @@ impl DistributedStore {
                     .arg(&bound)
                     .arg("LIMIT")
                     .arg(0)
-                    .arg(1000)
+                    .arg(max)
                     .query_async(&mut con),
             )
             .await?;
         if old.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let ids: Vec<&str> =
             old.iter().filter_map(|m| m.split_once(':').map(|(_, id)| id)).collect();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hdel(keys.events_body(), &ids)
-            .ignore()
-            .zrem(keys.events_log(), &old)
-            .ignore();
-        self.run_redis(pipe.query_async::<()>(&mut con)).await
+        pipe.atomic().hdel(keys.events_body(), &ids).ignore().zrem(keys.events_log(), &old);
+        let (removed,): (u64,) = self.run_redis(pipe.query_async(&mut con)).await?;
+        Ok(removed)
+    }
+
+    /// Drops, from each endpoint's delivery log, up to `max` of its oldest entries whose
+    /// delivery hash has expired (finished deliveries expire with the retention); how many.
+    pub(crate) async fn trim_delivery_logs(&self, max: usize) -> Result<u64, StoreError> {
+        let keys = &self.inner.keys;
+        let mut con = self.redis().await?;
+        let endpoints: Vec<String> = self
+            .run_redis(
+                redis::cmd("ZRANGE").arg(keys.webhooks()).arg(0).arg(-1).query_async(&mut con),
+            )
+            .await?;
+        let mut removed = 0;
+        for endpoint in endpoints {
+            let log = keys.webhook_log(&endpoint);
+            let ids: Vec<String> = self
+                .run_redis(
+                    redis::cmd("ZRANGE").arg(&log).arg(0).arg(max as i64 - 1).query_async(&mut con),
+                )
+                .await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let mut exists = redis::pipe();
+            for id in &ids {
+                exists.exists(keys.webhook_delivery(id));
+            }
+            let present: Vec<bool> = self.run_redis(exists.query_async(&mut con)).await?;
+            let gone: Vec<&String> =
+                ids.iter().zip(present).filter(|(_, p)| !p).map(|(id, _)| id).collect();
+            if !gone.is_empty() {
+                let n: u64 = self
+                    .run_redis(redis::cmd("ZREM").arg(&log).arg(&gone).query_async(&mut con))
+                    .await?;
+                removed += n;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -291,7 +325,6 @@ impl WebhookLog for DistributedStore {
         if after.is_some_and(|a| !valid_position(a)) {
             return Ok(None);
         }
-        self.trim_events().await?;
         let keys = &self.inner.keys;
         let since = query.since.map(|s| format!("[{:015}", to_ms(s)));
         // After the cursor, or from `since`, whichever is later.

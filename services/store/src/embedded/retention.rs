@@ -71,25 +71,27 @@ impl Retention for SqliteStore {
             .filter(|(_, _, finished)| *finished)
             .map(|(id, ..)| id)
             .collect();
-        let (messages, idempotency) = self
+        let (messages, idempotency, events) = self
             .write(move |conn| {
                 let mut messages = 0;
                 for id in &doomed {
                     messages += delete_if_finished(conn, id)?;
                 }
+                let events = delete_messageless_events(conn, cutoff, max)?;
                 let idempotency =
                     conn.prepare_cached(
                         "DELETE FROM idempotency WHERE rowid IN
                          (SELECT rowid FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
                     )?
                     .execute(params![now_ms(), max as i64])? as u64;
-                if messages + idempotency > 0 {
+                if messages + idempotency + events > 0 {
                     give_back_free_pages(conn)?;
                 }
-                Ok((messages, idempotency))
+                Ok((messages, idempotency, events))
             })
             .await?;
-        Ok(Pruned { messages, idempotency, more: full || idempotency == max as u64 })
+        let more = full || idempotency == max as u64 || events == max as u64;
+        Ok(Pruned { messages, idempotency, events, more })
     }
 
     async fn size_bytes(&self) -> Result<u64, StoreError> {
@@ -121,6 +123,29 @@ fn delete_if_finished(conn: &Connection, id: &str) -> Result<u64, StoreError> {
         conn.prepare_cached(sql)?.execute([id])?;
     }
     Ok(1)
+}
+
+/// Up to `max` events about no message (`webhook.disabled`) stored before `cutoff`, none of
+/// whose deliveries is still pending, deleted with their deliveries (the delivery log).
+fn delete_messageless_events(
+    conn: &Connection,
+    cutoff: i64,
+    max: usize,
+) -> Result<u64, StoreError> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT e.id FROM events e WHERE e.message_id = '' AND e.created_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                               WHERE d.event_id = e.id AND d.state = 'pending')
+             ORDER BY e.created_at LIMIT ?2",
+        )?
+        .query_map(params![cutoff, max as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        conn.prepare_cached("DELETE FROM webhook_deliveries WHERE event_id = ?1")?.execute([id])?;
+        conn.prepare_cached("DELETE FROM events WHERE id = ?1")?.execute([id])?;
+    }
+    Ok(ids.len() as u64)
 }
 
 /// With `auto_vacuum = INCREMENTAL`: returns up to [`VACUUM_PAGES`] free pages to the file
@@ -186,6 +211,16 @@ mod tests {
         let (_dir, store) = open();
         let retention = Duration::from_secs(1);
         contract::finished_messages_past_the_retention_are_pruned_and_pending_ones_kept(
+            &store, retention,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_event_log_and_the_delivery_log_are_pruned_past_the_retention() {
+        let (_dir, store) = open();
+        let retention = Duration::from_secs(1);
+        contract::the_event_log_and_the_delivery_log_are_pruned_past_the_retention(
             &store, retention,
         )
         .await;

@@ -108,6 +108,18 @@ pub fn router(gw: Gateway) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gw)
         .merge(openapi::docs_router())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Any path no route has: a problem+json 404 (`route_not_found`), not an empty body.
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::NoRoute { method, path: uri.path().to_string() }
+}
+
+/// A known path asked with a method it lacks: problem+json 405; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::MethodNotAllowed { method, path: uri.path().to_string() }
 }
 
 /// Only `/metrics`, `/healthz` and `/readyz`: for processes that run no API (`telemetry.metrics_listen`).

@@ -232,6 +232,10 @@ async fn unknown_routes_and_wrong_methods_answer_problem_json_with_allow() {
         let detail = a.body["detail"].as_str().unwrap();
         assert!(detail.contains(path) && detail.contains("GET"), "{detail}");
     }
+    let long = format!("/v1/{}", "x".repeat(5_000));
+    let a = call(&app, reqwest::Method::GET, &long, key, None).await;
+    a.assert_problem(404, "route_not_found");
+    assert!(a.body["detail"].as_str().unwrap().len() < 400, "a long path is not echoed whole");
     let a = call(&app, reqwest::Method::PATCH, "/v1/messages", key, Some(&json!({}))).await;
     a.assert_problem(405, "method_not_allowed");
     let allow: BTreeSet<&str> = a.header("allow").unwrap().split(',').map(str::trim).collect();

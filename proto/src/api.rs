@@ -35,14 +35,16 @@ pub struct SendRequest {
         example = "Acme <noreply@example.com>"
     )]
     pub from: String,
-    #[serde(default)]
+    /// One address (`"ann@example.com"`, `"Ann <ann@example.com>"`) or a list of them.
+    #[serde(default, deserialize_with = "one_or_many")]
     #[schema(schema_with = crate::schema::mailboxes)]
     pub to: Vec<String>,
-    #[serde(default)]
+    /// One address or a list, as `to`.
+    #[serde(default, deserialize_with = "one_or_many")]
     #[schema(schema_with = crate::schema::mailboxes)]
     pub cc: Vec<String>,
-    /// Envelope-only recipients: never written into a header.
-    #[serde(default)]
+    /// Envelope-only recipients, one address or a list: never written into a header.
+    #[serde(default, deserialize_with = "one_or_many")]
     #[schema(schema_with = crate::schema::mailboxes)]
     pub bcc: Vec<String>,
     /// One mailbox, as `from`.
@@ -94,8 +96,8 @@ pub struct SendRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "2026-12-05T08:00:00Z")]
     pub send_at: Option<DateTime<Utc>>,
-    /// Render `subject`, `text` and `html` from this stored template with `variables`;
-    /// fields given in the request itself are then not allowed.
+    /// Render `subject`, `text` and `html` from this stored template (its id, `tpl_…`, or
+    /// its alias) with `variables`; fields given in the request itself are then not allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -114,6 +116,32 @@ pub struct SendRequest {
     pub unsubscribe_url: Option<String>,
 }
 
+/// Reads `to`, `cc` or `bcc` (one address string, or a list of them) into a `Vec`, naming both
+/// accepted forms when neither fits.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an address string or a list of address strings")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(one) = seq.next_element::<String>()? {
+                out.push(one);
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_any(Visit)
+}
+
 /// A file attached to a message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -125,9 +153,11 @@ pub struct Attachment {
         example = "invoice-2026-12.pdf"
     )]
     pub filename: String,
-    /// A MIME type `type/subtype`.
+    /// A MIME type `type/subtype`. Absent or empty: guessed from `filename`'s extension,
+    /// `application/octet-stream` when it has no known one.
+    #[serde(default)]
     #[schema(
-        pattern = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$",
+        pattern = r"^(?:[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+)?$",
         example = "application/pdf"
     )]
     pub content_type: String,
@@ -254,10 +284,54 @@ pub struct Problem {
     pub kind: String,
     pub title: String,
     pub status: u16,
+    /// What kind of error this is, for programs to branch on; stable across releases, unlike
+    /// `title` and `detail`.
+    pub code: ProblemCode,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub errors: Vec<FieldError>,
+}
+
+/// The machine-readable kind of a [`Problem`]: one per kind of error the API gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// 401: no `Authorization: Bearer` key, or an unknown or revoked one.
+    Unauthorized,
+    /// 403: the key lacks the route's scope.
+    Forbidden,
+    /// 403: refused for another reason (e.g. a key granting more than it holds).
+    Denied,
+    /// 404: no such resource, or not one this key may see.
+    NotFound,
+    /// 404: no route has this path.
+    RouteNotFound,
+    /// 405: the path exists, the method does not (see `Allow`).
+    MethodNotAllowed,
+    /// 409: the request conflicts with the resource's current state.
+    Conflict,
+    /// 409: the `Idempotency-Key` was used with another body, or its first request is still
+    /// running.
+    IdempotencyConflict,
+    /// 400: the body is not JSON, or a header is malformed.
+    InvalidRequest,
+    /// 422: one or more fields are invalid; see `errors`.
+    ValidationFailed,
+    /// 413: over `limits.max_request_size` or `limits.max_message_size`.
+    PayloadTooLarge,
+    /// 408: the body did not arrive in time.
+    BodyTimeout,
+    /// 429: over the key's per-second or per-day limit (`Retry-After`, `RateLimit-*`).
+    RateLimited,
+    /// 429: the key already has its share of the gateway's in-flight slots.
+    ConcurrencyLimited,
+    /// 503: every slot busy and the waiting room full.
+    OverCapacity,
+    /// 503: a backend is unreachable; nothing was changed.
+    Unavailable,
+    /// 500: a bug or a corrupt store; the cause is logged, not returned.
+    Internal,
 }
 
 /// One invalid field: a JSON pointer-like path (`to[1]`, `headers.X-Foo`) and what is wrong.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{FieldError, SendRequest, SendResponse};
+use crate::{FieldError, ProblemCode, SendRequest, SendResponse};
 
 /// Most messages one batch may hold.
 pub const MAX_BATCH_MESSAGES: usize = 500;
@@ -22,11 +22,12 @@ pub struct BatchResponse {
     pub results: Vec<BatchResult>,
 }
 
-/// One message's outcome: durably queued, or refused with every bad field (paths relative to
-/// the message, e.g. `to[1]`).
+/// One message's outcome: durably queued, or refused with the `code` its own request would
+/// have had (`validation_failed`, `payload_too_large`, `unavailable`, …) and every bad field
+/// (paths relative to the message, e.g. `to[1]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchResult {
     Accepted(SendResponse),
-    Rejected { errors: Vec<FieldError> },
+    Rejected { code: ProblemCode, errors: Vec<FieldError> },
 }

@@ -24,13 +24,16 @@ pub enum EventType {
     /// The recipient reported the message as spam (an ARF feedback report, RFC 5965).
     #[serde(rename = "message.complained")]
     Complained,
+    /// The recipient was canceled (`DELETE /v1/messages/{id}`) before it was sent.
+    #[serde(rename = "message.canceled")]
+    Canceled,
     /// An endpoint was disabled after failing for `webhooks.disable_after`; sent to the others.
     #[serde(rename = "webhook.disabled")]
     WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         Self::Delivered,
         Self::Deferred,
         Self::Bounced,
@@ -38,6 +41,7 @@ impl EventType {
         Self::Opened,
         Self::Clicked,
         Self::Complained,
+        Self::Canceled,
         Self::WebhookDisabled,
     ];
 
@@ -50,6 +54,7 @@ impl EventType {
             Self::Opened => "message.opened",
             Self::Clicked => "message.clicked",
             Self::Complained => "message.complained",
+            Self::Canceled => "message.canceled",
             Self::WebhookDisabled => "webhook.disabled",
         }
     }

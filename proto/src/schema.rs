@@ -2,7 +2,7 @@
 //! entries of a map, and the character classes the API refuses. Each limit is the one the
 //! gateway enforces (its constant lives here, so the check and the spec read one number).
 
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
 /// Recipients per message with the default `limits.max_recipients`, across `to`, `cc` and `bcc`.
@@ -37,13 +37,16 @@ fn string(pattern: &str) -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern))
 }
 
-/// `to`, `cc`, `bcc`: up to [`DEFAULT_MAX_RECIPIENTS`] mailboxes each.
+/// `to`, `cc`, `bcc`: one mailbox as a string, or a list of up to [`DEFAULT_MAX_RECIPIENTS`].
 pub fn mailboxes() -> impl Into<RefOr<Schema>> {
-    ArrayBuilder::new()
-        .items(string(HEADER_TEXT).min_length(Some(3)).examples(["Ann Lee <ann@example.org>"]))
-        .max_items(Some(DEFAULT_MAX_RECIPIENTS))
+    let mailbox =
+        || string(HEADER_TEXT).min_length(Some(3)).examples(["Ann Lee <ann@example.org>"]);
+    let list = ArrayBuilder::new().items(mailbox()).max_items(Some(DEFAULT_MAX_RECIPIENTS));
+    OneOfBuilder::new()
+        .item(mailbox())
+        .item(list)
         .description(Some(
-            "`\"Name <addr>\"` or bare addresses (UTF-8 local parts and IDN domains allowed). \
+            "One address or a list: `\"Name <addr>\"` or bare addresses (UTF-8 local parts and IDN domains allowed). \
              Each address is one envelope recipient, whichever lists repeat it; at least one \
              recipient in `to`, `cc` or `bcc`, at most `limits.max_recipients` (default 50) \
              across the three.",

@@ -28,6 +28,12 @@ pub struct TemplateRequest {
         example = "Welcome"
     )]
     pub name: String,
+    /// A unique handle to use in place of the id (in `/v1/templates/{id}` and a send's
+    /// `template_id`), e.g. `password-reset`: 1–64 of `a-z`, `0-9`, `_`, `-`, starting with a
+    /// letter or digit, not starting with `tpl_`. Left out of a `PUT`, the template has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
+    pub alias: Option<String>,
     /// The subject line, e.g. `"Welcome, {{ name }}"`: no CR, LF or NUL. Template syntax
     /// errors in any part are a 422.
     #[serde(default)]
@@ -49,6 +55,9 @@ pub struct Template {
     /// `tpl_…`: pass as a send's `template_id`.
     pub id: String,
     pub name: String,
+    /// Its unique alias, when it has one: usable wherever the id is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     pub subject: String,
     pub text: Option<String>,
     pub html: Option<String>,

@@ -52,7 +52,8 @@ impl FromRequestParts<Gateway> for ApiKey {
         if let Some(slot) = parts.extensions.get::<crate::KeySlot>() {
             slot.set(&key.id);
         }
-        crate::ratelimit::admit_request(gw, &key.id).await?;
+        let granted = crate::ratelimit::admit_request(gw, &key.id).await?;
+        parts.extensions.insert(granted);
         Ok(key)
     }
 }

@@ -29,6 +29,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use postwire_config::Limits;
+use postwire_store::ratelimit::Granted;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -265,7 +266,9 @@ impl Drop for Place<'_> {
 }
 
 /// Middleware of the `/v1` routes: authenticates the key (401/429 as the handler would; the
-/// handler then reuses it), then runs the request in one of the key's slots.
+/// handler then reuses it), then runs the request in one of the key's slots. Whatever the
+/// answer, it then carries the key's request window in `RateLimit-*` headers (a 429 over a
+/// limit keeps its own, describing the refusing window).
 pub async fn limit_in_flight_per_key(
     State(gw): State<Gateway>,
     req: Request,
@@ -276,13 +279,24 @@ pub async fn limit_in_flight_per_key(
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
+    let standing = parts
+        .extensions
+        .get::<Granted>()
+        .map(|granted| crate::ratelimit::standing_headers(gw.limits.per_key_per_second, granted));
     let bucket = key.id.clone();
     parts.extensions.insert(key);
     let req = Request::from_parts(parts, body);
-    match gw.capacity.admit(&bucket).await {
+    let mut response = match gw.capacity.admit(&bucket).await {
         Ok(_slot) => next.run(req).await,
         Err(e) => e.into_response(),
+    };
+    let headers = response.headers_mut();
+    if !headers.contains_key(crate::ratelimit::RATELIMIT_LIMIT) {
+        for (name, value) in standing.into_iter().flatten() {
+            headers.insert(name, value);
+        }
     }
+    response
 }
 
 /// Middleware of routes without an API key: one shared bucket.

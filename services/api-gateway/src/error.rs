@@ -1,9 +1,9 @@
 //! `ApiError`: the only place HTTP status codes are chosen. Every error leaves as RFC 9457
 //! `application/problem+json`; internal causes are logged, never returned.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use postwire_proto::{FieldError, Problem};
+use postwire_proto::{FieldError, Problem, ProblemCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -16,9 +16,18 @@ pub enum ApiError {
     Denied(String),
     #[error("not found")]
     NotFound,
+    /// No route has this path (the router's fallback).
+    #[error("no route {method} {path}; see /openapi.json for the API's routes")]
+    NoRoute { method: Method, path: String },
+    /// The path exists but not with this method (the router adds the `Allow` header).
+    #[error("{path} does not answer {method}; the Allow header lists the methods it does")]
+    MethodNotAllowed { method: Method, path: String },
     /// The request conflicts with the resource's current state (e.g. revoking the key in use).
     #[error("{0}")]
     Conflict(String),
+    /// An `Idempotency-Key` reused with another body, or whose first request still runs.
+    #[error("{0}")]
+    IdempotencyConflict(String),
     #[error("malformed request: {0}")]
     BadRequest(String),
     #[error("invalid request")]
@@ -51,19 +60,41 @@ impl ApiError {
         Self::Invalid(vec![FieldError { field: field.into(), message: message.into() }])
     }
 
-    fn status(&self) -> StatusCode {
+    /// Every bad field of a send: a 413 when one of them is the rendered size
+    /// ([`crate::validate::TOO_LARGE_FIELD`]), else a 422 listing them.
+    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
+        match errors.iter().find(|e| e.field == crate::validate::TOO_LARGE_FIELD) {
+            Some(e) => Self::TooLarge(e.message.clone()),
+            None => Self::Invalid(errors),
+        }
+    }
+
+    /// The stable machine-readable `code` of this error.
+    pub fn code(&self) -> ProblemCode {
+        self.status_and_code().1
+    }
+
+    /// The HTTP status and the stable `code` of this kind of error, chosen together.
+    pub fn status_and_code(&self) -> (StatusCode, ProblemCode) {
+        use ProblemCode as C;
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::Denied(_) => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited(_) | Self::KeyBusy(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, C::Unauthorized),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, C::Forbidden),
+            Self::Denied(_) => (StatusCode::FORBIDDEN, C::Denied),
+            Self::NotFound => (StatusCode::NOT_FOUND, C::NotFound),
+            Self::NoRoute { .. } => (StatusCode::NOT_FOUND, C::RouteNotFound),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, C::MethodNotAllowed),
+            Self::Conflict(_) => (StatusCode::CONFLICT, C::Conflict),
+            Self::IdempotencyConflict(_) => (StatusCode::CONFLICT, C::IdempotencyConflict),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, C::InvalidRequest),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, C::BodyTimeout),
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::ValidationFailed),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, C::PayloadTooLarge),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, C::RateLimited),
+            Self::KeyBusy(_) => (StatusCode::TOO_MANY_REQUESTS, C::ConcurrencyLimited),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, C::Unavailable),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, C::OverCapacity),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
         }
     }
 }
@@ -74,7 +105,7 @@ impl From<postwire_store::StoreError> for ApiError {
         match e {
             E::NotFound => Self::NotFound,
             // Another request took this Idempotency-Key over; it answers for the key.
-            E::IdempotencyLost => Self::Conflict(
+            E::IdempotencyLost => Self::IdempotencyConflict(
                 "a request with this Idempotency-Key is in progress; retry once it has finished"
                     .into(),
             ),
@@ -92,7 +123,7 @@ impl From<postwire_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let (status, code) = self.status_and_code();
         match &self {
             Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "backend unavailable"),
@@ -120,6 +151,7 @@ impl IntoResponse for ApiError {
             kind: "about:blank".into(),
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
+            code,
             detail,
             errors,
         };
@@ -142,5 +174,75 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::to_bytes;
+    use postwire_store::ratelimit::{Limited, Window};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_error_kind_answers_problem_json_with_its_own_code() {
+        let limited = Limited {
+            window: Window::Second,
+            limit: 1,
+            used: 1,
+            requested: 1,
+            reset_after: Duration::from_millis(300),
+        };
+        let kinds = [
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::Forbidden("send"), 403, "forbidden"),
+            (ApiError::Denied("no".into()), 403, "denied"),
+            (ApiError::NotFound, 404, "not_found"),
+            (
+                ApiError::NoRoute { method: Method::GET, path: "/v1/x".into() },
+                404,
+                "route_not_found",
+            ),
+            (
+                ApiError::MethodNotAllowed { method: Method::PATCH, path: "/v1/messages".into() },
+                405,
+                "method_not_allowed",
+            ),
+            (ApiError::Conflict("c".into()), 409, "conflict"),
+            (ApiError::IdempotencyConflict("i".into()), 409, "idempotency_conflict"),
+            (ApiError::BadRequest("b".into()), 400, "invalid_request"),
+            (ApiError::field("to", "bad"), 422, "validation_failed"),
+            (ApiError::TooLarge("t".into()), 413, "payload_too_large"),
+            (ApiError::RateLimited(limited), 429, "rate_limited"),
+            (ApiError::KeyBusy(3), 429, "concurrency_limited"),
+            (ApiError::Overloaded, 503, "over_capacity"),
+            (ApiError::Unavailable(postwire_store::StoreError::Closed), 503, "unavailable"),
+            (ApiError::BodyTimeout, 408, "body_timeout"),
+            (ApiError::Internal("boom".into()), 500, "internal"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (error, status, code) in kinds {
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+            let body = to_bytes(response.into_body(), 10_000).await.unwrap();
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(problem["code"], code, "{problem}");
+            assert_eq!(problem["status"], status);
+            assert!(seen.insert(code), "{code} given to two kinds");
+        }
+    }
+
+    #[test]
+    fn a_send_over_the_rendered_size_is_a_413_and_other_bad_fields_a_422() {
+        let too_large = FieldError {
+            field: crate::validate::TOO_LARGE_FIELD.into(),
+            message: "too big".into(),
+        };
+        assert_eq!(ApiError::invalid_fields(vec![too_large]).code(), ProblemCode::PayloadTooLarge);
+        let bad = FieldError { field: "to".into(), message: "bad".into() };
+        assert_eq!(ApiError::invalid_fields(vec![bad]).code(), ProblemCode::ValidationFailed);
     }
 }

@@ -105,12 +105,12 @@ where
         IdemBegin::Started { token } => token,
         IdemBegin::Replay { status, body } => return Ok(replayed(status, body)),
         IdemBegin::InProgress => {
-            return Err(ApiError::Conflict(
+            return Err(ApiError::IdempotencyConflict(
                 "a request with this Idempotency-Key is in progress; retry once it has finished".into(),
             ))
         }
         IdemBegin::Mismatch => {
-            return Err(ApiError::Conflict(
+            return Err(ApiError::IdempotencyConflict(
                 "this Idempotency-Key was already used with a different request body; use a new key for a new request"
                     .into(),
             ))

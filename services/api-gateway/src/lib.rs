@@ -110,6 +110,29 @@ pub fn router(gw: Gateway) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gw)
         .merge(openapi::docs_router())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Any path no route has: a problem+json 404 (`route_not_found`), not an empty body.
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::NoRoute { method, path: shown_path(&uri) }
+}
+
+/// A known path asked with a method it lacks: problem+json 405; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::MethodNotAllowed { method, path: shown_path(&uri) }
+}
+
+/// The request path as echoed in a `detail`: its first 200 characters, so a huge URI is not
+/// copied back whole.
+fn shown_path(uri: &axum::http::Uri) -> String {
+    const SHOWN: usize = 200;
+    let path = uri.path();
+    match path.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_string(),
+    }
 }
 
 /// Only `/metrics`, `/healthz` and `/readyz`: for processes that run no API (`telemetry.metrics_listen`).

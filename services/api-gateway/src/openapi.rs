@@ -13,7 +13,14 @@ use crate::routes::{
 #[openapi(
     info(
         title = "Postwire",
-        description = "Transactional email delivery: send JSON, get signed delivery webhooks.",
+        description = "Transactional email delivery: send JSON, get signed delivery webhooks.\n\n\
+Errors are RFC 9457 `application/problem+json` with a stable `code` (see the `ProblemCode` schema).\n\n\
+Every `/v1` answer to a valid API key, success or error, carries the draft-ietf-httpapi-ratelimit-headers \
+fields of the key's request window: `RateLimit-Limit` (requests per second, `limits.per_key_per_second`), \
+`RateLimit-Remaining` (left in this second, this request counted), `RateLimit-Reset` (seconds until it resets) \
+and `RateLimit-Policy` (`{limit};w=1`); they are listed on the success responses only, to keep this document \
+small. None are sent when the limit is 0 (off), nor on a 401. A 429 over a limit describes the refusing window \
+(`w=86400` for the daily message limit).",
         version = "1.0.0"
     ),
     paths(
@@ -85,7 +92,8 @@ impl Modify for BearerAuth {
 /// than on each handler: 401 (no valid key), 403 (missing scope), 429 (rate limit, with
 /// `Retry-After`), 503 (a backend down, or the route at capacity); and, on routes with a JSON
 /// body, 400 (not JSON), 408 (a body too slow) and 413 (over `limits.max_request_size`). A
-/// handler's own entry for a status wins.
+/// handler's own entry for a status wins. Every response but the 401 also lists the
+/// `RateLimit-*` headers.
 struct SharedProblems;
 
 impl Modify for SharedProblems {
@@ -128,6 +136,7 @@ impl Modify for SharedProblems {
                         .entry(status.to_string())
                         .or_insert_with(|| problem(description).into());
                 }
+                add_rate_limit_headers(op);
             }
         }
     }
@@ -151,6 +160,45 @@ impl Modify for EmptyMeansAbsent {
             }
         }
     }
+}
+
+/// The `RateLimit-*` headers every answer to an authenticated key carries (see
+/// [`crate::ratelimit`]), listed on the success responses of each `/v1` operation. Their
+/// meaning, and that errors carry them too, is written once in the document's description:
+/// listing them on every error response as well would grow the spec by half.
+fn add_rate_limit_headers(op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::header::Header;
+    use utoipa::openapi::{Object, RefOr, Type};
+    let headers = [
+        (crate::ratelimit::RATELIMIT_LIMIT, Type::Integer),
+        (crate::ratelimit::RATELIMIT_REMAINING, Type::Integer),
+        (crate::ratelimit::RATELIMIT_RESET, Type::Integer),
+        (crate::ratelimit::RATELIMIT_POLICY, Type::String),
+    ];
+    for (status, response) in op.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else { continue };
+        if !status.starts_with('2') {
+            continue;
+        }
+        for (name, kind) in &headers {
+            response
+                .headers
+                .entry(canonical_header(name.as_str()))
+                .or_insert_with(|| Header::new(Object::with_type(kind.clone())));
+        }
+    }
+}
+
+/// `ratelimit-limit` → `RateLimit-Limit`, as the draft spells them.
+fn canonical_header(name: &str) -> String {
+    name.replace("ratelimit", "RateLimit")
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// The spec as pretty JSON, exactly as checked in under `openapi/`.
@@ -203,6 +251,16 @@ mod shared_problem_tests {
                         r["content"]["application/problem+json"].is_object(),
                         "{method} {path} {status}"
                     );
+                }
+                for (status, r) in responses {
+                    if status.starts_with('2') {
+                        let headers = &r["headers"];
+                        assert!(
+                            headers["RateLimit-Remaining"]["schema"]["type"] == "integer"
+                                && headers["RateLimit-Policy"].is_object(),
+                            "{method} {path} {status}: {headers}"
+                        );
+                    }
                 }
                 checked += 1;
             }

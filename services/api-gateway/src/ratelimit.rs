@@ -7,10 +7,13 @@
 //!   validation, so only accepted messages count: a batch takes its valid items, all or none.
 //!   Messages that then fail to be stored are given back. An idempotent replay takes nothing.
 //!
+//! Every answer to an authenticated key (success or error) carries the
+//! draft-ietf-httpapi-ratelimit-headers fields of its request window: `RateLimit-Limit`,
+//! `RateLimit-Remaining` (what is left of this second, after this request), `RateLimit-Reset`
+//! (seconds) and `RateLimit-Policy` (`{limit};w=1`); none when `limits.per_key_per_second` is 0.
 //! Over a limit the answer is `429` with `Retry-After` (whole seconds until the refusing
-//! window resets) and the draft-ietf-httpapi-ratelimit-headers fields describing **that
-//! window**: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and
-//! `RateLimit-Policy` (`{limit};w={window seconds}`: `w=1` for requests, `w=86400` for messages).
+//! window resets) and the same fields describing **that window** instead (`w=86400` for the
+//! day's messages).
 
 use axum::http::{HeaderName, HeaderValue};
 use postwire_config::Limits;
@@ -33,10 +36,11 @@ pub fn quota(limits: &Limits) -> Quota {
     Quota { per_second: limits.per_key_per_second, per_day: limits.per_key_per_day }
 }
 
-/// Takes one request from `key_id`'s per-second window; 429 when it is used up.
-pub async fn admit_request(gw: &Gateway, key_id: &str) -> Result<(), ApiError> {
+/// Takes one request from `key_id`'s per-second window; 429 when it is used up. Says where
+/// the window stands, for [`standing_headers`].
+pub async fn admit_request(gw: &Gateway, key_id: &str) -> Result<Granted, ApiError> {
     match gw.rate_limiter.acquire(key_id, quota(&gw.limits), Cost::REQUEST).await? {
-        Decision::Granted(_) => Ok(()),
+        Decision::Granted(g) => Ok(g),
         Decision::Limited(l) => Err(ApiError::RateLimited(l)),
     }
 }
@@ -104,19 +108,43 @@ pub fn detail(l: &Limited) -> String {
     }
 }
 
+/// The four `RateLimit-*` fields of a window with `limit`, `remaining` left, resetting in
+/// `reset` seconds.
+fn window_headers(
+    window: Window,
+    limit: u64,
+    remaining: u64,
+    reset: u64,
+) -> [(HeaderName, HeaderValue); 4] {
+    let num = |n: u64| HeaderValue::from(n);
+    let policy =
+        HeaderValue::from_str(&format!("{limit};w={}", window.seconds())).expect("ASCII digits");
+    [
+        (RATELIMIT_LIMIT, num(limit)),
+        (RATELIMIT_REMAINING, num(remaining)),
+        (RATELIMIT_RESET, num(reset)),
+        (RATELIMIT_POLICY, policy),
+    ]
+}
+
 /// `Retry-After` and the `RateLimit-*` headers of a 429.
 pub fn headers(l: &Limited) -> [(HeaderName, HeaderValue); 5] {
     let wait = retry_after_secs(l);
-    let num = |n: u64| HeaderValue::from(n);
-    let policy = HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.seconds()))
-        .expect("ASCII digits");
-    [
-        (axum::http::header::RETRY_AFTER, num(wait)),
-        (RATELIMIT_LIMIT, num(l.limit)),
-        (RATELIMIT_REMAINING, num(l.remaining())),
-        (RATELIMIT_RESET, num(wait)),
-        (RATELIMIT_POLICY, policy),
-    ]
+    let [a, b, c, d] = window_headers(l.window, l.limit, l.remaining(), wait);
+    [(axum::http::header::RETRY_AFTER, HeaderValue::from(wait)), a, b, c, d]
+}
+
+/// The `RateLimit-*` headers of any other answer to an authenticated key: its request window
+/// after `granted`; none when requests are unlimited (`per_second` 0).
+pub fn standing_headers(per_second: u32, granted: &Granted) -> Vec<(HeaderName, HeaderValue)> {
+    if per_second == 0 {
+        return Vec::new();
+    }
+    let limit = u64::from(per_second);
+    let reset = granted.second_reset.as_millis().div_ceil(1000).max(1) as u64;
+    window_headers(Window::Second, limit, limit.saturating_sub(granted.second_used), reset)
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -149,6 +177,23 @@ mod tests {
         assert_eq!(get(&RATELIMIT_POLICY), "10;w=86400");
         let s = headers(&limited(Window::Second, 10, 1, 400));
         assert_eq!(s[4].1, "10;w=1");
+    }
+
+    #[test]
+    fn a_granted_request_reports_what_is_left_of_its_second_and_nothing_when_unlimited() {
+        let g = Granted { day: 0, second_used: 3, second_reset: Duration::from_millis(250) };
+        let h = standing_headers(10, &g);
+        let values: Vec<_> = h.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(
+            values,
+            [
+                ("ratelimit-limit", "10"),
+                ("ratelimit-remaining", "7"),
+                ("ratelimit-reset", "1"),
+                ("ratelimit-policy", "10;w=1")
+            ]
+        );
+        assert!(standing_headers(0, &g).is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
-use postwire_proto::{FieldError, SendRequest, Template, TemplateRequest};
+use postwire_proto::{FieldError, ProblemCode, SendRequest, Template, TemplateRequest};
 use postwire_store::{StoreError, Templates};
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +53,27 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { field: field.into(), message: message.into() }
 }
 
-/// Checks a template before it is stored: a name, a single-line subject, a `text` or `html`
+/// The most characters an alias has.
+const MAX_ALIAS_CHARS: usize = 64;
+
+/// An alias: 1–64 of `a-z`, `0-9`, `_`, `-`, starting with a letter or digit, and not
+/// `tpl_…` (that is how ids start, and a handle must name one template only).
+fn check_alias(alias: &str) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+    let starts_well =
+        alias.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !starts_well || alias.len() > MAX_ALIAS_CHARS || !alias.bytes().all(allowed) {
+        return Err(format!(
+            "1 to {MAX_ALIAS_CHARS} of a-z, 0-9, `_` and `-`, starting with a letter or digit"
+        ));
+    }
+    if postwire_store::template::is_id(alias) {
+        return Err("must not start with `tpl_`, which template ids start with".into());
+    }
+    Ok(())
+}
+
+/// Checks a template before it is stored: an alias of the right form, a name, a single-line subject, a `text` or `html`
 /// body, and valid syntax in each part (the engine's message on the part's field).
 pub fn check_template(request: &TemplateRequest) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
@@ -67,6 +87,11 @@ pub fn check_template(request: &TemplateRequest) -> Result<(), Vec<FieldError>> 
             "name",
             format!("at most {MAX_NAME_CHARS} characters, without control characters"),
         ));
+    }
+    if let Some(alias) = &request.alias {
+        if let Err(why) = check_alias(alias) {
+            errors.push(field("alias", why));
+        }
     }
     if request.subject.contains(['\r', '\n', '\0']) {
         errors.push(field(SUBJECT, "must not contain CR, LF or NUL"));
@@ -112,12 +137,7 @@ pub enum RenderError {
 impl From<RenderError> for ApiError {
     fn from(e: RenderError) -> Self {
         match e {
-            RenderError::Invalid(errors) => {
-                match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
-                    Some(e) => ApiError::TooLarge(e.message.clone()),
-                    None => ApiError::Invalid(errors),
-                }
-            }
+            RenderError::Invalid(errors) => ApiError::invalid_fields(errors),
             RenderError::Store(e) => e.into(),
             RenderError::Renderer(e) => ApiError::Internal(Box::new(e)),
         }
@@ -125,20 +145,27 @@ impl From<RenderError> for ApiError {
 }
 
 impl RenderError {
-    /// The errors to report for one message of a batch.
-    pub fn into_field_errors(self) -> Vec<FieldError> {
+    /// The `code` and errors to report for one message of a batch.
+    pub fn into_field_errors(self) -> (ProblemCode, Vec<FieldError>) {
         match self {
-            RenderError::Invalid(errors) => errors,
+            RenderError::Invalid(errors) => {
+                (ApiError::invalid_fields(errors.clone()).code(), errors)
+            }
             RenderError::Store(e) => {
                 tracing::warn!(error = %e, "batch: a message's template could not be read");
-                vec![field(
+                let errors = vec![field(
                     "(message)",
                     "not queued: storage is unavailable; send this message again",
-                )]
+                )];
+                (ApiError::from(e).code(), errors)
             }
             RenderError::Renderer(e) => {
                 tracing::error!(error = %e, "batch: a message's template could not be rendered");
-                vec![field("(message)", "not queued: an internal error; send this message again")]
+                let errors = vec![field(
+                    "(message)",
+                    "not queued: an internal error; send this message again",
+                )];
+                (ApiError::Internal(Box::new(e)).code(), errors)
             }
         }
     }
@@ -198,7 +225,7 @@ pub async fn render_send(
         ));
     }
     let Some(template) = cache.get(store, &template_id).await? else {
-        errors.push(field("template_id", format!("no template with id `{template_id}`")));
+        errors.push(field("template_id", format!("no template with id or alias `{template_id}`")));
         return Err(RenderError::Invalid(errors));
     };
     if !errors.is_empty() {

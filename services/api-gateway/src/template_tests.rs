@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postwire_store::{new_template, TemplateCursor, TemplatePage};
+use postwire_store::{new_template, TemplateCursor, TemplatePage, TemplateWrite};
 
 use super::*;
 
@@ -19,9 +19,9 @@ struct Memory {
 
 #[async_trait]
 impl Templates for Memory {
-    async fn create_template(&self, template: Template) -> Result<(), StoreError> {
-        self.templates.lock().unwrap().push(template);
-        Ok(())
+    async fn create_template(&self, template: Template) -> Result<TemplateWrite, StoreError> {
+        self.templates.lock().unwrap().push(template.clone());
+        Ok(TemplateWrite::Written(template))
     }
 
     async fn template(&self, id: &str) -> Result<Option<Template>, StoreError> {
@@ -42,7 +42,7 @@ impl Templates for Memory {
         _: &str,
         _: TemplateRequest,
         _: DateTime<Utc>,
-    ) -> Result<Option<Template>, StoreError> {
+    ) -> Result<TemplateWrite, StoreError> {
         unimplemented!("not used by rendering")
     }
 
@@ -55,6 +55,7 @@ fn store_with(subject: &str, text: Option<&str>, html: Option<&str>) -> Memory {
     let store = Memory::default();
     let content = TemplateRequest {
         name: "t".into(),
+        alias: None,
         subject: subject.into(),
         text: text.map(Into::into),
         html: html.map(Into::into),
@@ -204,7 +205,8 @@ async fn a_runaway_template_is_stopped() {
     .await
     .map_err(RenderError::into_field_errors)
     .unwrap_err();
-    assert_eq!(fields(&errors), [TOO_LARGE_FIELD], "{errors:?}");
+    assert_eq!(fields(&errors.1), [TOO_LARGE_FIELD], "{errors:?}");
+    assert_eq!(errors.0, ProblemCode::PayloadTooLarge, "a batch item says why, as a send would");
 }
 
 #[tokio::test]
@@ -230,6 +232,7 @@ async fn a_batch_reads_each_template_once() {
 fn syntax_errors_are_reported_on_their_field() {
     let ok = TemplateRequest {
         name: "n".into(),
+        alias: None,
         subject: "Hi {{ a }}".into(),
         text: Some("{{ b }}".into()),
         html: None,
@@ -238,16 +241,25 @@ fn syntax_errors_are_reported_on_their_field() {
 
     let bad = TemplateRequest {
         name: " ".into(),
+        alias: Some("tpl_looks-like-an-id".into()),
         subject: "Hi {{ a".into(),
         text: Some("{% for x in y %}".into()),
         html: Some("{% endif %}".into()),
     };
     let errors = check_template(&bad).unwrap_err();
-    assert_eq!(fields(&errors), ["name", "subject", "text", "html"]);
-    assert!(errors[1].message.contains("syntax error"), "{}", errors[1].message);
+    assert_eq!(fields(&errors), ["name", "alias", "subject", "text", "html"]);
+    assert!(errors[1].message.contains("tpl_"), "{}", errors[1].message);
+    assert!(errors[2].message.contains("syntax error"), "{}", errors[2].message);
+    for bad_alias in ["", "Reset", "-reset", "a b", &"x".repeat(65)] {
+        let request = TemplateRequest { alias: Some(bad_alias.to_string()), ..ok.clone() };
+        assert_eq!(fields(&check_template(&request).unwrap_err()), ["alias"], "{bad_alias:?}");
+    }
+    let good = TemplateRequest { alias: Some("password-reset_2".into()), ..ok.clone() };
+    assert_eq!(check_template(&good), Ok(()));
 
     let no_body = TemplateRequest {
         name: "n".into(),
+        alias: None,
         subject: "s\r\nBcc: x".into(),
         text: None,
         html: Some(String::new()),

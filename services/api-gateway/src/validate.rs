@@ -112,6 +112,12 @@ fn has_forbidden_chars(s: &str) -> bool {
     s.chars().any(|c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}')
 }
 
+/// The MIME type of a file named `filename`, from its extension; `application/octet-stream`
+/// (RFC 2046 §4.5.1: arbitrary data) when the extension is missing or unknown.
+fn guess_content_type(filename: &str) -> String {
+    mime_guess::from_path(filename).first_or_octet_stream().essence_str().to_string()
+}
+
 /// Validates a send request. On success returns the message to queue, with its request
 /// rewritten into canonical form; on failure every bad field is listed.
 pub fn validate_send(
@@ -195,6 +201,9 @@ pub fn validate_send(
         );
     }
 
+    for a in req.attachments.iter_mut().filter(|a| a.content_type.is_empty()) {
+        a.content_type = guess_content_type(&a.filename);
+    }
     let mut size = rendered_overhead(&req)
         + req.text.as_deref().map_or(0, encoded_body_len)
         + req.html.as_deref().map_or(0, encoded_body_len);

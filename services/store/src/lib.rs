@@ -56,7 +56,7 @@ pub use model::*;
 pub use ratelimit::RateLimiter;
 pub use retention::{Pruned, Retention};
 pub use suppression::{NewSuppression, SuppressionCursor, SuppressionPage, Suppressions};
-pub use template::{new_template, TemplateCursor, TemplatePage, Templates};
+pub use template::{new_template, TemplateCursor, TemplatePage, TemplateWrite, Templates};
 pub use webhook_log::{DeliveryPage, EventPage, EventQuery, WebhookLog};
 
 /// Why a storage operation failed.

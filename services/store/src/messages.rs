@@ -9,9 +9,11 @@
 //! refuses `send_at` more than 7 days ahead and drops one that is not in the future.
 //!
 //! **Cancel.** Every recipient still `queued`, `scheduled` or `deferred` whose job is not
-//! claimed by a worker right now becomes `canceled` (final) and its job is dropped; no event
-//! is written. A worker never runs a canceled recipient: claims load only pending recipients,
-//! completions ignore final ones, and a job left with none pending is discarded.
+//! claimed by a worker right now becomes `canceled` (final) and its job is dropped; each one
+//! gets a `message.canceled` event ([`canceled_event`]), written with the status change and
+//! queued for the endpoints subscribed to it (the outbox). A worker never runs a canceled
+//! recipient: claims load only pending recipients, completions ignore final ones, and a job
+//! left with none pending is discarded.
 //!
 //! **Search.** Newest first by creation time (ties broken by id, descending), filters
 //! combined with AND, paged by an opaque [`MessageCursor`] (keyset: the creation time and id of
@@ -27,7 +29,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use postwire_proto::{
-    MessageSummary, RecipientStatus, RecipientSummary, RecipientView, SendRequest,
+    Event, EventData, EventType, MessageSummary, RecipientStatus, RecipientSummary, RecipientView,
+    SendRequest,
 };
 
 use crate::StoreError;
@@ -186,6 +189,23 @@ pub enum Cancel {
     /// claimed by a worker right now (a delivery may be under way); otherwise every recipient
     /// was already final.
     NothingToCancel { in_flight: bool },
+}
+
+/// The `message.canceled` event of one recipient of the message `message_id` sent with
+/// `request` (its tags and metadata are echoed); both backends store exactly this.
+pub fn canceled_event(message_id: &str, request: &SendRequest, email: &str) -> Event {
+    Event {
+        id: crate::ids::new_id("evt"),
+        kind: EventType::Canceled,
+        timestamp: Utc::now(),
+        data: EventData {
+            message_id: message_id.to_string(),
+            recipient: email.to_string(),
+            tags: request.tags.clone(),
+            metadata: request.metadata.clone(),
+            ..EventData::default()
+        },
+    }
 }
 
 /// Searching and canceling stored messages.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use postwire_proto::RecipientStatus;
+use postwire_proto::{EventType, RecipientStatus};
 
 use crate::suppression::contract::message;
 use crate::{
@@ -101,8 +101,19 @@ pub(crate) async fn scheduled_recipient_shows_queued_once_due<S: Queue + State>(
 pub(crate) async fn canceled_scheduled_message_is_never_claimed<S: Queue + State + Messages>(
     store: &S,
 ) {
+    store
+        .create_webhook(crate::NewWebhook {
+            id: crate::ids::new_id("wh"),
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec![EventType::Canceled],
+            secret: "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0".into(),
+            created_at: Utc::now(),
+        })
+        .await
+        .unwrap();
     let send_at = Utc::now() + TimeDelta::milliseconds(1_000);
-    let msg = scheduled(&["cy@cancel.test", "di@cancel.test", "ed@other.test"], send_at);
+    let mut msg = scheduled(&["cy@cancel.test", "di@cancel.test", "ed@other.test"], send_at);
+    msg.request.tags = vec!["reset".into()];
     store.accept(msg.clone()).await.unwrap();
     let depth = store.depth().await.unwrap();
     assert_eq!(store.cancel_message(&msg.id).await.unwrap(), Cancel::Canceled(3));
@@ -112,7 +123,28 @@ pub(crate) async fn canceled_scheduled_message_is_never_claimed<S: Queue + State
         .recipients
         .iter()
         .all(|r| r.status == RecipientStatus::Canceled && r.next_attempt_at.is_none()));
-    assert!(view.events.is_empty(), "canceling writes no event");
+    // One `message.canceled` per recipient, stored with the change and queued for the webhook.
+    let mut canceled: Vec<_> = view
+        .events
+        .iter()
+        .map(|e| (e.kind, e.data.recipient.as_str(), e.data.tags.clone()))
+        .collect();
+    canceled.sort_by_key(|e| e.1);
+    let tags = vec!["reset".to_string()];
+    assert_eq!(
+        canceled,
+        [
+            (EventType::Canceled, "cy@cancel.test", tags.clone()),
+            (EventType::Canceled, "di@cancel.test", tags.clone()),
+            (EventType::Canceled, "ed@other.test", tags.clone()),
+        ]
+    );
+    let queued = store.claim_webhook_deliveries(100, Duration::from_secs(600)).await.unwrap();
+    let mut queued: Vec<String> = queued.iter().map(|d| d.event_id.clone()).collect();
+    queued.sort();
+    let mut ids: Vec<String> = view.events.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    assert_eq!(queued, ids, "each event is queued for the subscribed endpoint");
     assert_eq!(store.depth().await.unwrap(), depth - 2, "both jobs are gone");
     assert_eq!(
         store.cancel_message(&msg.id).await.unwrap(),

@@ -127,6 +127,11 @@ impl Limited {
 pub struct Granted {
     /// The day window its messages were taken from (see [`Window::index`]).
     pub day: i64,
+    /// Requests counted in the current second window, this call's included (what the
+    /// `RateLimit-Remaining` of a successful answer is worked out from).
+    pub second_used: u64,
+    /// Until the second window resets.
+    pub second_reset: Duration,
 }
 
 /// The outcome of [`RateLimiter::acquire`].

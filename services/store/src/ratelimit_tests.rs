@@ -34,8 +34,11 @@ pub(crate) async fn requests_over_the_per_second_limit_wait_for_the_next_second(
 ) {
     let quota = Quota { per_second: 2, per_day: 0 };
     start_of_a_second().await;
-    granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
-    granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
+    let first = granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
+    let second = granted(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
+    // A grant says how much of the second it has used, for the answer's RateLimit-* headers.
+    assert_eq!((first.second_used, second.second_used), (1, 2));
+    assert!(second.second_reset <= Duration::from_secs(1), "{second:?}");
     let refused = limited(store.acquire("key_a", quota, Cost::REQUEST).await.unwrap());
     assert_eq!(
         (refused.window, refused.limit, refused.used, refused.remaining()),

@@ -7,6 +7,11 @@
 //!
 //! Listing is newest first, paged by [`TemplateCursor`] (created time, then id, both
 //! descending). Timestamps are kept at millisecond precision, like every other stored time.
+//!
+//! **Aliases.** A template may have an `alias`, unique among templates; reading, replacing
+//! and deleting take either the id or the alias ([`is_id`] tells them apart: the gateway
+//! refuses aliases that look like ids). Writing an alias another template holds changes
+//! nothing and says so ([`TemplateWrite::AliasTaken`]).
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -62,6 +67,7 @@ pub fn new_template(id: String, content: TemplateRequest, at: DateTime<Utc>) -> 
     Template {
         id,
         name: content.name,
+        alias: content.alias,
         subject: content.subject,
         text: content.text,
         html: content.html,
@@ -75,14 +81,31 @@ pub(crate) fn replaced(current: Template, content: TemplateRequest, at: DateTime
     Template { created_at: current.created_at, ..new_template(current.id, content, at) }
 }
 
+/// Whether `id_or_alias` names a template by id (`tpl_…`) rather than by alias.
+pub fn is_id(id_or_alias: &str) -> bool {
+    id_or_alias.starts_with("tpl_")
+}
+
+/// The outcome of writing a template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateWrite {
+    /// Stored; the template as it now is.
+    Written(Template),
+    /// No template has that id or alias (replace only).
+    NotFound,
+    /// Another template holds the alias; nothing was written.
+    AliasTaken,
+}
+
 /// The stored templates, as the API manages them.
 #[async_trait]
 pub trait Templates: Send + Sync + 'static {
-    /// Stores a new template (made with [`new_template`]; its id is fresh).
-    async fn create_template(&self, template: Template) -> Result<(), StoreError>;
+    /// Stores a new template (made with [`new_template`]; its id is fresh), unless another
+    /// holds its alias.
+    async fn create_template(&self, template: Template) -> Result<TemplateWrite, StoreError>;
 
-    /// The template with this id.
-    async fn template(&self, id: &str) -> Result<Option<Template>, StoreError>;
+    /// The template with this id or alias.
+    async fn template(&self, id_or_alias: &str) -> Result<Option<Template>, StoreError>;
 
     /// Up to `limit` templates, newest first, starting after `after`.
     async fn list_templates(
@@ -91,17 +114,18 @@ pub trait Templates: Send + Sync + 'static {
         limit: usize,
     ) -> Result<TemplatePage, StoreError>;
 
-    /// Replaces the name, subject, text and html of template `id` and sets its `updated_at`
-    /// to `at`; `created_at` is kept. Returns the template as now stored, `None` when unknown.
+    /// Replaces the name, alias, subject, text and html of the template with this id or alias
+    /// and sets its `updated_at` to `at`; `created_at` is kept.
     async fn replace_template(
         &self,
-        id: &str,
+        id_or_alias: &str,
         content: TemplateRequest,
         at: DateTime<Utc>,
-    ) -> Result<Option<Template>, StoreError>;
+    ) -> Result<TemplateWrite, StoreError>;
 
-    /// Removes template `id`; later sends naming it are refused. False when unknown.
-    async fn delete_template(&self, id: &str) -> Result<bool, StoreError>;
+    /// Removes the template with this id or alias (freeing the alias); later sends naming it
+    /// are refused. False when unknown.
+    async fn delete_template(&self, id_or_alias: &str) -> Result<bool, StoreError>;
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@ use chrono::{Duration, TimeZone, Utc};
 use postwire_proto::TemplateRequest;
 
 use crate::template::new_template;
-use crate::{ids, TemplateCursor, Templates};
+use crate::{ids, TemplateCursor, TemplateWrite, Templates};
 
 fn content(name: &str) -> TemplateRequest {
     TemplateRequest {
         name: name.into(),
+        alias: None,
         subject: "Welcome, {{ name }}".into(),
         text: Some("Hi {{ name }}".into()),
         html: Some("<p>Hi {{ name }}</p>".into()),
@@ -21,22 +22,26 @@ pub(crate) async fn a_template_round_trips_and_is_replaced_in_place(store: &impl
         Utc.timestamp_millis_opt(1_764_000_000_123).unwrap() + Duration::microseconds(456);
     let template = new_template(ids::new_id("tpl"), content("welcome"), created_at);
     assert_eq!(template.created_at.timestamp_subsec_micros(), 123_000, "stored at ms precision");
-    store.create_template(template.clone()).await.expect("create");
+    assert_eq!(
+        store.create_template(template.clone()).await.expect("create"),
+        TemplateWrite::Written(template.clone())
+    );
     assert_eq!(store.template(&template.id).await.expect("get"), Some(template.clone()));
     assert_eq!(store.template("tpl_unknown").await.expect("get unknown"), None);
 
     let later = created_at + Duration::seconds(90);
     let replacement = TemplateRequest {
         name: "welcome v2".into(),
+        alias: None,
         subject: "Hello".into(),
         text: None,
         html: Some("<b>{{ x }}</b>".into()),
     };
-    let replaced = store
-        .replace_template(&template.id, replacement, later)
-        .await
-        .expect("replace")
-        .expect("known");
+    let TemplateWrite::Written(replaced) =
+        store.replace_template(&template.id, replacement, later).await.expect("replace")
+    else {
+        panic!("a known template is replaced")
+    };
     assert_eq!(replaced.id, template.id);
     assert_eq!(replaced.name, "welcome v2");
     assert_eq!(replaced.subject, "Hello");
@@ -48,7 +53,7 @@ pub(crate) async fn a_template_round_trips_and_is_replaced_in_place(store: &impl
 
     let missing =
         store.replace_template("tpl_unknown", content("x"), later).await.expect("replace unknown");
-    assert_eq!(missing, None);
+    assert_eq!(missing, TemplateWrite::NotFound);
     assert_eq!(store.template("tpl_unknown").await.expect("get"), None, "a replace never creates");
 }
 
@@ -64,11 +69,10 @@ pub(crate) async fn a_deleted_template_is_gone(store: &impl Templates) {
         !store.delete_template(&drop.id).await.expect("delete again"),
         "a second delete finds nothing"
     );
-    assert!(store
-        .replace_template(&drop.id, content("back"), Utc::now())
-        .await
-        .expect("replace")
-        .is_none());
+    assert_eq!(
+        store.replace_template(&drop.id, content("back"), Utc::now()).await.expect("replace"),
+        TemplateWrite::NotFound
+    );
     assert_eq!(store.template(&keep.id).await.expect("get"), Some(keep.clone()));
     let listed = store.list_templates(None, 10).await.expect("list");
     assert_eq!(listed.data, vec![keep], "the deleted template is not listed");
@@ -109,4 +113,74 @@ pub(crate) async fn templates_page_newest_first(store: &impl Templates) {
     let all = store.list_templates(None, 100).await.expect("list all");
     assert_eq!(all.data, expected);
     assert_eq!(all.next, None, "one page holds everything");
+}
+
+fn aliased(name: &str, alias: &str) -> TemplateRequest {
+    TemplateRequest { alias: Some(alias.into()), ..content(name) }
+}
+
+/// An alias names one template wherever its id does; a second template cannot take it (by
+/// create or by replace) until the first lets it go (replaced without it, or deleted).
+pub(crate) async fn an_alias_names_one_template_until_it_is_let_go(store: &impl Templates) {
+    let reset = new_template(ids::new_id("tpl"), aliased("reset", "password-reset"), Utc::now());
+    let other = new_template(ids::new_id("tpl"), content("other"), Utc::now());
+    store.create_template(reset.clone()).await.expect("create");
+    store.create_template(other.clone()).await.expect("create");
+    assert_eq!(store.template("password-reset").await.expect("get"), Some(reset.clone()));
+    assert_eq!(store.template("no-such-alias").await.expect("get"), None);
+
+    let twin = new_template(ids::new_id("tpl"), aliased("twin", "password-reset"), Utc::now());
+    assert_eq!(
+        store.create_template(twin.clone()).await.expect("create"),
+        TemplateWrite::AliasTaken
+    );
+    assert_eq!(store.template(&twin.id).await.expect("get"), None, "nothing was stored");
+    assert_eq!(
+        store
+            .replace_template(&other.id, aliased("other", "password-reset"), Utc::now())
+            .await
+            .expect("replace"),
+        TemplateWrite::AliasTaken
+    );
+    assert_eq!(store.template(&other.id).await.expect("get"), Some(other.clone()), "unchanged");
+
+    // Replaced through its alias, keeping it: still found by it.
+    let TemplateWrite::Written(kept) = store
+        .replace_template("password-reset", aliased("reset v2", "password-reset"), Utc::now())
+        .await
+        .expect("replace")
+    else {
+        panic!("replace by alias")
+    };
+    assert_eq!((kept.id.as_str(), kept.name.as_str()), (reset.id.as_str(), "reset v2"));
+    assert_eq!(store.template("password-reset").await.expect("get"), Some(kept.clone()));
+
+    // Renamed: the old alias is free and names nothing.
+    let TemplateWrite::Written(renamed) = store
+        .replace_template(&reset.id, aliased("reset v3", "reset"), Utc::now())
+        .await
+        .expect("replace")
+    else {
+        panic!("rename the alias")
+    };
+    assert_eq!(store.template("password-reset").await.expect("get"), None);
+    assert_eq!(store.template("reset").await.expect("get"), Some(renamed));
+    let TemplateWrite::Written(taken) = store
+        .replace_template(&other.id, aliased("other", "password-reset"), Utc::now())
+        .await
+        .expect("replace")
+    else {
+        panic!("a freed alias can be taken")
+    };
+    assert_eq!(taken.alias.as_deref(), Some("password-reset"));
+
+    // Deleted by alias: the alias is free again.
+    assert!(store.delete_template("reset").await.expect("delete"));
+    assert_eq!(store.template(&reset.id).await.expect("get"), None);
+    assert_eq!(store.template("reset").await.expect("get"), None);
+    let again = new_template(ids::new_id("tpl"), aliased("again", "reset"), Utc::now());
+    assert_eq!(
+        store.create_template(again.clone()).await.expect("create"),
+        TemplateWrite::Written(again)
+    );
 }

@@ -100,6 +100,7 @@ async fn a_full_disk_is_a_503_with_retry_after_and_the_store_recovers_when_space
     }
     let (at, retry_after, answer) = refused.expect("the full disk never refused a send");
     assert!(retry_after.is_some(), "a 503 for a full disk carries Retry-After: {answer}");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
     // Still full: still refused, never a 202 that is not on disk.
     let (status, _, _) = send(at + 1).await;
     assert_eq!(status, 503);

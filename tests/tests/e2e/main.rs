@@ -18,6 +18,7 @@ mod idn;
 mod keys;
 mod limits;
 mod operations;
+mod papercuts;
 mod ratelimit;
 mod retention;
 mod scheduled;

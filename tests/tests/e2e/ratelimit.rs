@@ -85,6 +85,7 @@ fn assert_429(a: &Answer) {
     assert_eq!(a.status, 429, "{}", a.body);
     assert_eq!(a.header("content-type"), Some("application/problem+json"));
     assert_eq!(a.body["status"], 429);
+    assert_eq!(a.body["code"], "rate_limited", "{}", a.body);
 }
 
 #[tokio::test]
@@ -97,8 +98,16 @@ async fn the_third_request_in_a_second_is_429_with_retry_after_and_is_let_throug
     let key = new_key(&app, json!({"name": "reader", "scopes": ["read"]})).await;
 
     start_of_a_second().await;
-    assert_eq!(list(&app, &key).await.status, 200);
-    assert_eq!(list(&app, &key).await.status, 200);
+    // Each answer says what is left of the second.
+    for left in ["1", "0"] {
+        let a = list(&app, &key).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("ratelimit-remaining"), Some(left));
+        assert_eq!(
+            (a.header("ratelimit-limit"), a.header("ratelimit-policy")),
+            (Some("2"), Some("2;w=1"))
+        );
+    }
     let refused = list(&app, &key).await;
     assert_429(&refused);
     assert_eq!(refused.header("retry-after"), Some("1"));

@@ -115,7 +115,14 @@ async fn a_canceled_scheduled_message_is_never_delivered() {
     assert_eq!(hosts[0].connections(), 0);
     let m = app.message(&id).await.unwrap();
     assert_eq!(m["status"], "canceled", "{m:#}");
-    assert!(m["events"].as_array().unwrap().is_empty(), "cancel writes no event: {m:#}");
+    let events: Vec<(&str, &str)> = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["data"]["recipient"].as_str().unwrap()))
+        .collect();
+    assert_eq!(events.len(), 2, "one event per canceled recipient: {m:#}");
+    assert!(events.iter().all(|(kind, _)| *kind == "message.canceled"), "{m:#}");
 }
 
 #[tokio::test]

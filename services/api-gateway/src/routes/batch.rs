@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use postwire_proto::{
-    BatchRequest, BatchResponse, BatchResult, FieldError, SendRequest, SendResponse,
+    BatchRequest, BatchResponse, BatchResult, FieldError, ProblemCode, SendRequest, SendResponse,
     MAX_BATCH_MESSAGES,
 };
 use postwire_store::{ids, IdemClaim};
@@ -124,7 +124,7 @@ async fn accept_batch(
                 valid.push((i, message, response));
                 results.push(None);
             }
-            Err(errors) => results.push(Some(BatchResult::Rejected { errors })),
+            Err((code, errors)) => results.push(Some(BatchResult::Rejected { code, errors })),
         }
     }
     // The valid messages are taken from the key's daily limit together: all fit, or 429.
@@ -148,7 +148,9 @@ async fn accept_batch(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "batch: a message could not be queued");
+                let e = ApiError::from(e);
                 results[i] = Some(BatchResult::Rejected {
+                    code: e.code(),
                     errors: vec![FieldError {
                         field: "(message)".into(),
                         message: "not queued: storage is unavailable; send this message again"
@@ -162,7 +164,7 @@ async fn accept_batch(
     taken.give_back(&gw, failures.len()).await;
     // Nothing could be stored: the whole request failed (503) and may simply be retried.
     if attempted > 0 && failures.len() == attempted {
-        return Err(failures.swap_remove(0).into());
+        return Err(failures.swap_remove(0));
     }
     let results = results.into_iter().map(|r| r.expect("every message has a result")).collect();
     Ok((StatusCode::OK, Json(BatchResponse { results })))
@@ -175,18 +177,19 @@ async fn prepare(
     gw: &Gateway,
     key: &ApiKey,
     templates: &mut crate::template::TemplateCache,
-) -> Result<(postwire_store::NewMessage, SendResponse), Vec<FieldError>> {
+) -> Result<(postwire_store::NewMessage, SendResponse), (ProblemCode, Vec<FieldError>)> {
     let request: SendRequest = serde_path_to_error::deserialize(raw).map_err(|e| {
         let field = e.path().to_string();
-        vec![FieldError {
+        let errors = vec![FieldError {
             field: if field == "." { "(message)".to_string() } else { field },
             message: e.into_inner().to_string(),
-        }]
+        }];
+        (ApiError::Invalid(errors.clone()).code(), errors)
     })?;
     super::messages::prepare_send(gw, key, request, templates).await.map_err(
         |refused| match refused {
             Refused::Render(e) => e.into_field_errors(),
-            Refused::Invalid(errors) => errors,
+            Refused::Invalid(errors) => (ApiError::invalid_fields(errors.clone()).code(), errors),
         },
     )
 }

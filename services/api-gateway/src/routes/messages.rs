@@ -22,7 +22,7 @@ use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::idempotency::{answer_with, idempotent};
 use crate::template::{render_send, RenderError, TemplateCache};
-use crate::validate::{validate_send, TOO_LARGE_FIELD};
+use crate::validate::validate_send;
 use crate::Gateway;
 
 pub fn router() -> Router<Gateway> {
@@ -84,10 +84,7 @@ async fn accept_message(
         .await
         .map_err(|refused| match refused {
             Refused::Render(e) => e.into(),
-            Refused::Invalid(errors) => match errors.iter().find(|e| e.field == TOO_LARGE_FIELD) {
-                Some(e) => ApiError::TooLarge(e.message.clone()),
-                None => ApiError::Invalid(errors),
-            },
+            Refused::Invalid(errors) => ApiError::invalid_fields(errors),
         })?;
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
     answer_with(claim.as_ref(), &mut message, StatusCode::ACCEPTED, &response)?;

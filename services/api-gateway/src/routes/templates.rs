@@ -3,7 +3,7 @@
 //! when a template is written, so a broken one is refused here rather than at send time.
 //!
 //! Writing needs the `send` or `admin` scope (whoever may send may shape what is sent);
-//! reading needs `read`.
+//! reading needs `read`. `{id}` is the template's id (`tpl_…`) or its `alias`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use postwire_proto::{Template, TemplateList, TemplateRequest};
-use postwire_store::{ids, new_template, TemplateCursor};
+use postwire_store::{ids, new_template, TemplateCursor, TemplateWrite};
 
 use super::{json_body, page_params, PageParams};
 use crate::auth::ApiKey;
@@ -33,6 +33,18 @@ fn require_write(key: &ApiKey) -> Result<(), ApiError> {
     key.require("admin").or_else(|_| key.require("send"))
 }
 
+/// A write's answer: the template as stored, or 404 / 409 (the alias is another's).
+fn written(write: TemplateWrite, alias: Option<&str>) -> Result<Template, ApiError> {
+    match write {
+        TemplateWrite::Written(template) => Ok(template),
+        TemplateWrite::NotFound => Err(ApiError::NotFound),
+        TemplateWrite::AliasTaken => Err(ApiError::Conflict(format!(
+            "another template already has the alias `{}`; choose another, or free it first (replace or delete that template)",
+            alias.unwrap_or_default()
+        ))),
+    }
+}
+
 /// The body of a create or replace, checked.
 fn template_body(body: Result<Bytes, BytesRejection>) -> Result<TemplateRequest, ApiError> {
     let request: TemplateRequest = json_body(body)?;
@@ -47,6 +59,7 @@ fn template_body(body: Result<Bytes, BytesRejection>) -> Result<TemplateRequest,
     request_body = TemplateRequest,
     responses(
         (status = 201, description = "Stored", body = Template),
+        (status = 409, description = "Another template has this `alias`", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks the `send` (or `admin`) scope", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing name or body, or a syntax error (the engine's message on the field)", body = postwire_proto::Problem, content_type = "application/problem+json"),
     ),
@@ -59,8 +72,9 @@ pub async fn create_template(
 ) -> Result<(StatusCode, Json<Template>), ApiError> {
     require_write(&key)?;
     let request = template_body(body)?;
+    let alias = request.alias.clone();
     let template = new_template(ids::new_id("tpl"), request, Utc::now());
-    gw.templates.create_template(template.clone()).await?;
+    let template = written(gw.templates.create_template(template).await?, alias.as_deref())?;
     Ok((StatusCode::CREATED, Json(template)))
 }
 
@@ -91,7 +105,7 @@ pub async fn list_templates(
 /// One template.
 #[utoipa::path(
     get, path = "/v1/templates/{id}", tag = "templates",
-    params(("id" = String, Path, description = "Template id (`tpl_…`)")),
+    params(("id" = String, Path, description = "Template id (`tpl_…`) or alias")),
     responses(
         (status = 200, body = Template),
         (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json"),
@@ -107,14 +121,15 @@ pub async fn get_template(
     gw.templates.template(&id).await?.map(Json).ok_or(ApiError::NotFound)
 }
 
-/// Replace a template's name, subject, text and html (fields left out are cleared). Sends
+/// Replace a template's name, alias, subject, text and html (fields left out are cleared). Sends
 /// accepted from now on use the new version; messages already queued keep what they rendered.
 #[utoipa::path(
     put, path = "/v1/templates/{id}", tag = "templates",
-    params(("id" = String, Path, description = "Template id (`tpl_…`)")),
+    params(("id" = String, Path, description = "Template id (`tpl_…`) or alias")),
     request_body = TemplateRequest,
     responses(
         (status = 200, description = "Replaced", body = Template),
+        (status = 409, description = "Another template has this `alias`", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks the `send` (or `admin`) scope", body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 404, body = postwire_proto::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing name or body, or a syntax error (the engine's message on the field)", body = postwire_proto::Problem, content_type = "application/problem+json"),
@@ -129,17 +144,15 @@ pub async fn replace_template(
 ) -> Result<Json<Template>, ApiError> {
     require_write(&key)?;
     let request = template_body(body)?;
-    gw.templates
-        .replace_template(&id, request, Utc::now())
-        .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound)
+    let alias = request.alias.clone();
+    let write = gw.templates.replace_template(&id, request, Utc::now()).await?;
+    written(write, alias.as_deref()).map(Json)
 }
 
 /// Delete a template: later sends naming it are refused (422 on `template_id`).
 #[utoipa::path(
     delete, path = "/v1/templates/{id}", tag = "templates",
-    params(("id" = String, Path, description = "Template id (`tpl_…`)")),
+    params(("id" = String, Path, description = "Template id (`tpl_…`) or alias")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, description = "The key lacks the `send` (or `admin`) scope", body = postwire_proto::Problem, content_type = "application/problem+json"),

@@ -28,7 +28,8 @@
 //! | `{ns}:events:log` + `{ns}:events:body` | sorted set + hash | every event in stored order, for `GET /v1/events`: members `{created_at:015}:{event_id}` scored 0 (`BYLEX` ranges walk time order); event id → JSON body; entries past `storage.retention` are trimmed by the pruner | never |
 //! | `{ns}:outbox` | sorted set | pending delivery ids scored by when they may next be claimed (due time, or lease end while leased) | never |
 //! | `{ns}:suppressions` + `{ns}:suppressions:index` | hash + sorted set | the suppression list: lower-cased address → JSON `{"email","reason","smtp_response"?,"message_id"?,"created_at"}`; the same addresses scored by `created_at` | never |
-//! | `{ns}:templates` + `{ns}:templates:index` | hash + sorted set | stored templates: id → JSON `{"id","name","subject","text","html","created_at","updated_at"}` (times RFC 3339); the same ids scored by `created_at` (unix ms) | never |
+//! | `{ns}:templates` + `{ns}:templates:index` | hash + sorted set | stored templates: id → JSON `{"id","name","alias"?,"subject","text","html","created_at","updated_at"}` (times RFC 3339); the same ids scored by `created_at` (unix ms) | never |
+//! | `{ns}:templates:alias` | hash | template alias → template id, changed with the template in one script | never |
 //! | `{ns}:domain:{domain}` | hash | one sending domain (lower-cased name): `selector`, `algorithm` (`rsa-sha256` or `ed25519-sha256`), `private_key` (PEM), `public_record` (`v=DKIM1; k=…; p=…`), `created_at` | never |
 //! | `{ns}:domains` | sorted set | every sending domain name, all scored 0 so they list in name order | never |
 //! | `{ns}:domains:generation` | string | counter bumped by the script that adds or removes a domain; workers compare it to know their DKIM signers are current | never |
@@ -159,6 +160,10 @@ impl Keys {
 
     pub(crate) fn templates_index(&self) -> String {
         format!("{}:templates:index", self.ns)
+    }
+
+    pub(crate) fn templates_alias(&self) -> String {
+        format!("{}:templates:alias", self.ns)
     }
 
     /// The message search index (see the table above).

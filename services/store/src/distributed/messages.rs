@@ -21,7 +21,7 @@ use super::queue::StoredRecipient;
 use super::scripts::HELPERS;
 use super::DistributedStore;
 use crate::embedded::now_ms;
-use crate::messages::{normalize_address, shown_status, summary};
+use crate::messages::{canceled_event, normalize_address, shown_status, summary};
 use crate::{
     Cancel, MessageCursor, MessageOwner, MessagePage, MessageQuery, Messages, NewMessage,
     StoreError, Visibility,
@@ -115,9 +115,14 @@ static CANCEL: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local ns, id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+-- The `message.canceled` event prepared for each recipient that was pending when read.
+local prepared = {}
+for i = 5, #ARGV, 3 do prepared[ARGV[i]] = { id = ARGV[i + 1], body = ARGV[i + 2] } end
 local held, canceled, in_flight = {}, 0, 0
 for _, e in ipairs(load_recipients(KEYS[2])) do
-  if is_pending(e.r.status) then
+  -- Final statuses never become pending again, so every pending one has its event.
+  local event = prepared[tostring(e.pos)]
+  if is_pending(e.r.status) and event then
     local domain = e.r.domain
     if held[domain] == nil then
       held[domain] = redis.call('EXISTS', ns .. ':lease:' .. id .. ':' .. domain) == 1
@@ -131,6 +136,8 @@ for _, e in ipairs(load_recipients(KEYS[2])) do
       redis.call('HSET', KEYS[2], tostring(e.pos), cjson.encode(e.r))
       -- The job's copy in RabbitMQ finds nothing pending when it next arrives and is dropped.
       redis.call('SREM', KEYS[4], id .. ' ' .. domain)
+      redis.call('RPUSH', KEYS[3], event.body)
+      fanout(ns, event.id, 'message.canceled', event.body, now)
       canceled = canceled + 1
     end
   end
@@ -357,20 +364,42 @@ impl Messages for DistributedStore {
     async fn cancel_message(&self, id: &str) -> Result<Cancel, StoreError> {
         let keys = &self.inner.keys;
         let mut con = self.redis().await?;
-        let (canceled, in_flight): (i64, i64) = self
+        // The events are made here, from the rule both backends share; the script stores the
+        // ones of the recipients it cancels, with the status change.
+        let (request, rcpts): (Option<String>, HashMap<String, String>) = self
             .run_redis(
-                CANCEL
-                    .key(keys.message(id))
-                    .key(keys.recipients(id))
-                    .key(keys.events(id))
-                    .key(keys.jobs())
-                    .arg(keys.ns())
-                    .arg(id)
-                    .arg(now_ms())
-                    .arg(self.inner.options.retention.as_secs().max(1))
-                    .invoke_async(&mut con),
+                redis::pipe()
+                    .hget(keys.message(id), "request")
+                    .hgetall(keys.recipients(id))
+                    .query_async(&mut con),
             )
             .await?;
+        let Some(request) = request else { return Ok(Cancel::NotFound) };
+        let request: SendRequest = serde_json::from_str(&request).map_err(corrupt)?;
+        let mut prepared: Vec<String> = Vec::new();
+        for (pos, json) in rcpts {
+            let r: StoredRecipient = serde_json::from_str(&json).map_err(corrupt)?;
+            let pending = RecipientStatus::parse(&r.status).is_some_and(|s| !s.is_final());
+            if pending {
+                let event = canceled_event(id, &request, &r.email);
+                prepared.push(pos);
+                prepared.push(event.id.clone());
+                prepared.push(serde_json::to_string(&event).map_err(corrupt)?);
+            }
+        }
+        let mut script = CANCEL.prepare_invoke();
+        script
+            .key(keys.message(id))
+            .key(keys.recipients(id))
+            .key(keys.events(id))
+            .key(keys.jobs())
+            .arg(keys.ns())
+            .arg(id)
+            .arg(now_ms())
+            .arg(self.inner.options.retention.as_secs().max(1))
+            .arg(prepared);
+        let (canceled, in_flight): (i64, i64) =
+            self.run_redis(script.invoke_async(&mut con)).await?;
         Ok(match canceled {
             -1 => Cancel::NotFound,
             0 => Cancel::NothingToCancel { in_flight: in_flight > 0 },

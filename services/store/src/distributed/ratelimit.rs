@@ -18,8 +18,9 @@ use crate::ratelimit::{Cost, Decision, Granted, Limited, Quota, RateLimiter, Win
 use crate::StoreError;
 
 /// ARGV: key prefix `{ns}:rl:{key_id}`, requests, messages, per-second limit, per-day limit
-/// (0 = unlimited). Returns `{verdict, used, now_ms}`: verdict 0 = granted (used = nothing),
-/// 1 = refused by the second window, 2 = by the day window, with what that window had used.
+/// (0 = unlimited). Returns `{verdict, used, now_ms}`: verdict 0 = granted (used = the second
+/// window's count, this call included), 1 = refused by the second window, 2 = by the day
+/// window, with what that window had used.
 /// The window keys are computed here from Redis's clock (hence passed as a prefix).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -44,7 +45,7 @@ if messages > 0 then
   redis.call('INCRBY', dkey, messages)
   redis.call('PEXPIREAT', dkey, (day + 1) * 86400000 + 3600000)
 end
-return {0, 0, now}
+return {0, used_s + requests, now}
 "#,
     )
 });
@@ -90,7 +91,13 @@ impl RateLimiter for DistributedStore {
             )
             .await?;
         let (window, limit, requested) = match verdict {
-            0 => return Ok(Decision::Granted(Granted { day: Window::Day.index(now) })),
+            0 => {
+                return Ok(Decision::Granted(Granted {
+                    day: Window::Day.index(now),
+                    second_used: used,
+                    second_reset: Window::Second.reset_after(now),
+                }))
+            }
             1 => (Window::Second, quota.per_second, cost.requests),
             2 => (Window::Day, quota.per_day, cost.messages),
             other => {

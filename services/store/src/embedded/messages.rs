@@ -2,11 +2,11 @@
 //! indexes, and the tag rows `queue.rs` writes inside the accept transaction.
 
 use async_trait::async_trait;
-use postwire_proto::RecipientStatus;
+use postwire_proto::{RecipientStatus, SendRequest};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now_ms, SqliteStore};
-use crate::messages::{shown_status, summary};
+use super::{now_ms, state::insert_event, SqliteStore};
+use crate::messages::{canceled_event, shown_status, summary};
 use crate::{
     Cancel, MessageCursor, MessagePage, MessageQuery, Messages, NewMessage, StoreError, Visibility,
 };
@@ -165,14 +165,16 @@ fn cancel(conn: &Connection, id: &str) -> Result<Cancel, StoreError> {
     }
     let now = now_ms();
     // A job under a live lease is in flight: its recipients are left to the worker.
-    let canceled = conn
+    let canceled: Vec<String> = conn
         .prepare_cached(
             "UPDATE recipients SET status = 'canceled', next_attempt_at = NULL, updated_at = ?2
              WHERE message_id = ?1 AND status IN ('queued', 'scheduled', 'deferred')
-               AND domain NOT IN (SELECT domain FROM jobs WHERE message_id = ?1 AND lease_until > ?2)",
+               AND domain NOT IN (SELECT domain FROM jobs WHERE message_id = ?1 AND lease_until > ?2)
+             RETURNING email",
         )?
-        .execute(params![id, now])?;
-    if canceled == 0 {
+        .query_map(params![id, now], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if canceled.is_empty() {
         let in_flight: bool = conn
             .prepare_cached(
                 "SELECT COUNT(*) > 0 FROM recipients
@@ -184,7 +186,16 @@ fn cancel(conn: &Connection, id: &str) -> Result<Cancel, StoreError> {
     // Every job not leased now has no pending recipient left.
     conn.prepare_cached("DELETE FROM jobs WHERE message_id = ?1 AND lease_until <= ?2")?
         .execute(params![id, now])?;
-    Ok(Cancel::Canceled(canceled as u32))
+    // Each canceled recipient's event, in the same transaction (the outbox).
+    let request: String = conn
+        .prepare_cached("SELECT request FROM messages WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    let request: SendRequest =
+        serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    for email in &canceled {
+        insert_event(conn, &canceled_event(id, &request, email))?;
+    }
+    Ok(Cancel::Canceled(canceled.len() as u32))
 }
 
 #[async_trait]

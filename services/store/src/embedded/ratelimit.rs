@@ -99,7 +99,11 @@ impl RateLimiter for LocalRateLimiter {
         }
         counts.requests += u64::from(cost.requests);
         counts.messages += u64::from(cost.messages);
-        Ok(Decision::Granted(Granted { day }))
+        Ok(Decision::Granted(Granted {
+            day,
+            second_used: counts.requests,
+            second_reset: Window::Second.reset_after(now),
+        }))
     }
 
     async fn release_messages(

@@ -304,7 +304,9 @@ mod constraint_tests {
         let send = &spec["components"]["schemas"]["SendRequest"]["properties"];
         let limits = postwire_config::Limits::default();
         for list in ["to", "cc", "bcc"] {
-            assert_eq!(send[list]["maxItems"], limits.max_recipients, "{list}");
+            // One address as a string, or a list of them.
+            assert_eq!(send[list]["oneOf"][0]["type"], "string", "{list}");
+            assert_eq!(send[list]["oneOf"][1]["maxItems"], limits.max_recipients, "{list}");
         }
         assert_eq!(send["attachments"]["maxItems"], limits.max_attachments);
         assert_eq!(send["headers"]["maxProperties"], crate::validate::MAX_CUSTOM_HEADERS);

@@ -265,6 +265,7 @@ pub fn validate_send(
         sandbox: false,
         raw: None,
         idempotency: None,
+        dkim: postwire_proto::DkimStatus::default(),
     })
 }
 
@@ -319,6 +320,7 @@ pub fn validate_submission(
         sandbox: false,
         raw: None,
         idempotency: None,
+        dkim: postwire_proto::DkimStatus::default(),
     };
     Ok((message, from))
 }

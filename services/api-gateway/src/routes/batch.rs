@@ -187,6 +187,13 @@ async fn prepare(
         |refused| match refused {
             Refused::Render(e) => e.into_field_errors(),
             Refused::Invalid(errors) => errors,
+            Refused::Store(e) => {
+                tracing::warn!(error = %e, "batch: the DKIM key of a message could not be looked up");
+                vec![FieldError {
+                    field: "(message)".into(),
+                    message: "not queued: storage is unavailable; send this message again".into(),
+                }]
+            }
         },
     )
 }

@@ -49,6 +49,14 @@ async fn postwire_send_queues_a_message_prints_its_id_and_dkim_status_and_explai
     assert!(got.contains("Subject: Hello from the CLI") && got.contains("It works."), "{got}");
     assert!(got.contains("s=cli1; d=brand.test"), "{got}");
 
+    // `serve` also runs the sandbox POP3 listener of `[sandbox] pop3_listen`.
+    let pop3 = tokio::net::TcpStream::connect(("127.0.0.1", world.pop3_port)).await.unwrap();
+    let mut greeting = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(pop3), &mut greeting)
+        .await
+        .unwrap();
+    assert!(greeting.starts_with("+OK "), "{greeting}");
+
     // The key from --key; a refusal lists the field at fault, without a stack of causes.
     let out = postwire(&config)
         .args(["send", "--to", "not-an-address", "--subject", "x", "--text", "x", "--key", &key])

@@ -18,6 +18,7 @@ mod idn;
 mod keys;
 mod limits;
 mod operations;
+mod pop3;
 mod ratelimit;
 mod raw;
 mod retention;

@@ -16,13 +16,14 @@ static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local fields = redis.call('HGETALL', KEYS[1])
+-- Field names only: the bodies stay where they are (a tracked message has one per recipient).
+local fields = redis.call('HKEYS', KEYS[1])
 local used = {}
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'r:' then used['b:' .. fields[i + 1]] = true end
+for _, f in ipairs(fields) do
+  if string.sub(f, 1, 2) == 'r:' then used['b:' .. redis.call('HGET', KEYS[1], f)] = true end
 end
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'b:' and not used[fields[i]] then redis.call('HDEL', KEYS[1], fields[i]) end
+for _, f in ipairs(fields) do
+  if string.sub(f, 1, 2) == 'b:' and not used[f] then redis.call('HDEL', KEYS[1], f) end
 end
 local ttl = redis.call('PTTL', KEYS[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end

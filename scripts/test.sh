@@ -21,15 +21,16 @@ if ! schemathesis --version 2>/dev/null | grep -q "version 4\."; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'schemathesis==4.32.5'
 fi
 
-# The real MTA and SMTP client the end-to-end suite drives: Postfix (a recipient MX that
-# bounces, run from a throwaway config; the package's own instance is left unconfigured and
-# stopped) and swaks. Debian packages; installing needs root, as the suite's port-25 tests do.
-if ! command -v postfix >/dev/null || ! command -v swaks >/dev/null; then
-    echo "installing postfix and swaks"
+# The real MTA, SMTP and POP3 clients the end-to-end suite drives: Postfix (a recipient MX
+# that bounces, run from a throwaway config; the package's own instance is left unconfigured and
+# stopped), swaks, and fetchmail (reads the sandbox POP3 mailbox). Debian packages; installing
+# needs root, as the suite's port-25 tests do.
+if ! command -v postfix >/dev/null || ! command -v swaks >/dev/null || ! command -v fetchmail >/dev/null; then
+    echo "installing postfix, swaks and fetchmail"
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    apt-get install -y -q postfix swaks >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q postfix swaks >/dev/null; }
+    apt-get install -y -q postfix swaks fetchmail >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q postfix swaks fetchmail >/dev/null; }
 fi
 
 # Node and npm for the TypeScript client check (this machine kind ships Node 20; Debian's

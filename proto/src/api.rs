@@ -173,6 +173,27 @@ pub struct SendResponse {
     pub id: String,
     pub status: RecipientStatus,
     pub recipients: Vec<RecipientSummary>,
+    /// Whether, and with which key, the message will be DKIM-signed.
+    #[serde(default)]
+    pub dkim: DkimStatus,
+}
+
+/// Whether a message is DKIM-signed, decided when it is accepted from the keys that sign its
+/// From domain: a key made through `/v1/domains` (which replaces configured ones), else the
+/// `[[dkim]]` keys of that domain. The worker signs by the same rule when it sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DkimStatus {
+    pub signed: bool,
+    /// The signing domain (`d=`, in A-label form), when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The selector (`s=`), when signed; a domain with several configured keys (RSA and
+    /// Ed25519) is signed by each, and the first is named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Why not, when unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -189,6 +210,12 @@ pub struct MessageView {
     pub status: RecipientStatus,
     pub created_at: DateTime<Utc>,
     pub from: String,
+    /// The `To` addresses, as queued (canonical form).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// The `Cc` addresses (Bcc recipients appear only among `recipients`).
+    #[serde(default)]
+    pub cc: Vec<String>,
     pub subject: String,
     pub tags: Vec<String>,
     /// How the message reached Postwire: `api` (`POST /v1/messages` or a batch) or `smtp`
@@ -196,6 +223,9 @@ pub struct MessageView {
     #[serde(default)]
     #[schema(required = true)]
     pub source: MessageSource,
+    /// Whether, and with which key, it is DKIM-signed (see [`DkimStatus`]).
+    #[serde(default)]
+    pub dkim: DkimStatus,
     pub recipients: Vec<RecipientView>,
     /// Oldest first.
     pub events: Vec<Event>,

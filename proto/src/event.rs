@@ -118,6 +118,9 @@ pub struct EventData {
     /// For `message.complained`: the report's Feedback-Type (`abuse`, `fraud`, …).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub feedback_type: Option<String>,
+    /// `true` for events of a message sent with a sandbox key (nothing left the host).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sandbox: Option<bool>,
     /// The message's tags (empty for `webhook.disabled`).
     #[serde(default)]
     #[schema(required = true)]

@@ -73,3 +73,20 @@ pub struct TemplateList {
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
+
+/// `POST /v1/templates/{id}/preview`: the values to render with, as a send's `variables`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePreviewRequest {
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub variables: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// A template rendered with a preview's variables, exactly as a send would render it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplatePreview {
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}

@@ -80,6 +80,8 @@ pub struct TestApp {
     pub submission_tls_addr: SocketAddr,
     /// The bounce listener, when `bounces.domain` is set.
     pub bounces_addr: Option<SocketAddr>,
+    /// The sandbox POP3 listener (`sandbox.pop3_listen`), on a free port.
+    pub pop3_addr: SocketAddr,
     /// An API key with every scope.
     pub key: String,
     pub client: reqwest::Client,
@@ -128,11 +130,14 @@ impl TestApp {
             false => None,
         };
         let bounces_addr = bounces.as_ref().map(|l| l.local_addr()).transpose()?;
+        let pop3 = TcpListener::bind("127.0.0.1:0").await?;
+        let pop3_addr = pop3.local_addr()?;
         let listeners = Listeners {
             http: Some(listener),
             submission: Some(submission),
             submission_tls: Some(submission_tls),
             bounces,
+            pop3: Some(pop3),
         };
         let task = tokio::spawn(async move {
             if let Err(e) = app.run_with(Roles::ALL, listeners, token).await {
@@ -147,6 +152,7 @@ impl TestApp {
             submission_addr,
             submission_tls_addr,
             bounces_addr,
+            pop3_addr,
             key: minted.key,
             client,
             settings,
@@ -270,6 +276,8 @@ pub struct World {
     /// `submission.listen` / `submission.tls_listen` of [`World::write_config`].
     pub submission_port: u16,
     pub submission_tls_port: u16,
+    /// `sandbox.pop3_listen` of [`World::write_config`].
+    pub pop3_port: u16,
 }
 
 impl World {
@@ -280,6 +288,7 @@ impl World {
             smtp_port: crate::smtp::pick_free_port(),
             submission_port: crate::smtp::pick_free_port(),
             submission_tls_port: crate::smtp::pick_free_port(),
+            pop3_port: crate::smtp::pick_free_port(),
         }
     }
 
@@ -323,6 +332,8 @@ secret = "e2e-binary-tracking-secret"
 [submission]
 listen = "127.0.0.1:{submission}"
 tls_listen = "127.0.0.1:{submission_tls}"
+[sandbox]
+pop3_listen = "127.0.0.1:{pop3}"
 [limits]
 per_key_per_second = 1000000
 per_key_per_day = 100000000
@@ -335,6 +346,7 @@ path = "{data}"
             smtp = self.smtp_port,
             submission = self.submission_port,
             submission_tls = self.submission_tls_port,
+            pop3 = self.pop3_port,
         );
         std::fs::write(&config, text).expect("write postwire.toml");
         config

@@ -19,6 +19,7 @@
 //! - [`slow_body`]: the request-body deadline (408 for a body that arrives too slowly).
 //! - [`conn`]: the accept loop: request-head and body deadlines, connection caps, graceful
 //!   shutdown.
+//! - [`pop3`]: the sandbox as a POP3 mailbox (`sandbox.pop3_listen`).
 //! - [`smtp_in`]: the SMTP listeners: submission (RFC 6409) feeding the same pipeline as the API, and the bounce intake (DSNs, ARF complaints).
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod conn;
 pub mod error;
 pub mod idempotency;
 pub mod openapi;
+pub mod pop3;
 pub mod ratelimit;
 pub mod renderer;
 pub mod routes;
@@ -70,6 +72,14 @@ pub struct Gateway {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Sending domains and their DKIM keys (`/v1/domains`).
     pub domains: Arc<dyn postwire_store::Domains>,
+    /// The signed copies the workers kept (`GET /v1/messages/{id}/raw`, POP3).
+    pub copies: Arc<dyn postwire_store::Copies>,
+    /// Messages deleted from the sandbox POP3 mailbox.
+    pub pop_marks: Arc<dyn postwire_store::PopMarks>,
+    /// Which key signs each From domain, recorded with every accepted message.
+    pub signing_keys: postwire_mta_worker::dkim_status::SigningKeys,
+    /// Refuse messages no key would sign (`signing.require_dkim`).
+    pub require_dkim: bool,
     /// Live DNS checks of a sending domain's records.
     pub domain_checker: postwire_mta_worker::domain_check::DomainChecker,
     pub metrics: Metrics,
@@ -92,6 +102,7 @@ pub fn router(gw: Gateway) -> Router {
     let anonymous = middleware::from_fn_with_state(gw.clone(), capacity::limit_in_flight_anonymous);
     let v1 = Router::new()
         .merge(routes::messages::router())
+        .merge(routes::raw::router())
         .merge(routes::search::router())
         .merge(routes::batch::router())
         .merge(routes::webhooks::router())
@@ -99,6 +110,7 @@ pub fn router(gw: Gateway) -> Router {
         .merge(routes::webhook_log::router())
         .merge(routes::domains::router())
         .merge(routes::templates::router())
+        .merge(routes::template_preview::router())
         .merge(routes::keys::router())
         .route_layer(per_key);
     let tracking = routes::tracking::router().route_layer(anonymous);

@@ -6,7 +6,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::routes::{
-    batch, domains, keys, messages, ops, search, suppressions, templates, webhook_log, webhooks,
+    batch, domains, keys, messages, ops, raw, search, suppressions, template_preview, templates,
+    webhook_log, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +28,7 @@ small. None are sent when the limit is 0 (off), nor on a 401. A 429 over a limit
         messages::send_message,
         batch::send_batch,
         messages::get_message,
+        raw::get_raw,
         search::search_messages,
         messages::cancel_message,
         webhooks::create_webhook,
@@ -46,6 +48,7 @@ small. None are sent when the limit is 0 (off), nor on a 401. A 429 over a limit
         templates::get_template,
         templates::replace_template,
         templates::delete_template,
+        template_preview::preview_template,
         domains::create_domain,
         domains::list_domains,
         domains::get_domain,

@@ -269,6 +269,7 @@ pub fn validate_send(
         sandbox: false,
         raw: None,
         idempotency: None,
+        dkim: postwire_proto::DkimStatus::default(),
     })
 }
 
@@ -323,6 +324,7 @@ pub fn validate_submission(
         sandbox: false,
         raw: None,
         idempotency: None,
+        dkim: postwire_proto::DkimStatus::default(),
     };
     Ok((message, from))
 }

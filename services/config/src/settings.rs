@@ -21,13 +21,31 @@ pub struct Settings {
     pub retry: Retry,
     pub worker: Worker,
     pub dkim: Vec<DkimKey>,
+    pub signing: Signing,
     pub tracking: Tracking,
     pub webhooks: Webhooks,
     pub limits: Limits,
     pub telemetry: Telemetry,
     pub submission: Submission,
     pub bounces: Bounces,
+    pub sandbox: Sandbox,
     pub log: Log,
+}
+
+/// The sandbox as a test inbox (`[sandbox]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sandbox {
+    /// POP3 listener (RFC 1939, STLS with the submission certificate): USER is ignored, PASS
+    /// is a sandbox API key with `read`, and that key's sandbox messages are the mailbox.
+    /// `""` disables it.
+    pub pop3_listen: Listen,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self { pop3_listen: Listen::at(SocketAddr::from(([127, 0, 0, 1], 2110))) }
+    }
 }
 
 /// How the processes log (to stderr).
@@ -432,6 +450,15 @@ impl DkimAlgorithm {
             Self::Ed25519Sha256 => "ed25519-sha256",
         }
     }
+}
+
+/// Rules about signing (`[signing]`; not `[dkim]`, which is the array of keys).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signing {
+    /// Refuse a message no DKIM key would sign (no `/v1/domains` key and no `[[dkim]]` key for
+    /// its From domain): a 422 naming `from` from the API, `550 5.7.1` from SMTP submission.
+    pub require_dkim: bool,
 }
 
 /// One DKIM signing key; several may be configured (e.g. RSA and Ed25519 for one domain).

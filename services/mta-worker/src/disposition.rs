@@ -68,6 +68,9 @@ pub enum Failure {
     /// The reply to DATA or to the end of the message, for every accepted recipient.
     #[error("{0}")]
     Data(Reply),
+    /// A sandbox message's copy could not be stored (its copy is all a sandbox send produces).
+    #[error("storing the sandbox copy failed: {0}")]
+    Store(#[source] postwire_store::StoreError),
 }
 
 /// Decides `failure` for a recipient; `accepted` says whether the failing host had already
@@ -117,6 +120,7 @@ pub fn disposition(failure: &Failure, accepted: bool) -> Disposition {
             SessionError::BadSender { .. } => Disposition::bounce(),
         },
         Failure::Rcpt(reply) | Failure::Data(reply) => by_reply(reply),
+        Failure::Store(_) => Disposition::retry(),
     }
 }
 

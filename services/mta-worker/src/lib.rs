@@ -12,6 +12,7 @@
 //! - [`resolve`]: MX lookup with hickory (null MX, implicit MX, TTL cache).
 //! - [`render`]: MIME building with mail-builder, tracking, CRLF normalisation.
 //! - [`dkim`]: DKIM signers built once from the configured keys.
+//! - [`dkim_status`]: which key will sign a From domain, by name (what the gateway records).
 //! - `domain_keys`: the signers of keys made through `/v1/domains`, cached per store generation.
 //! - [`keygen`]: DKIM key generation and import, and the TXT record to publish.
 //! - [`domain_check`]: live DNS checks of a sending domain's DKIM, SPF and DMARC records.
@@ -24,6 +25,7 @@
 pub mod delivery;
 pub mod disposition;
 pub mod dkim;
+pub mod dkim_status;
 pub mod domain_check;
 mod domain_keys;
 pub mod keygen;

@@ -6,8 +6,11 @@
 //! n-th failed attempt — unless the message is older than `retry.max_age`, in which case it
 //! bounces as `expired: …` (RFC 5321 §4.5.4.1: give up after a few days).
 //!
-//! A job whose message was sent with a sandbox API key is settled at once: every recipient is
-//! delivered with [`SANDBOX_RESPONSE`], without resolving, rendering or connecting.
+//! A job whose message was sent with a sandbox API key is rendered and signed exactly as it
+//! would be sent, its copies stored, and every recipient delivered with [`SANDBOX_RESPONSE`],
+//! without resolving or connecting. A live job's signed copies are stored too, just before
+//! they are handed to SMTP (see [`postwire_store::copies`]); a failure to store them is logged
+//! and does not hold the delivery back.
 //!
 //! The run loop fills every free slot with one claim ([`postwire_store::Queue::claim_many`]):
 //! under load the store hands out a batch per round trip rather than one job per commit. DKIM
@@ -22,7 +25,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use postwire_config::{Retry, Settings};
-use postwire_store::{ClaimedJob, DeliveryResult, Queue, RecipientOutcome, StoreError};
+use postwire_store::{
+    ClaimedJob, Copies, DeliveryResult, Queue, RecipientOutcome, SentCopy, StoreError,
+};
 use postwire_telemetry::Metrics;
 use postwire_tracking::TrackingKeys;
 use tokio::sync::Semaphore;
@@ -64,6 +69,8 @@ pub struct MtaWorker {
     worker_id: String,
     /// With `[bounces] domain` set: each copy's VERP envelope sender.
     return_paths: Option<ReturnPaths>,
+    /// Where each attempt's signed copies are kept (`GET /v1/messages/{id}/raw`, POP3).
+    copies: Option<Arc<dyn Copies>>,
 }
 
 /// VERP envelope senders: `b-{token}@{bounces.domain}`, one per recipient's copy, so a bounce
@@ -130,7 +137,14 @@ impl MtaWorker {
             lease: settings.worker.lease.std(),
             drain_timeout: settings.worker.drain_timeout.std(),
             worker_id: format!("mta-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            copies: None,
         })
+    }
+
+    /// Stores the signed copy of every message it sends or, for sandbox messages, would send.
+    pub fn with_copies(mut self, copies: Arc<dyn Copies>) -> Self {
+        self.copies = Some(copies);
+        self
     }
 
     /// Also signs with the DKIM keys of sending domains made through `/v1/domains`, read from
@@ -222,7 +236,7 @@ impl MtaWorker {
     async fn process(&self, job: ClaimedJob) -> Result<(), StoreError> {
         let verdicts = if job.sandbox {
             // A sandbox key's message never leaves the host: no DNS lookup, no connection.
-            sandbox_verdicts(&job)
+            self.sandbox_attempt(&job).await
         } else {
             // Heartbeat: keep the (short) lease alive while the transaction runs, so other
             // workers never take over a live delivery, yet a crashed worker's job returns fast.
@@ -265,6 +279,50 @@ impl MtaWorker {
         })
     }
 
+    /// Render and sign as for sending, store the copies, and settle every recipient delivered
+    /// with [`SANDBOX_RESPONSE`] — or retried, when the copies could not be made or kept.
+    async fn sandbox_attempt(&self, job: &ClaimedJob) -> Vec<RecipientVerdict> {
+        let everyone = || job.recipients.iter().map(|r| &r.email);
+        let signed = match self.render_and_sign(job).await {
+            Ok((_, signed)) => signed,
+            Err(failure) => return settle_all(everyone(), &failure, None),
+        };
+        if let Some(store) = &self.copies {
+            if let Err(e) = store.store_copies(&job.message_id, signed).await {
+                return settle_all(everyone(), &Failure::Store(e), None);
+            }
+        }
+        sandbox_verdicts(job)
+    }
+
+    /// The message rendered for each group of recipients sharing a body, each body signed.
+    async fn render_and_sign(
+        &self,
+        job: &ClaimedJob,
+    ) -> Result<(crate::render::Mailbox, Vec<SentCopy>), Failure> {
+        let from = parse_mailbox("from", &job.request.from)?;
+        let rendered = self.renderer.render(job)?;
+        let (recipients, bodies): (Vec<_>, Vec<_>) =
+            rendered.into_iter().map(|m| (m.recipients, m.bytes)).unzip();
+        let signed = {
+            let _cpu = self.signing.acquire().await.expect("the semaphore is never closed");
+            self.signers.sign(&from.domain(), bodies).await?
+        };
+        let copies = recipients
+            .into_iter()
+            .zip(signed)
+            .map(|(recipients, mut bytes)| {
+                // What the wire carries: DATA always ends the text with CRLF (the session adds
+                // it when missing). The relaxed body hash is the same either way.
+                if !bytes.ends_with(b"\r\n") {
+                    bytes.extend_from_slice(b"\r\n");
+                }
+                SentCopy { recipients, bytes }
+            })
+            .collect();
+        Ok((from, copies))
+    }
+
     /// Resolve, render, sign, deliver: one verdict per recipient.
     async fn attempt(&self, job: &ClaimedJob) -> Vec<RecipientVerdict> {
         let everyone = || job.recipients.iter().map(|r| &r.email);
@@ -272,24 +330,18 @@ impl MtaWorker {
             Ok(hosts) => hosts,
             Err(e) => return settle_all(everyone(), &Failure::Resolve(e), None),
         };
-        let from = match parse_mailbox("from", &job.request.from) {
-            Ok(from) => from,
-            Err(e) => return settle_all(everyone(), &Failure::Render(e), None),
-        };
-        let rendered = match self.renderer.render(job) {
-            Ok(r) => r,
-            Err(e) => return settle_all(everyone(), &Failure::Render(e), None),
-        };
-        let (recipients, bodies): (Vec<_>, Vec<_>) =
-            rendered.into_iter().map(|m| (m.recipients, m.bytes)).unzip();
-        let signed = {
-            let _cpu = self.signing.acquire().await.expect("the semaphore is never closed");
-            self.signers.sign(&from.domain(), bodies).await
-        };
-        let signed = match signed {
+        let (from, copies) = match self.render_and_sign(job).await {
             Ok(signed) => signed,
-            Err(e) => return settle_all(everyone(), &Failure::Dkim(e), None),
+            Err(failure) => return settle_all(everyone(), &failure, None),
         };
+        if let Some(store) = &self.copies {
+            // The copy is a record, not the delivery: a store hiccup must not hold mail back.
+            if let Err(error) = store.store_copies(&job.message_id, copies.clone()).await {
+                tracing::warn!(message_id = %job.message_id, %error, "storing the sent copy failed");
+            }
+        }
+        let (recipients, signed): (Vec<_>, Vec<_>) =
+            copies.into_iter().map(|c| (c.recipients, c.bytes)).unzip();
         let outgoing: Vec<Outgoing> = match &self.return_paths {
             None => recipients
                 .into_iter()

@@ -58,6 +58,8 @@ pub struct Listeners {
     pub submission_tls: Option<TcpListener>,
     /// Reports to the bounce domain (`bounces.listen`, only with `bounces.domain` set).
     pub bounces: Option<TcpListener>,
+    /// `sandbox.pop3_listen`.
+    pub pop3: Option<TcpListener>,
 }
 
 /// Which services a process runs.
@@ -100,6 +102,10 @@ pub struct Stores {
     /// Seals secrets at rest under `storage.encryption_key` (the domains above already
     /// go through it).
     pub sealer: Arc<Sealer>,
+    /// The signed copies workers keep (`/raw`, POP3).
+    pub copies: Arc<dyn postwire_store::Copies>,
+    /// POP3 deletion marks.
+    pub pop_marks: Arc<dyn postwire_store::PopMarks>,
     /// The embedded store, which must be closed so its writer thread drains.
     sqlite: Option<SqliteStore>,
 }
@@ -125,6 +131,8 @@ impl Stores {
                     domains: Arc::new(SealedDomains::new(Arc::new(store.clone()), sealer.clone())),
                     retention: Arc::new(store.clone()),
                     sealer,
+                    copies: Arc::new(store.clone()),
+                    pop_marks: Arc::new(store.clone()),
                     sqlite: Some(store),
                 })
             }
@@ -145,6 +153,8 @@ impl Stores {
                     domains: Arc::new(SealedDomains::new(Arc::new(store.clone()), sealer.clone())),
                     retention: Arc::new(store.clone()),
                     sealer,
+                    copies: Arc::new(store.clone()),
+                    pop_marks: Arc::new(store.clone()),
                     sqlite: None,
                 })
             }
@@ -189,7 +199,8 @@ impl App {
         let tracking = TrackingKeys::new(&tracking_secret(&settings)?);
         let worker = Arc::new(
             MtaWorker::new(&settings, stores.queue.clone(), metrics.clone(), tracking.clone())?
-                .with_domain_keys(stores.domains.clone()),
+                .with_domain_keys(stores.domains.clone())
+                .with_copies(stores.copies.clone()),
         );
         let dispatcher =
             Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
@@ -252,6 +263,13 @@ impl App {
             renderer: self.renderer.clone(),
             rate_limiter: self.stores.rate_limiter.clone(),
             domains: self.stores.domains.clone(),
+            copies: self.stores.copies.clone(),
+            pop_marks: self.stores.pop_marks.clone(),
+            signing_keys: postwire_mta_worker::dkim_status::SigningKeys::new(
+                &self.settings.dkim,
+                self.stores.domains.clone(),
+            ),
+            require_dkim: self.settings.signing.require_dkim,
             domain_checker: self.domain_checker.clone(),
             metrics: self.metrics.clone(),
             tracking: self.tracking.clone(),
@@ -283,6 +301,7 @@ impl App {
             submission: bind(sub.listen.0, "submission.listen").await?,
             submission_tls: bind(sub.tls_listen.0, "submission.tls_listen").await?,
             bounces,
+            pop3: bind(self.settings.sandbox.pop3_listen.0, "sandbox.pop3_listen").await?,
         })
     }
 
@@ -350,6 +369,16 @@ impl App {
                     tasks.spawn(smtp_in::serve(server.clone(), l, kind, shutdown.clone()));
                 }
             }
+        }
+        if let (true, Some(l)) = (roles.api_gateway, listeners.pop3) {
+            let server = Arc::new(postwire_api_gateway::pop3::Pop3Server::from_settings(
+                self.gateway(),
+                &self.settings,
+            )?);
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "pop3 listening");
+            }
+            tasks.spawn(postwire_api_gateway::pop3::serve(server, l, shutdown.clone()));
         }
         tasks.close();
         let router = match (roles.api_gateway, listener, ops_listener) {

@@ -46,6 +46,8 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Send a test message through a running service (its HTTP API at http.listen).
+    Send(crate::send::SendArgs),
     /// Write a consistent copy of the embedded database to FILE (safe while the service runs).
     Backup {
         /// Where the copy goes; must not exist yet.
@@ -159,6 +161,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::WebhookDispatcher => serve(settings, Roles::WEBHOOK_DISPATCHER).await,
         Command::Keys(cmd) => keys(settings, cmd).await,
         Command::Backup { file } => backup(&settings, &file).await,
+        Command::Send(args) => crate::send::send(&settings, args).await,
         Command::Config(ConfigCommand::Check) => {
             let mut text = toml::to_string(&settings).context("printing the configuration")?;
             for warning in settings.warnings() {

@@ -5,10 +5,12 @@
 //! - [`cli`]: the `postwire` command line (serve, keys, dkim).
 //! - [`keygen`]: DKIM key pair generation and the TXT record to publish.
 //! - [`pruner`]: the task that applies `storage.retention`.
+//! - [`send`]: `postwire send`, a test message through a running service.
 
 pub mod app;
 pub mod cli;
 pub mod keygen;
 pub mod pruner;
+pub mod send;
 
 pub use app::{App, AppError};

@@ -10,6 +10,7 @@
 //! - [`embedded`]: SQLite in WAL mode with a group-committing writer thread.
 //! - [`distributed`]: RabbitMQ for delivery jobs, Redis for everything else, for several
 //!   gateways, workers and dispatchers on several machines.
+//! - [`copies`]: the rendered, signed copies of each message ([`Copies`]), for `/raw` and POP3.
 //! - [`domain`]: sending domains and their DKIM keys ([`Domains`]), signed with by the workers.
 //! - [`ids`]: identifiers and API key material.
 //! - [`suppression`]: the suppression list ([`Suppressions`]), screened at acceptance.
@@ -23,6 +24,7 @@
 //! - [`webhook_log`]: the per-endpoint delivery log, replay, enable/disable and the event
 //!   pull API ([`WebhookLog`]).
 
+pub mod copies;
 pub mod distributed;
 pub mod domain;
 pub mod embedded;
@@ -45,6 +47,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postwire_proto::{Event, MessageView, Webhook};
 
+pub use copies::{Copies, PopMarks, SentCopy};
 pub use domain::{Domains, SendingDomain};
 pub use engagement::{Hit, HitRecorded};
 pub use feedback::{Feedback, FeedbackRecorded, Report};

@@ -38,6 +38,18 @@ use crate::StoreError;
 /// The furthest ahead `send_at` may be.
 pub const MAX_SCHEDULE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
+/// A message's stored DKIM status (JSON), or the one shown for a message stored before the
+/// status was recorded.
+pub(crate) fn stored_dkim(json: Option<&str>) -> Result<postwire_proto::DkimStatus, StoreError> {
+    match json {
+        Some(json) => serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string())),
+        None => Ok(postwire_proto::DkimStatus {
+            reason: Some("not recorded: the message was accepted by an older version".into()),
+            ..Default::default()
+        }),
+    }
+}
+
 /// Who sent a stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageOwner {

@@ -26,6 +26,9 @@ pub struct NewMessage {
     /// The `Idempotency-Key` answer to store in the same atomic step as the message (see
     /// [`crate::idempotency`]); `None` for a send without the header.
     pub idempotency: Option<crate::IdemAnswer>,
+    /// Whether (and with which key) it will be DKIM-signed, as decided at acceptance; shown in
+    /// `GET /v1/messages/{id}`.
+    pub dkim: postwire_proto::DkimStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +220,7 @@ pub(crate) fn outcome_event(
             user_agent: None,
             webhook_id: None,
             reason: None,
+            sandbox: job.sandbox.then_some(true),
             tags: job.request.tags.clone(),
             metadata: job.request.metadata.clone(),
             ..EventData::default()

@@ -117,6 +117,7 @@ pub(crate) fn suppressed_event(message: &NewMessage, email: &str, response: Stri
             user_agent: None,
             webhook_id: None,
             reason: None,
+            sandbox: message.sandbox.then_some(true),
             tags: message.request.tags.clone(),
             metadata: message.request.metadata.clone(),
             ..EventData::default()

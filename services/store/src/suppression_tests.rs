@@ -39,6 +39,7 @@ pub(crate) fn message(recipients: &[&str]) -> NewMessage {
         sandbox: false,
         raw: None,
         idempotency: None,
+        dkim: postwire_proto::DkimStatus::default(),
     }
 }
 

@@ -190,6 +190,14 @@ async fn prepare(
         |refused| match refused {
             Refused::Render(e) => e.into_field_errors(),
             Refused::Invalid(errors) => (ApiError::invalid_fields(errors.clone()).code(), errors),
+            Refused::Store(e) => {
+                tracing::warn!(error = %e, "batch: the DKIM key of a message could not be looked up");
+                let errors = vec![FieldError {
+                    field: "(message)".into(),
+                    message: "not queued: storage is unavailable; send this message again".into(),
+                }];
+                (ApiError::from(e).code(), errors)
+            }
         },
     )
 }

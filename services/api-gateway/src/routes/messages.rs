@@ -22,7 +22,7 @@ use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::idempotency::{answer_with, idempotent};
 use crate::template::{render_send, RenderError, TemplateCache};
-use crate::validate::validate_send;
+use crate::validate::{validate_send, Mailbox};
 use crate::Gateway;
 
 pub fn router() -> Router<Gateway> {
@@ -80,12 +80,7 @@ async fn accept_message(
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
     let request: SendRequest = json_body(Ok(body))?;
     let mut templates = TemplateCache::default();
-    let (mut message, mut response) = prepare_send(&gw, &key, request, &mut templates)
-        .await
-        .map_err(|refused| match refused {
-            Refused::Render(e) => e.into(),
-            Refused::Invalid(errors) => ApiError::invalid_fields(errors),
-        })?;
+    let (mut message, mut response) = prepare_send(&gw, &key, request, &mut templates).await?;
     super::suppressions::mark_suppressed(&gw, &mut response).await?;
     answer_with(claim.as_ref(), &mut message, StatusCode::ACCEPTED, &response)?;
     queue_one(&gw, &key.id, message).await?;
@@ -130,7 +125,7 @@ pub async fn get_message(
 
 /// 404 unless message `id` exists and `key` may see it: another key's message is not
 /// revealed to exist.
-async fn visible(gw: &Gateway, key: &ApiKey, id: &str) -> Result<(), ApiError> {
+pub(crate) async fn visible(gw: &Gateway, key: &ApiKey, id: &str) -> Result<(), ApiError> {
     match gw.state.message_owner(id).await? {
         Some(owner) if key.visibility().allows(&owner) => Ok(()),
         _ => Err(ApiError::NotFound),
@@ -143,6 +138,39 @@ pub(crate) enum Refused {
     Render(RenderError),
     /// Invalid fields, each listed (`TOO_LARGE_FIELD` when over `limits.max_message_size`).
     Invalid(Vec<FieldError>),
+    /// The store could not say which key signs its From domain.
+    Store(postwire_store::StoreError),
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Render(e) => e.into(),
+            Refused::Invalid(errors) => ApiError::invalid_fields(errors),
+            Refused::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Records whether `message` will be DKIM-signed (see `postwire_mta_worker::dkim_status`) and,
+/// with `signing.require_dkim`, refuses it when it would not be: the last check of every send,
+/// over HTTP or SMTP.
+pub(crate) async fn decide_dkim(gw: &Gateway, message: &mut NewMessage) -> Result<(), Refused> {
+    let from = Mailbox::parse(&message.request.from)
+        .map_err(|e| Refused::Invalid(vec![FieldError { field: "from".into(), message: e }]))?;
+    let status =
+        gw.signing_keys.status(from.address.ascii_domain()).await.map_err(Refused::Store)?;
+    if gw.require_dkim && !status.signed {
+        let why = status.reason.unwrap_or_default();
+        return Err(Refused::Invalid(vec![FieldError {
+            field: "from".into(),
+            message: format!(
+                "would not be DKIM-signed ({why}), and signing.require_dkim refuses unsigned mail"
+            ),
+        }]));
+    }
+    message.dkim = status;
+    Ok(())
 }
 
 /// What every send goes through before it is queued, alone or as a batch item: its template
@@ -159,6 +187,7 @@ pub(crate) async fn prepare_send(
         .map_err(Refused::Render)?;
     let mut message = validate_send(request, &gw.limits, &key.id).map_err(Refused::Invalid)?;
     message.sandbox = key.sandbox;
+    decide_dkim(gw, &mut message).await?;
     let response = accepted_response(&message);
     Ok((message, response))
 }
@@ -179,6 +208,7 @@ pub(crate) fn accepted_response(message: &NewMessage) -> SendResponse {
             .iter()
             .map(|r| RecipientSummary { email: r.email.clone(), status })
             .collect(),
+        dkim: message.dkim.clone(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! |---|---|---|---|
 //! | `{ns}:msg:{message_id}` | hash | `created_at`, `request` (the send request as JSON), `message_id_header`, `key_id`, `sandbox` (`1` for a sandbox key's message; absent = `0`), `engagement_repeats` (repeat engagement events emitted so far; absent = 0), `summary` (JSON `{"from","subject","tags"}` for search; absent on messages stored before search existed), `source` (`smtp` for a message submitted over SMTP; absent = `api`) | retention after the last change |
 //! | `{ns}:msg:{message_id}:raw` | string | a message submitted over SMTP: the client's RFC 5322 text, base64 (standard alphabet) | same |
+//! | `{ns}:msg:{message_id}:copies` | hash | the copies the workers rendered and signed (see [`crate::copies`]): field `r:{recipient, lower-cased}` = the digest of its body, field `b:{digest}` = the body's bytes; `popped` = `1` once deleted from the sandbox POP3 mailbox | same (the complete script settles it with the message; a copy stored after the message finished takes the message's remaining TTL) |
 //! | `{ns}:msg:{message_id}:rcpt` | hash | field = recipient position (`0`, `1`, …), value = JSON `{"email","domain","status","attempts","next_attempt_at"?,"last_response"?,"updated_at"}` | same |
 //! | `{ns}:msg:{message_id}:events` | list | event JSON, oldest first, exactly the webhook body | same |
 //! | `{ns}:msg:{message_id}:eng` | hash | engagements (opens, clicks): field `open:{position}` or `click:{position}:{url}`, value JSON `{"kind","recipient" (position),"url","first_seen","last_seen","count","events","last_event"}` (see [`crate::engagement`]) | same, set when an engagement emits an event |
@@ -79,6 +80,10 @@ impl Keys {
 
     pub(crate) fn raw(&self, id: &str) -> String {
         format!("{}:msg:{id}:raw", self.ns)
+    }
+
+    pub(crate) fn copies(&self, id: &str) -> String {
+        format!("{}:msg:{id}:copies", self.ns)
     }
 
     pub(crate) fn events(&self, id: &str) -> String {

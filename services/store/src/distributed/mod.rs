@@ -44,6 +44,7 @@
 //! - `domain`: the [`Domains`](crate::Domains) implementation (sending domains and their keys).
 //! - `retention`: the [`Retention`](crate::Retention) implementation (expiry once finished).
 
+mod copies;
 mod domain;
 mod engagement;
 mod feedback;

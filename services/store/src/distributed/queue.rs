@@ -338,6 +338,7 @@ impl Queue for DistributedStore {
                     ("key_id", message.key_id.clone()),
                     ("sandbox", if message.sandbox { "1" } else { "0" }.to_string()),
                     ("summary", super::messages::summary_json(&message.request)?),
+                    ("dkim", serde_json::to_string(&message.dkim).map_err(corrupt)?),
                 ],
             )
             .ignore();

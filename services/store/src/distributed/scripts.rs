@@ -33,7 +33,7 @@ local function settle_expiry(msg, ttl)
   for _, e in ipairs(load_recipients(msg .. ':rcpt')) do
     if is_pending(e.r.status) then pending = true break end
   end
-  for _, k in ipairs({msg, msg .. ':rcpt', msg .. ':events', msg .. ':raw', msg .. ':eng'}) do
+  for _, k in ipairs({msg, msg .. ':rcpt', msg .. ':events', msg .. ':raw', msg .. ':eng', msg .. ':copies'}) do
     if pending then redis.call('PERSIST', k) else redis.call('EXPIRE', k, ttl) end
   end
 end

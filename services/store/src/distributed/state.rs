@@ -227,7 +227,10 @@ impl State for DistributedStore {
             id: id.to_string(),
             status: overall_status(&recipients),
             created_at: from_ms(ms_field(&message, "created_at")?),
+            dkim: crate::messages::stored_dkim(message.get("dkim").map(String::as_str))?,
             from: request.from,
+            to: request.to,
+            cc: request.cc,
             subject: request.subject,
             tags: request.tags,
             source: match message.get("source").map(String::as_str) {

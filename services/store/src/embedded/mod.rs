@@ -20,6 +20,7 @@
 //! - `retention`: the [`crate::Retention`] implementation (pruning finished messages).
 
 mod checkpoint;
+mod copies;
 mod domain;
 mod engagement;
 mod feedback;

@@ -14,6 +14,8 @@ impl Queue for SqliteStore {
     async fn accept(&self, message: NewMessage) -> Result<(), StoreError> {
         let request = serde_json::to_string(&message.request)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let dkim =
+            serde_json::to_string(&message.dkim).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let boot = self.boot().to_string();
         self.write(move |conn| {
             // The idempotent answer first: a lost claim stores nothing at all.
@@ -22,10 +24,10 @@ impl Queue for SqliteStore {
             }
             let created = to_ms(message.created_at);
             let inserted = conn.prepare_cached(
-                "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox, raw)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO messages (id, created_at, request, message_id_header, key_id, sandbox, raw, dkim)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
             )?
-            .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox, message.raw])?;
+            .execute(params![message.id, created, request, message.message_id_header, message.key_id, message.sandbox, message.raw, dkim])?;
             if inserted == 0 {
                 return Ok(()); // Stored by an earlier run of the same request.
             }

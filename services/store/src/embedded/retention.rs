@@ -110,6 +110,7 @@ fn delete_if_finished(conn: &Connection, id: &str) -> Result<u64, StoreError> {
     if !finished {
         return Ok(0);
     }
+    super::copies::delete_copies(conn, id)?;
     for sql in [
         "DELETE FROM webhook_deliveries WHERE event_id IN (SELECT id FROM events WHERE message_id = ?1)",
         "DELETE FROM events WHERE message_id = ?1",
@@ -299,7 +300,10 @@ mod tests {
             sizes.push(count(&store, "SELECT page_count FROM pragma_page_count").await);
         }
         println!("database pages after each round: {sizes:?}; slowest batch of 50: {slowest:?}");
-        // Once a round's worth is kept, later rounds reuse the pages the pruned ones freed.
-        assert!(sizes[5] <= sizes[2], "the file kept growing: {sizes:?}");
+        // Once a round's worth is kept, later rounds reuse the pages the pruned ones freed. One
+        // page of slack: where a B-tree split falls relative to a round's end moves with the
+        // row size, so the count steps between two neighbouring values (e.g. 96, 97, 96, 97);
+        // growth would climb by several pages a round.
+        assert!(sizes[5] <= sizes[2] + 1, "the file kept growing: {sizes:?}");
     }
 }

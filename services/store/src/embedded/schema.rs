@@ -83,11 +83,14 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     super::template::migrate_template(conn)?;
     super::engagement::migrate_engagement(conn)?;
     super::retention::migrate_retention(conn)?;
+    super::copies::migrate_copies(conn)?;
     // Columns added after the first release: databases made before them gain them here.
     add_column(conn, "api_keys", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(conn, "messages", "sandbox", "INTEGER NOT NULL DEFAULT 0")?;
     // A message submitted over SMTP: the client's RFC 5322 bytes (NULL for API sends).
     add_column(conn, "messages", "raw", "BLOB")?;
+    // Whether the message is DKIM-signed, as JSON (`DkimStatus`); NULL before it was recorded.
+    add_column(conn, "messages", "dkim", "TEXT")?;
     // The process (store open) that owns an idempotency record in progress.
     add_column(conn, "idempotency", "owner", "TEXT")?;
     super::webhook_log::migrate_webhook_log(conn)?;

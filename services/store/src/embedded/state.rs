@@ -146,17 +146,23 @@ impl State for SqliteStore {
     async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| {
-            let Some((created, request, smtp)) = conn
+            let Some((created, request, smtp, dkim)) = conn
                 .prepare_cached(
-                    "SELECT created_at, request, raw IS NOT NULL FROM messages WHERE id = ?1",
+                    "SELECT created_at, request, raw IS NOT NULL, dkim FROM messages WHERE id = ?1",
                 )?
                 .query_row([&id], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
                 })
                 .optional()?
             else {
                 return Ok(None);
             };
+            let dkim = crate::messages::stored_dkim(dkim.as_deref())?;
             let request: SendRequest =
                 serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut stmt = conn.prepare_cached(
@@ -194,9 +200,12 @@ impl State for SqliteStore {
                 status: overall_status(&recipients),
                 created_at: from_ms(created),
                 from: request.from,
+                to: request.to,
+                cc: request.cc,
                 subject: request.subject,
                 tags: request.tags,
                 source: if smtp { MessageSource::Smtp } else { MessageSource::Api },
+                dkim,
                 recipients,
                 events,
                 engagements,

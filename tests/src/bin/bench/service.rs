@@ -243,11 +243,11 @@ fn config_text(dir: &Path, port: u16, o: &Options<'_>, run: &Run, key: &str) -> 
     };
     let workers = o.workers.map(|n| format!("[worker]\nconcurrency = {n}\n")).unwrap_or_default();
     let smtp_in = match o.smtp_in {
-        None => "[submission]\nlisten = \"\"\ntls_listen = \"\"\n".to_owned(),
+        None => "[submission]\nlisten = \"\"\ntls_listen = \"\"\n[sandbox]\npop3_listen = \"\"\n".to_owned(),
         Some(s) => format!(
             "[submission]\nlisten = \"127.0.0.1:{}\"\ntls_listen = \"\"\n\
              trusted_networks = [\"127.0.0.0/8\"]\ntrusted_key = \"{key}\"\n\
-             [bounces]\ndomain = \"{}\"\nlisten = \"127.0.0.1:{}\"\n",
+             [bounces]\ndomain = \"{}\"\nlisten = \"127.0.0.1:{}\"\n[sandbox]\npop3_listen = \"\"\n",
             s.submission, s.bounce_domain, s.bounces
         ),
     };

@@ -32,6 +32,7 @@ pub mod pop3;
 pub mod ratelimit;
 pub mod renderer;
 pub mod routes;
+mod sessions;
 pub mod slow_body;
 pub mod smtp_in;
 pub mod template;

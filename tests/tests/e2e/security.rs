@@ -364,24 +364,8 @@ async fn after_a_burst_of_large_requests_the_service_gives_its_memory_back() {
     assert_eq!(ids.len(), 16, "every message under the limit is accepted");
     let (peak, _) = memory_kb(server.id());
     // Every one delivered: nothing left to retry (and render again) later.
-    let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
-        loop {
-            let m: Value = client
-                .get(format!("{base}/v1/messages/{id}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if m["recipients"][0]["status"] == "delivered" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not delivered in time: {m}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        postwire_e2e::process::wait_delivered(&client, &base, &key, id).await;
     }
     // Most of what the burst took goes back to the OS within seconds (glibc's malloc kept all
     // of it, for good): at most a quarter of the growth stays.

@@ -24,10 +24,8 @@ use std::time::Duration;
 
 use postwire_config::Settings;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::smtp_in::{AuthFailures, SmtpInError};
 use crate::Gateway;
@@ -65,32 +63,16 @@ impl Pop3Server {
 
 /// Accepts sessions on `listener` until `shutdown` fires, then gives open ones a short grace.
 pub async fn serve(server: Arc<Pop3Server>, listener: TcpListener, shutdown: CancellationToken) {
-    let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
-    let tasks = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pop3 accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let permit = sessions.clone().try_acquire_owned().ok();
+    let limits =
+        crate::sessions::Limits { max: MAX_SESSIONS, grace: SHUTDOWN_GRACE, label: "pop3" };
+    crate::sessions::accept(listener, limits, shutdown.clone(), |stream, peer, permit| {
         let (server, shutdown) = (server.clone(), shutdown.clone());
-        tasks.spawn(async move {
+        async move {
             match permit {
                 Some(_permit) => session::run(&server, stream, peer, shutdown).await,
                 None => session::refuse(stream).await,
             }
-        });
-    }
-    tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-        tracing::warn!("pop3 sessions still open after the shutdown grace period");
-    }
+        }
+    })
+    .await;
 }

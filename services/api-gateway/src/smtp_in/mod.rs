@@ -36,10 +36,8 @@ use std::time::{Duration, Instant};
 
 use postwire_config::{IpNet, Settings};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::Gateway;
 
@@ -171,24 +169,11 @@ pub async fn serve(
     kind: Listener,
     shutdown: CancellationToken,
 ) {
-    let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
-    let tasks = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, listener = kind.label(), "smtp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let permit = sessions.clone().try_acquire_owned().ok();
+    let limits =
+        crate::sessions::Limits { max: MAX_SESSIONS, grace: SHUTDOWN_GRACE, label: kind.label() };
+    crate::sessions::accept(listener, limits, shutdown.clone(), |stream, peer, permit| {
         let (sub, shutdown) = (sub.clone(), shutdown.clone());
-        tasks.spawn(async move {
+        async move {
             let result = match permit {
                 Some(_permit) => session::run(&sub, stream, peer, kind, shutdown).await,
                 None => {
@@ -196,15 +181,9 @@ pub async fn serve(
                 }
             };
             sub.gw.metrics.smtp_in_sessions.with_label_values(&[kind.label(), result]).inc();
-        });
-    }
-    tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-        tracing::warn!(
-            listener = kind.label(),
-            "smtp sessions still open after the shutdown grace period"
-        );
-    }
+        }
+    })
+    .await;
 }
 
 /// Failed AUTH attempts per client address: after [`MAX_AUTH_FAILURES`] the address is

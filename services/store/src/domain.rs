@@ -35,7 +35,7 @@ impl SendingDomain {
     /// millisecond precision.
     pub fn normalized(mut self) -> Self {
         self.domain = normalize(&self.domain);
-        self.created_at = crate::embedded::from_ms(self.created_at.timestamp_millis());
+        self.created_at = crate::time::from_ms(self.created_at.timestamp_millis());
         self
     }
 }

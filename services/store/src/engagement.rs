@@ -19,7 +19,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use postwire_proto::{Engagement, EngagementKind, Event, EventData};
 
-use crate::embedded::from_ms;
+use crate::time::from_ms;
 
 /// After an engagement's event, further hits on it within this long are counted, not emitted.
 pub const EVENT_WINDOW: TimeDelta = TimeDelta::hours(1);

@@ -139,7 +139,7 @@ impl Feedback {
             reason,
             smtp_response,
             message_id: Some(self.message_id.clone()),
-            created_at: crate::embedded::from_ms(self.at.timestamp_millis()),
+            created_at: crate::time::from_ms(self.at.timestamp_millis()),
         })
     }
 }

@@ -39,6 +39,7 @@ pub mod retention;
 pub mod sealing;
 pub mod suppression;
 pub mod template;
+mod time;
 pub mod webhook_log;
 
 use std::time::Duration;

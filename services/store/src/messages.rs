@@ -277,7 +277,7 @@ pub(crate) fn summary(
     MessageSummary {
         id,
         status: crate::model::overall_status(&views),
-        created_at: crate::embedded::from_ms(created_at_ms),
+        created_at: crate::time::from_ms(created_at_ms),
         from,
         subject,
         tags,
@@ -329,8 +329,8 @@ mod tests {
             status: Some(RecipientStatus::Delivered),
             recipient: Some("Ann@Example.ORG".into()),
             tag: Some("welcome".into()),
-            since: Some(crate::embedded::from_ms(1_000)),
-            until: Some(crate::embedded::from_ms(2_000)),
+            since: Some(crate::time::from_ms(1_000)),
+            until: Some(crate::time::from_ms(2_000)),
         };
         let tags = vec!["welcome".to_string()];
         let rcpts = vec![

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::embedded::now_ms;
 use crate::ratelimit::{Cost, Decision, Granted, Limited, Quota, RateLimiter, Window};
+use crate::time::now_ms;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

@@ -80,7 +80,7 @@ impl NewSuppression {
             reason: self.reason,
             smtp_response: self.smtp_response,
             message_id: self.message_id,
-            created_at: crate::embedded::from_ms(self.created_at.timestamp_millis()),
+            created_at: crate::time::from_ms(self.created_at.timestamp_millis()),
         }
     }
 }

@@ -63,7 +63,7 @@ pub struct TemplatePage {
 
 /// A template as it is stored: `created_at` and `updated_at` at millisecond precision.
 pub fn new_template(id: String, content: TemplateRequest, at: DateTime<Utc>) -> Template {
-    let at = crate::embedded::from_ms(at.timestamp_millis());
+    let at = crate::time::from_ms(at.timestamp_millis());
     Template {
         id,
         name: content.name,

@@ -29,7 +29,7 @@ pub const MAX_LOGGED_ATTEMPTS: usize = 20;
 /// The log entry for one attempt.
 pub fn attempt_view(attempt: &WebhookAttempt) -> WebhookAttemptView {
     WebhookAttemptView {
-        at: crate::embedded::from_ms(attempt.at.timestamp_millis()),
+        at: crate::time::from_ms(attempt.at.timestamp_millis()),
         status: attempt.status,
         latency_ms: attempt.latency_ms,
         response: attempt.response.clone(),

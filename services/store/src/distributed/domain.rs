@@ -12,7 +12,7 @@ use redis::Script;
 
 use super::DistributedStore;
 use crate::domain::normalize;
-use crate::embedded::{from_ms, to_ms};
+use crate::time::{from_ms, to_ms};
 use crate::{Domains, SendingDomain, StoreError};
 
 /// KEYS: domain hash, index, generation. ARGV: name, selector, algorithm, private key, public

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::queue::StoredRecipient;
 use super::scripts::HELPERS;
 use super::DistributedStore;
-use crate::embedded::{now_ms, to_ms};
 use crate::engagement::{decide, engagement_event, StoredEngagement, Tally};
+use crate::time::{now_ms, to_ms};
 use crate::{Hit, HitRecorded, StoreError};
 
 /// Field on `{ns}:msg:{id}` counting the message's repeat engagement events.

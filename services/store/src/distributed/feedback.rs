@@ -13,8 +13,8 @@ use super::queue::StoredRecipient;
 use super::scripts::HELPERS;
 use super::suppression::StoredSuppression;
 use super::DistributedStore;
-use crate::embedded::{now_ms, to_ms};
 use crate::feedback::{decide, Change};
+use crate::time::{now_ms, to_ms};
 use crate::{Feedback, FeedbackRecorded, StoreError};
 
 /// How often a report is judged again after losing a race to another change.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::DistributedStore;
-use crate::embedded::now_ms;
+use crate::time::now_ms;
 use crate::{ids, IdemAnswer, IdemBegin, Idempotency, StoreError};
 
 /// KEYS: record. ARGV: body hash (hex), token, lease ms, expires_at (unix ms).

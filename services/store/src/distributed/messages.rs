@@ -20,8 +20,8 @@ use super::keys::Keys;
 use super::queue::StoredRecipient;
 use super::scripts::HELPERS;
 use super::DistributedStore;
-use crate::embedded::now_ms;
 use crate::messages::{canceled_event, normalize_address, shown_status, summary};
+use crate::time::now_ms;
 use crate::{
     Cancel, MessageCursor, MessageOwner, MessagePage, MessageQuery, Messages, NewMessage,
     StoreError, Visibility,
@@ -512,8 +512,7 @@ mod tests {
             .ignore();
         }
         let _: () = pipe.query_async(&mut con).await.unwrap();
-        let q =
-            MessageQuery { since: Some(crate::embedded::from_ms(0)), ..MessageQuery::default() };
+        let q = MessageQuery { since: Some(crate::time::from_ms(0)), ..MessageQuery::default() };
         let mut cursor = None;
         let mut pages = 0;
         let mut seen = Vec::new();

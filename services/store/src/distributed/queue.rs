@@ -18,7 +18,7 @@ use super::keys::{retry_step, Keys, RETRY_STEPS_MS};
 use super::scripts::{CLAIM, COMPLETE, RENEW};
 use super::suppression;
 use super::{amqp_error, unavailable, Broker, DistributedStore, HeldClaim, RABBITMQ};
-use crate::embedded::{from_ms, now_ms, to_ms};
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::{ids, ClaimedJob, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
 
 /// How long `claim` waits for a delivery before answering `None`.

@@ -12,10 +12,10 @@ use postwire_proto::{
 use super::queue::StoredRecipient;
 use super::scripts::{CLAIM_WEBHOOKS, DELETE_WEBHOOK, FINISH_WEBHOOK, INSERT_INDEXED, REVOKE_KEY};
 use super::{unavailable, DistributedStore, RABBITMQ, REDIS};
-use crate::embedded::{from_ms, now_ms, to_ms};
 use crate::engagement::engagement_views;
 use crate::messages::shown_status;
 use crate::model::overall_status;
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::{
     ApiKeyRecord, Feedback, FeedbackRecorded, Hit, HitRecorded, MessageOwner, NewApiKey,
     NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery,

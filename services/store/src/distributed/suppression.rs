@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::keys::Keys;
 use super::scripts::{HELPERS, PAGE_NEWEST_FIRST};
 use super::DistributedStore;
-use crate::embedded::{from_ms, now_ms, to_ms};
 use crate::suppression::suppressed_response;
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::{
     NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions,
 };

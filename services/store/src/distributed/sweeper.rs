@@ -19,7 +19,7 @@ use redis::Script;
 use super::queue::JobPayload;
 use super::scripts::with_helpers;
 use super::DistributedStore;
-use crate::embedded::now_ms;
+use crate::time::now_ms;
 use crate::StoreError;
 
 /// Jobs looked at per script call.

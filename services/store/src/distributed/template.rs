@@ -14,8 +14,8 @@ use redis::Script;
 
 use super::scripts::PAGE_NEWEST_FIRST;
 use super::DistributedStore;
-use crate::embedded::to_ms;
 use crate::template::{is_id, replaced};
+use crate::time::to_ms;
 use crate::{StoreError, TemplateCursor, TemplatePage, TemplateWrite, Templates};
 
 fn parse(raw: &str) -> Result<Template, StoreError> {

@@ -13,7 +13,7 @@ use lapin::BasicProperties;
 use postwire_proto::{Event, EventType, RecipientStatus};
 
 use super::{DistributedStore, Options};
-use crate::embedded::to_ms;
+use crate::time::to_ms;
 use crate::{
     ids, ClaimedJob, DeliveryResult, Hit, NewApiKey, NewWebhook, Queue, RecipientOutcome, State,
     StoreError, WebhookAttempt, WebhookDelivery,

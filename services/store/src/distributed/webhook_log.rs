@@ -13,7 +13,7 @@ use redis::Script;
 use super::scripts::HELPERS;
 use super::state::webhook_record;
 use super::DistributedStore;
-use crate::embedded::{from_ms, now_ms, to_ms};
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::webhook_log::{delivery_seq, parse_attempts};
 use crate::{DeliveryPage, EventPage, EventQuery, StoreError, WebhookLog};
 

@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use postwire_proto::SigningAlgorithm;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_ms, to_ms, SqliteStore};
+use super::SqliteStore;
 use crate::domain::normalize;
+use crate::time::{from_ms, to_ms};
 use crate::{Domains, SendingDomain, StoreError};
 
 /// Creates the `domains` and `domain_generation` tables; called from [`super::schema::migrate`].

@@ -7,10 +7,11 @@ use postwire_proto::{Engagement, EngagementKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::state::insert_event;
-use super::{to_ms, SqliteStore};
+use super::SqliteStore;
 use crate::engagement::{
     counted, decide, engagement_event, engagement_views, StoredEngagement, Tally,
 };
+use crate::time::to_ms;
 use crate::{Hit, HitRecorded, StoreError};
 
 /// Creates the engagements table; called from [`super::schema::migrate`].

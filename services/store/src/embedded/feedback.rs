@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::engagement::echoed_fields;
 use super::state::insert_event;
 use super::suppression::insert;
-use super::{to_ms, SqliteStore};
+use super::SqliteStore;
 use crate::feedback::{decide, Change};
+use crate::time::to_ms;
 use crate::{Feedback, FeedbackRecorded, StoreError};
 
 fn record(conn: &Connection, fb: &Feedback) -> Result<Option<FeedbackRecorded>, StoreError> {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now_ms, SqliteStore};
+use super::SqliteStore;
+use crate::time::now_ms;
 use crate::{ids, IdemAnswer, IdemBegin, Idempotency, StoreError};
 
 /// Creates the `idempotency` table; called from [`super::schema::migrate`].

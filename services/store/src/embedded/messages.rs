@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use postwire_proto::{RecipientStatus, SendRequest};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now_ms, state::insert_event, SqliteStore};
+use super::{state::insert_event, SqliteStore};
 use crate::messages::{canceled_event, shown_status, summary};
+use crate::time::now_ms;
 use crate::{
     Cancel, MessageCursor, MessagePage, MessageQuery, Messages, NewMessage, StoreError, Visibility,
 };

@@ -50,7 +50,6 @@ pub(crate) fn temp_store() -> (tempfile::TempDir, SqliteStore) {
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, Notify};
 
@@ -310,19 +309,6 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
         };
         completions.into_iter().for_each(|c| c(commit));
     }
-}
-
-/// Unix milliseconds, the storage form of every timestamp.
-pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    to_ms(Utc::now())
 }
 
 /// The store holds DKIM private keys and webhook secrets: its directory is made 0700 and the

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use postwire_proto::{RecipientStatus, SendRequest};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_ms, now_ms, state::insert_event, to_ms, SqliteStore};
+use super::{state::insert_event, SqliteStore};
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::{ids, ClaimedJob, NewMessage, PendingRecipient, Queue, RecipientOutcome, StoreError};
 
 #[async_trait]

@@ -15,8 +15,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
-use super::{now_ms, SqliteStore};
+use super::SqliteStore;
 use crate::ratelimit::{check, Cost, Decision, Granted, Quota, RateLimiter, Window, DAY_MS};
+use crate::time::now_ms;
 use crate::StoreError;
 
 /// Creates the index the day count is rebuilt from; called from [`super::schema::migrate`].

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
 
-use super::{now_ms, to_ms, SqliteStore};
+use super::SqliteStore;
+use crate::time::{now_ms, to_ms};
 use crate::{Pruned, Retention, StoreError};
 
 /// Where the last batch stopped: `(created_at, id)` of its last candidate.

@@ -10,9 +10,10 @@ use postwire_proto::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_ms, now_ms, to_ms, SqliteStore};
+use super::SqliteStore;
 use crate::messages::shown_status;
 use crate::model::overall_status;
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::{
     ApiKeyRecord, Feedback, FeedbackRecorded, Hit, HitRecorded, MessageOwner, NewApiKey,
     NewWebhook, State, StoreError, WebhookAttempt, WebhookDelivery,

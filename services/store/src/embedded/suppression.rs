@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use postwire_proto::{RecipientStatus, Suppression, SuppressionReason};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_ms, state::insert_event, to_ms, SqliteStore};
+use super::{state::insert_event, SqliteStore};
 use crate::suppression::{key, suppressed_event, suppressed_response};
+use crate::time::{from_ms, to_ms};
 use crate::{
     NewMessage, NewSuppression, StoreError, SuppressionCursor, SuppressionPage, Suppressions,
 };

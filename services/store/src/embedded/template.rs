@@ -8,8 +8,9 @@ use postwire_proto::{Template, TemplateRequest};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::add_column;
-use super::{from_ms, to_ms, SqliteStore};
+use super::SqliteStore;
 use crate::template::{is_id, replaced};
+use crate::time::{from_ms, to_ms};
 use crate::{StoreError, TemplateCursor, TemplatePage, TemplateWrite, Templates};
 
 /// Creates the `templates` table; called from [`super::schema::migrate`].

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use postwire_proto::{Event, EventType, RecipientStatus};
 use tempfile::TempDir;
 
-use super::{to_ms, SqliteStore};
+use super::SqliteStore;
+use crate::time::to_ms;
 use crate::{
     ids, ClaimedJob, DeliveryResult, Hit, NewApiKey, NewWebhook, Queue, RecipientOutcome, State,
     WebhookAttempt, WebhookDelivery,

@@ -11,7 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::add_column;
 use super::state::{insert_event, webhook_from_row, WEBHOOK_COLUMNS};
-use super::{from_ms, now_ms, to_ms, SqliteStore};
+use super::SqliteStore;
+use crate::time::{from_ms, now_ms, to_ms};
 use crate::webhook_log::{delivery_id, delivery_seq, parse_attempts};
 use crate::{DeliveryPage, EventPage, EventQuery, StoreError, WebhookLog};
 

@@ -128,7 +128,21 @@ pub async fn wait_delivered(
     key: &str,
     id: &str,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    wait_delivered_within(client, base, key, id, std::time::Duration::from_secs(20)).await
+}
+
+/// [`wait_delivered`] with a deadline of `within`.
+///
+/// # Panics
+/// If it is not delivered in time.
+pub async fn wait_delivered_within(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &str,
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let m: serde_json::Value = client
             .get(format!("{base}/v1/messages/{id}"))

@@ -56,18 +56,6 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Resolves `domain` and delivers `messages`.
-    pub async fn deliver(&self, domain: &str, messages: &[Outgoing]) -> Vec<RecipientVerdict> {
-        match self.resolver.resolve(domain).await {
-            Ok(hosts) => self.deliver_to_hosts(&hosts, messages).await,
-            Err(e) => settle_all(
-                messages.iter().flat_map(|m| m.recipients.iter()),
-                &Failure::Resolve(e),
-                None,
-            ),
-        }
-    }
-
     /// Delivers `messages` over `hosts`, tried in the given order.
     pub async fn deliver_to_hosts(
         &self,

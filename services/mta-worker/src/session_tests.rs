@@ -6,6 +6,35 @@ use crate::testutil::{Script, SmtpPeer};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// Runs `transactions` against one MX address on a connection of its own, then QUITs: one
+/// session without the pool ([`crate::pool::SmtpPool`] reuses connections). Never fails as a
+/// whole: the result says what was decided and why the rest was not.
+async fn deliver_to_host(
+    opts: &SmtpOptions,
+    ip: IpAddr,
+    host: &str,
+    transactions: &[Transaction<'_>],
+) -> HostAttempt {
+    let mut attempt = HostAttempt::default();
+    let mut conn = match open(opts, SocketAddr::new(ip, opts.port), host).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            attempt.failure = Some(e);
+            return attempt;
+        }
+    };
+    attempt.encrypted = conn.is_encrypted();
+    if let Err(e) = run_transactions(&mut conn, opts, transactions, &mut attempt).await {
+        // Dropped without QUIT: after a timeout or a garbled reply the peer may never
+        // answer, and waiting for it would stall the worker for another full timeout.
+        attempt.failure = Some(e);
+        return attempt;
+    }
+    // The outcome is settled; a slow or rude QUIT changes nothing.
+    quit(conn, opts.command_timeout).await;
+    attempt
+}
+
 fn opts(port: u16, tls: TlsMode) -> SmtpOptions {
     SmtpOptions {
         helo: ClientId::Domain("worker.test".into()),

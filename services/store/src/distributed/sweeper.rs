@@ -1,7 +1,9 @@
 //! The lost-job sweeper: a job's only copy can vanish with a broker crash (the retry queues are
-//! classic queues, and a copy in flight between two of them at the crash is gone). Redis still
-//! lists the job in `{ns}:jobs`; this finds such jobs and publishes them to the deliveries queue
-//! again.
+//! classic queues, and a copy in flight between two of them at the crash is gone), and a job
+//! can have no copy at all when the gateway that stored its message was killed before it
+//! published the job (the message and its idempotent answer are in Redis, so a retry is
+//! answered 202 from them). Redis still lists the job in `{ns}:jobs`; this finds such jobs and
+//! publishes them to the deliveries queue again.
 //!
 //! A job is taken for lost when no worker holds its lease, its earliest pending recipient was
 //! due more than `overdue` ago, and the deliveries queue has nothing ready — with a backlog, an

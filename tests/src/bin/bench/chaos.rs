@@ -35,6 +35,8 @@ const SETTLE: Duration = Duration::from_secs(90);
 struct Sends {
     /// Message number → the id of its 202.
     accepted: HashMap<usize, String>,
+    /// Message number → seconds since the start when its 202 came, and the attempts it took.
+    accepted_at: HashMap<usize, (f64, u32)>,
     gave_up: Vec<usize>,
     /// Answers that are neither success nor retryable (a 4xx other than 409).
     refused: Vec<String>,
@@ -80,6 +82,7 @@ pub async fn chaos(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
     let run = format!("{:08x}", rand::random::<u32>());
     let sends = Arc::new(Mutex::new(Sends::default()));
     let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
         let (target, run, sends, next) =
@@ -91,7 +94,8 @@ pub async fn chaos(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
                 if i >= total {
                     return anyhow::Ok(());
                 }
-                send_until_answered(&http, &target, &format!("chaos-{run}-{i}"), i, &sends).await;
+                let key = format!("chaos-{run}-{i}");
+                send_until_answered(&http, &target, &key, i, &sends, started).await;
             }
         });
     }
@@ -99,7 +103,6 @@ pub async fn chaos(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
     // Kill through ingest and drain: until every accepted message is delivered and told, or
     // the drain deadline.
     let mut svc = svc;
-    let started = Instant::now();
     let mut kills: Vec<(f64, &'static str)> = Vec::new();
     let drain_deadline = Duration::from_secs(args.deadline.min(300));
     let mut ingest_done: Option<Instant> = None;
@@ -139,20 +142,35 @@ pub async fn chaos(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
     let finished = started.elapsed().as_secs_f64();
     let rss = svc.rss_note();
     let log_dir = dir.display().to_string();
-    svc.stop().await?;
-
     let sends = Arc::try_unwrap(sends)
         .map_err(|_| anyhow::anyhow!("clients still hold the results"))?
         .into_inner()
         .expect("sends");
     let tally = Tally::of(&sink, &hooks, &sends.accepted);
     let kill_roles = kill_summary(&kills);
+    for &i in tally.lost.iter().chain(&tally.missing_events) {
+        // What the service says about it, and the kills around its 202.
+        let id = &sends.accepted[&i];
+        let (at, attempts) = sends.accepted_at[&i];
+        let state =
+            client.get(format!("{}/v1/messages/{id}", svc.base)).bearer_auth(&svc.key).send().await;
+        let state = match state {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("GET failed: {e}"),
+        };
+        let near: Vec<_> = kills.iter().filter(|(t, _)| (t - at).abs() < 6.0).collect();
+        eprintln!(
+            "  message {i} ({id}): 202 at {at:.2} s after {attempts} attempts; kills within 6 s: {near:?}; now: {}",
+            state.chars().take(600).collect::<String>()
+        );
+    }
     if !tally.lost.is_empty() || !tally.missing_events.is_empty() {
         eprintln!(
             "  lost (accepted, never delivered): {:?}\n  delivered without a message.delivered event: {:?}\n  kills (s since start, role): {kills:?}\n  logs: {log_dir}",
             tally.lost, tally.missing_events
         );
     }
+    svc.stop().await?;
     let duplicate_limit = total as f64 * 0.001;
     let met = tally.lost.is_empty()
         && sends.gave_up.is_empty()
@@ -213,12 +231,15 @@ async fn send_until_answered(
     key: &str,
     i: usize,
     sends: &Mutex<Sends>,
+    started: Instant,
 ) {
     let url = format!("{}/v1/messages", target.base);
     let body = target.body(i);
     let first = Instant::now();
     let mut backoff = Duration::from_millis(100);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         let answer = http
             .post(&url)
             .bearer_auth(&target.key)
@@ -230,7 +251,9 @@ async fn send_until_answered(
             Ok(r) if r.status().as_u16() == 202 => match r.json::<Value>().await {
                 Ok(v) => {
                     let id = v["id"].as_str().unwrap_or_default().to_owned();
-                    sends.lock().expect("sends").accepted.insert(i, id);
+                    let mut sends = sends.lock().expect("sends");
+                    sends.accepted.insert(i, id);
+                    sends.accepted_at.insert(i, (started.elapsed().as_secs_f64(), attempts));
                     return;
                 }
                 Err(_) => true,

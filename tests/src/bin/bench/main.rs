@@ -10,6 +10,9 @@
 //! - Scale: accept rate and RSS as 10k, 100k (and with `--scale-max 1000000`, 1M) messages sit
 //!   queued behind a deferring sink ([`ingest::scale`]).
 //! - DKIM: signatures per second of one core, RSA-2048 and Ed25519 ([`dkim`]).
+//! - Not by default: chaos (SIGKILLs under idempotent retrying clients: lost, duplicates,
+//!   missing webhook events; [`chaos`]) and soak (RSS and store size per minute under steady
+//!   load with a short retention; [`soak`]).
 //!
 //! Postwire runs as separate processes ([`service`]) with a config pointing its resolver at a
 //! DNS server in this process; Postfix runs from a throwaway config directory ([`postfix`]).

@@ -75,10 +75,12 @@ pub async fn soak(bench: &Bench, args: &Args) -> anyhow::Result<Vec<Row>> {
     let store_slope = slope(&recent, |s| s.store_mb);
     let rss_peak = samples.iter().map(|s| s.rss_mb).fold(0.0, f64::max);
     let store_peak = samples.iter().map(|s| s.store_mb).fold(0.0, f64::max);
-    // Level: over the window, growth under 1 % of the peak per minute.
-    let level = |slope: f64, peak: f64| slope.abs() <= peak * 0.01;
-    let verdict =
-        |slope: f64, peak: f64| if level(slope, peak) { "levels off" } else { "still growing" };
+    // Level: over the window, growth under 1 % of the peak per minute (a fall is level too).
+    let verdict = |slope: f64, peak: f64| match slope {
+        s if s > peak * 0.01 => "still growing",
+        s if s < -peak * 0.01 => "levels off (falling)",
+        _ => "levels off",
+    };
     let series = |f: fn(&Sample) -> f64| {
         samples.iter().map(|s| format!("{:.0}", f(s))).collect::<Vec<_>>().join(" → ")
     };

@@ -4,6 +4,8 @@
 #
 #   scripts/bench.sh                       # default run, ~10-15 minutes
 #   scripts/bench.sh --scale-max 1000000   # adds the 1M-queued scale row (much longer)
+#   scripts/bench.sh --sections chaos      # kill -9 under retrying clients (issue 11), both backends
+#   scripts/bench.sh --sections soak --backends embedded   # 30 min of steady load: RSS, store size
 #   scripts/bench.sh --help                # every option (sections, backends, sizes)
 #
 # Runs as root: smtp-sink takes port 25 on 127.0.0.2. Installs postfix, opendkim and

@@ -84,6 +84,7 @@ pub async fn postwire(bench: &Bench, args: &Args, backend: Backend) -> anyhow::R
         retry: r#"["1s"]"#,
         workers: args.workers,
         smtp_in: None,
+        retention: None,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let processes = svc.rss_kib().iter().map(|(role, _)| *role).collect::<Vec<_>>().join(" + ");

@@ -27,6 +27,7 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
         retry: r#"["1s"]"#,
         workers: args.workers,
         smtp_in: None,
+        retention: None,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let target = bench.target(&svc);
@@ -116,6 +117,7 @@ pub async fn scale(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
         retry: r#"["1h"]"#,
         workers: args.workers,
         smtp_in: None,
+        retention: None,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let target = bench.target(&svc);

@@ -10,6 +10,9 @@
 //! - Scale: accept rate and RSS as 10k, 100k (and with `--scale-max 1000000`, 1M) messages sit
 //!   queued behind a deferring sink ([`ingest::scale`]).
 //! - DKIM: signatures per second of one core, RSA-2048 and Ed25519 ([`dkim`]).
+//! - Not by default: chaos (SIGKILLs under idempotent retrying clients: lost, duplicates,
+//!   missing webhook events; [`chaos`]) and soak (RSS and store size per minute under steady
+//!   load with a short retention; [`soak`]).
 //!
 //! Postwire runs as separate processes ([`service`]) with a config pointing its resolver at a
 //! DNS server in this process; Postfix runs from a throwaway config directory ([`postfix`]).
@@ -21,6 +24,7 @@
 //! target/release/bench --sections e2e --backends embedded --messages 1000
 //! ```
 
+mod chaos;
 mod dkim;
 mod e2e;
 mod ingest;
@@ -30,6 +34,7 @@ mod report;
 mod service;
 mod sink;
 mod smtp_in;
+mod soak;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -55,7 +60,8 @@ pub const MX: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(12
     about = "Postwire vs Postfix + OpenDKIM on this machine: end to end, ingest, scale, DKIM"
 )]
 pub struct Args {
-    /// Sections to run, comma-separated: e2e, ingest, smtp, scale, dkim.
+    /// Sections to run, comma-separated: e2e, ingest, smtp, scale, dkim, and (not by
+    /// default) chaos, soak.
     #[arg(long, value_delimiter = ',', default_value = "e2e,ingest,smtp,scale,dkim")]
     sections: Vec<String>,
     /// Postwire backends to run, comma-separated: embedded, distributed.
@@ -109,6 +115,21 @@ pub struct Args {
     /// Scale: messages per step; the accept rate and RSS are read after each.
     #[arg(long, default_value_t = 10_000)]
     pub scale_step: usize,
+    /// Chaos: messages sent (by `--clients` clients) while processes are killed.
+    #[arg(long, default_value_t = 3000)]
+    pub chaos_messages: usize,
+    /// Chaos: seconds between SIGKILLs of a random Postwire process.
+    #[arg(long, default_value_t = 3.0)]
+    pub kill_every: f64,
+    /// Soak: minutes of steady load on `postwire serve`.
+    #[arg(long, default_value_t = 30.0)]
+    pub soak_minutes: f64,
+    /// Soak: offered load, messages per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub soak_rate: f64,
+    /// Soak: `storage.retention` of the service.
+    #[arg(long, default_value = "5m")]
+    pub soak_retention: String,
     /// DKIM: seconds of signing per algorithm.
     #[arg(long, default_value_t = 2.0)]
     dkim_seconds: f64,
@@ -256,6 +277,20 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
                 Ok(r) => rows.extend(r),
                 Err(e) => failed(&mut rows, &format!("Scale, {}", backend.name()), "scale", e),
             }
+        }
+    }
+    if sections("chaos") {
+        for &backend in &backends {
+            match chaos::chaos(&bench, args, backend).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => failed(&mut rows, &format!("Chaos, {}", backend.name()), "chaos", e),
+            }
+        }
+    }
+    if sections("soak") {
+        match soak::soak(&bench, args).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => failed(&mut rows, "Soak, embedded", "soak", e),
         }
     }
     if sections("dkim") {

@@ -48,6 +48,8 @@ pub struct Options<'a> {
     pub workers: Option<usize>,
     /// The SMTP listeners, off unless set.
     pub smtp_in: Option<SmtpIn>,
+    /// `[storage] retention`, e.g. `"5m"`; `None` keeps the shipped default.
+    pub retention: Option<&'a str>,
 }
 
 /// Submission for trusted loopback clients (as the benchmark's own key) and the bounce intake.
@@ -65,6 +67,8 @@ pub struct Service {
     /// An API key with every scope, from `postwire keys create`.
     pub key: String,
     pub config: PathBuf,
+    bin: PathBuf,
+    dir: PathBuf,
     settings: postwire_config::Settings,
 }
 
@@ -118,17 +122,12 @@ impl Service {
             base: format!("http://127.0.0.1:{port}"),
             key,
             config,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
             settings,
         };
         for role in roles {
-            let log = std::fs::File::create(dir.join(format!("{role}.log")))?;
-            let child = postwire(bin, &service.config)
-                .arg(role)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("spawn postwire {role}"))?;
+            let child = service.spawn(role)?;
             service.procs.push((role, child));
         }
         service
@@ -136,6 +135,37 @@ impl Service {
             .await
             .with_context(|| format!("see the logs in {}", dir.display()))?;
         Ok(service)
+    }
+
+    /// Starts `postwire <role>`, appending to `dir/<role>.log`.
+    fn spawn(&self, role: &str) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{role}.log")))?;
+        postwire(&self.bin, &self.config)
+            .arg(role)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn postwire {role}"))
+    }
+
+    /// How many processes run (one for embedded, three for distributed).
+    pub fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// SIGKILLs process `index` and starts its role again at once, without waiting for it to
+    /// be ready; returns the role.
+    pub fn kill_and_restart(&mut self, index: usize) -> anyhow::Result<&'static str> {
+        let role = self.procs[index].0;
+        let child = &mut self.procs[index].1;
+        child.kill().with_context(|| format!("SIGKILL postwire {role}"))?;
+        child.wait()?;
+        self.procs[index].1 = self.spawn(role)?;
+        Ok(role)
     }
 
     async fn wait_ready(&mut self, deadline: Duration) -> anyhow::Result<()> {
@@ -241,6 +271,7 @@ fn config_text(dir: &Path, port: u16, o: &Options<'_>, run: &Run, key: &str) -> 
             format!("backend = \"distributed\"\nnamespace = \"{}\"", run.namespace)
         }
     };
+    let retention = o.retention.map(|r| format!("retention = \"{r}\"\n")).unwrap_or_default();
     let workers = o.workers.map(|n| format!("[worker]\nconcurrency = {n}\n")).unwrap_or_default();
     let smtp_in = match o.smtp_in {
         None => "[submission]\nlisten = \"\"\ntls_listen = \"\"\n[sandbox]\npop3_listen = \"\"\n".to_owned(),
@@ -259,7 +290,7 @@ public_url = "http://127.0.0.1:{port}"
 [storage]
 {storage}
 path = "{data}"
-[dns]
+{retention}[dns]
 nameservers = ["{dns}"]
 [smtp]
 helo_name = "mta.postwire.bench"
@@ -269,6 +300,9 @@ schedule = {retry}
 max_age = "48h"
 [tracking]
 secret = "{secret}"
+[webhooks]
+allow_private_targets = true
+retry_schedule = ["1s", "2s", "5s"]
 {smtp_in}
 [limits]
 per_key_per_second = 1000000000

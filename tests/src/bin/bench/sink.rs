@@ -18,6 +18,8 @@ const MESSAGE_MARK: &str = "=====PWBENCH-MESSAGE=====";
 pub enum Mode {
     /// Accept every message (`250`), dumping each to the dump file.
     Accept,
+    /// Accept every message without dumping it (a long run's counter only).
+    Count,
     /// Refuse every RCPT with `450 4.3.0` so the sender defers and keeps the message queued.
     Defer,
 }
@@ -65,8 +67,10 @@ impl Sink {
         let dump = dump_dir.join(format!("{name}.dump"));
         let mut cmd = Command::new("smtp-sink");
         cmd.args(["-u", "postfix", "-c", "-4", "-m", "1000"]);
-        cmd.arg("-S").arg(format!("{MESSAGE_MARK}\\n"));
-        cmd.arg("-D").arg(&dump);
+        if mode != Mode::Count {
+            cmd.arg("-S").arg(format!("{MESSAGE_MARK}\\n"));
+            cmd.arg("-D").arg(&dump);
+        }
         if mode == Mode::Defer {
             cmd.args(["-r", "RCPT"]);
         }
@@ -94,6 +98,11 @@ impl Sink {
     /// CPU time smtp-sink has used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         crate::service::cpu_seconds(self.child.id()).unwrap_or(0.0)
+    }
+
+    /// Messages taken so far.
+    pub fn messages(&self) -> usize {
+        self.counter.lock().expect("counter lock").messages
     }
 
     /// SMTP sessions that have ended so far.

@@ -41,6 +41,7 @@ pub async fn smtp_in(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Re
         retry: r#"["1s"]"#,
         workers: args.workers,
         smtp_in: Some(ports),
+        retention: None,
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let section = format!("SMTP in, {}", backend.name());

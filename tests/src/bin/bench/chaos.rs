@@ -17,7 +17,7 @@ use rand::Rng as _;
 use serde_json::Value;
 
 use crate::report::Row;
-use crate::service::{self, Backend, Roles, Service};
+use crate::service::{Backend, Roles, Service};
 use crate::{Args, Bench};
 
 /// The recipients' domain and its MX: apart from the other sections' (127.0.0.2), so a soak
@@ -50,16 +50,7 @@ pub async fn chaos(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Resu
     bench.dns.add_a(&format!("mx.{CHAOS_DOMAIN}"), CHAOS_MX);
     let sink = start_sink().await?;
     let hooks = WebhookReceiver::start().await;
-    let options = service::Options {
-        backend,
-        roles: Roles::All,
-        dns: bench.dns.addr(),
-        dkim: &bench.rsa,
-        retry: r#"["1s"]"#,
-        workers: args.workers,
-        smtp_in: None,
-        retention: None,
-    };
+    let options = bench.options(args, backend, Roles::All);
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let client = reqwest::Client::new();
     let r = client

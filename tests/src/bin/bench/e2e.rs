@@ -76,16 +76,7 @@ pub async fn postfix(bench: &Bench, args: &Args) -> anyhow::Result<Run> {
 pub async fn postwire(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Result<Run> {
     let dir = bench.dir.join(format!("e2e-{}", backend.name()));
     let sink = Sink::start(MX, Mode::Accept, &dir, backend.name())?;
-    let options = service::Options {
-        backend,
-        roles: Roles::All,
-        dns: bench.dns.addr(),
-        dkim: &bench.rsa,
-        retry: r#"["1s"]"#,
-        workers: args.workers,
-        smtp_in: None,
-        retention: None,
-    };
+    let options = bench.options(args, backend, Roles::All);
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let processes = svc.rss_kib().iter().map(|(role, _)| *role).collect::<Vec<_>>().join(" + ");
     eprintln!(

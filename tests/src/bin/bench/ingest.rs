@@ -19,16 +19,7 @@ use crate::{Args, Bench, MX};
 /// The ingest rows for `backend`.
 pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Result<Vec<Row>> {
     let dir = bench.dir.join(format!("ingest-{}", backend.name()));
-    let options = service::Options {
-        backend,
-        roles: Roles::ApiOnly,
-        dns: bench.dns.addr(),
-        dkim: &bench.rsa,
-        retry: r#"["1s"]"#,
-        workers: args.workers,
-        smtp_in: None,
-        retention: None,
-    };
+    let options = bench.options(args, backend, Roles::ApiOnly);
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let target = bench.target(&svc);
     let section = format!("Ingest, {}", backend.name());
@@ -109,16 +100,8 @@ pub async fn ingest(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Res
 pub async fn scale(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Result<Vec<Row>> {
     let dir = bench.dir.join(format!("scale-{}", backend.name()));
     let sink = Sink::start(MX, Mode::Defer, &dir, &format!("scale-{}", backend.name()))?;
-    let options = service::Options {
-        backend,
-        roles: Roles::All,
-        dns: bench.dns.addr(),
-        dkim: &bench.rsa,
-        retry: r#"["1h"]"#,
-        workers: args.workers,
-        smtp_in: None,
-        retention: None,
-    };
+    let options =
+        service::Options { retry: r#"["1h"]"#, ..bench.options(args, backend, Roles::All) };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let target = bench.target(&svc);
     let section = format!("Scale, {}", backend.name());

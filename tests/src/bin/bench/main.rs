@@ -156,6 +156,26 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// How a section usually runs Postwire: on the bench's DNS server and RSA key, retrying
+    /// after 1 s, with `--workers`, no SMTP listeners and the shipped retention.
+    pub fn options<'a>(
+        &'a self,
+        args: &Args,
+        backend: Backend,
+        roles: service::Roles,
+    ) -> service::Options<'a> {
+        service::Options {
+            backend,
+            roles,
+            dns: self.dns.addr(),
+            dkim: &self.rsa,
+            retry: r#"["1s"]"#,
+            workers: args.workers,
+            smtp_in: None,
+            retention: None,
+        }
+    }
+
     pub fn target(&self, svc: &Service) -> load::Target {
         load::Target {
             base: svc.base.clone(),

@@ -33,16 +33,8 @@ pub async fn smtp_in(bench: &Bench, args: &Args, backend: Backend) -> anyhow::Re
         bounces: crate::postfix::free_port()?,
         bounce_domain: BOUNCE_DOMAIN,
     };
-    let options = service::Options {
-        backend,
-        roles: Roles::ApiOnly,
-        dns: bench.dns.addr(),
-        dkim: &bench.rsa,
-        retry: r#"["1s"]"#,
-        workers: args.workers,
-        smtp_in: Some(ports),
-        retention: None,
-    };
+    let options =
+        service::Options { smtp_in: Some(ports), ..bench.options(args, backend, Roles::ApiOnly) };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let section = format!("SMTP in, {}", backend.name());
     let count = args.smtp_messages;

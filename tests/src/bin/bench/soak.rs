@@ -23,14 +23,8 @@ pub async fn soak(bench: &Bench, args: &Args) -> anyhow::Result<Vec<Row>> {
     let dir = bench.dir.join("soak");
     let sink = Sink::start(MX, Mode::Count, &dir, "soak")?;
     let options = service::Options {
-        backend: Backend::Embedded,
-        roles: Roles::All,
-        dns: bench.dns.addr(),
-        dkim: &bench.rsa,
-        retry: r#"["1s"]"#,
-        workers: args.workers,
-        smtp_in: None,
         retention: Some(&args.soak_retention),
+        ..bench.options(args, Backend::Embedded, Roles::All)
     };
     let svc = Service::start(&bench.postwire, &dir, &options).await?;
     let minutes = args.soak_minutes;

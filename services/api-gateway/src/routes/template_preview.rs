@@ -21,7 +21,7 @@ pub fn router() -> Router<Gateway> {
 /// Render a template's subject, text and html with `variables`; nothing is sent or stored.
 #[utoipa::path(
     post, path = "/v1/templates/{id}/preview", tag = "templates",
-    params(("id" = String, Path, description = "Template id (`tpl_…`)")),
+    params(("id" = String, Path, description = "Template id (`tpl_…`) or alias")),
     request_body = TemplatePreviewRequest,
     responses(
         (status = 200, description = "The rendered parts", body = TemplatePreview),

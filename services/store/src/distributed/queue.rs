@@ -385,7 +385,7 @@ impl Queue for DistributedStore {
         }
         // The idempotent answer lands with the message: a retry finds one or neither.
         if let Some(answer) = &message.idempotency {
-            self.store_answer(&mut pipe, answer);
+            self.store_answer(&mut pipe, answer, pending.then_some(message.id.as_str()));
         }
         let mut con = self.redis().await?;
         self.run_redis(pipe.query_async::<()>(&mut con)).await?;
@@ -441,6 +441,9 @@ impl Queue for DistributedStore {
                 tracing::error!(message_id = %message.id, error = %undo_error, "cannot undo a message whose jobs were not published");
             }
             return Err(e);
+        }
+        if let Some(answer) = message.idempotency.as_ref().filter(|_| pending) {
+            self.mark_published(&answer.claim.key_id, &answer.claim.idem_key).await;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The crash-proof idempotency contract, run against both backends (see the `tests` modules of
-//! `embedded/idempotency.rs` and `distributed/idempotency.rs`).
+//! The idempotency contract, run against both backends by [`contract_tests!`] at the end of this
+//! file. What only one backend shows (a SQLite file reopened) stays in its `tests` module.
 
 use std::time::Duration;
 
@@ -7,6 +7,14 @@ use crate::suppression::contract::message;
 use crate::{IdemBegin, IdemClaim, Idempotency, Queue, State, StoreError};
 
 const TTL: Duration = Duration::from_secs(24 * 3600);
+const LEASE: Duration = Duration::from_secs(60);
+
+fn token(begin: IdemBegin) -> String {
+    match begin {
+        IdemBegin::Started { token } => token,
+        other => panic!("expected Started, got {other:?}"),
+    }
+}
 
 fn claim(begin: IdemBegin, key_id: &str, idem_key: &str) -> IdemClaim {
     match begin {
@@ -122,4 +130,111 @@ pub(crate) async fn accepting_a_stored_id_again_changes_nothing(
     assert_eq!(store.depth().await.unwrap(), 1, "one job, not two");
     let view = store.message(&m.id).await.unwrap().expect("stored");
     assert_eq!(view.recipients.len(), 1);
+}
+
+/// A finished request answers its retries with the same body and refuses another body; the key
+/// (with a space and a colon in it) belongs to its API key only.
+pub(crate) async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another(
+    store: &impl Idempotency,
+) {
+    let t = token(store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
+    assert_eq!(
+        store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(),
+        IdemBegin::InProgress
+    );
+    assert_eq!(
+        store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(),
+        IdemBegin::Mismatch
+    );
+    assert!(store
+        .idempotency_finish("key_a", "k 1:x", &t, 202, "{\"id\":\"msg_1\"}".into())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.idempotency_begin("key_a", "k 1:x", [1; 32], LEASE, TTL).await.unwrap(),
+        IdemBegin::Replay { status: 202, body: "{\"id\":\"msg_1\"}".into() }
+    );
+    assert_eq!(
+        store.idempotency_begin("key_a", "k 1:x", [2; 32], LEASE, TTL).await.unwrap(),
+        IdemBegin::Mismatch
+    );
+    token(store.idempotency_begin("key_b", "k 1:x", [1; 32], LEASE, TTL).await.unwrap());
+}
+
+pub(crate) async fn keys_are_scoped_per_api_key(store: &impl Idempotency) {
+    token(store.idempotency_begin("key_a", "same", [1; 32], LEASE, TTL).await.unwrap());
+    token(store.idempotency_begin("key_b", "same", [1; 32], LEASE, TTL).await.unwrap());
+}
+
+pub(crate) async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish(
+    store: &impl Idempotency,
+) {
+    let first = token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
+    store.idempotency_abandon("key_a", "k", &first).await.unwrap();
+    let second = token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
+    assert!(!store.idempotency_finish("key_a", "k", &first, 202, "stale".into()).await.unwrap());
+    store.idempotency_abandon("key_a", "k", &first).await.unwrap();
+    assert_eq!(
+        store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(),
+        IdemBegin::InProgress
+    );
+    assert!(store.idempotency_finish("key_a", "k", &second, 200, "ok".into()).await.unwrap());
+}
+
+/// A lease of 20 ms and a record kept 50 ms are both gone 120 ms later (Redis expires keys in
+/// whole milliseconds, so neither can be zero there).
+pub(crate) async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again(
+    store: &impl Idempotency,
+) {
+    token(
+        store
+            .idempotency_begin("key_a", "lease", [1; 32], Duration::from_millis(20), TTL)
+            .await
+            .unwrap(),
+    );
+    let t = token(
+        store
+            .idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(50))
+            .await
+            .unwrap(),
+    );
+    assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
+    token(store.idempotency_begin("key_a", "ttl", [9; 32], LEASE, TTL).await.unwrap());
+}
+
+pub(crate) async fn of_concurrent_begins_with_one_key_exactly_one_starts<S>(store: &S)
+where
+    S: Idempotency + Clone,
+{
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap()
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            IdemBegin::Started { .. } => started += 1,
+            IdemBegin::InProgress => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+}
+
+crate::contract_tests! {
+    a_finished_request_is_replayed_for_the_same_body_and_refused_for_another,
+    keys_are_scoped_per_api_key,
+    an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish,
+    a_lapsed_lease_or_an_expired_record_lets_the_key_run_again,
+    of_concurrent_begins_with_one_key_exactly_one_starts,
+    an_answer_stored_with_the_accept_is_replayed_without_finish,
+    an_accept_under_a_lost_claim_stores_nothing,
+    a_renewed_short_lease_holds_the_key_and_a_lapsed_one_frees_it,
+    accepting_a_stored_id_again_changes_nothing,
 }

@@ -24,6 +24,36 @@
 //! - [`webhook_log`]: the per-endpoint delivery log, replay, enable/disable and the event
 //!   pull API ([`WebhookLog`]).
 
+/// Runs each named contract test of the calling module against both backends: in a module
+/// `embedded` on a fresh SQLite file in a temporary directory, and in a module `distributed`
+/// under a namespace of its own on the local Redis and RabbitMQ (see `distributed::test_ns`).
+/// Each name is an `async fn(&Store)` of the calling module; a suite is written once and listed
+/// once.
+#[cfg(test)]
+#[macro_export]
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_dir, store) = $crate::embedded::temp_store();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod distributed {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let ns = $crate::distributed::test_ns::TestNs::new().await;
+                    super::$name(&ns.store).await;
+                }
+            )*
+        }
+    };
+}
+
 pub mod copies;
 pub mod distributed;
 pub mod domain;

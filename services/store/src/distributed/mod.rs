@@ -60,7 +60,7 @@ mod suppression;
 mod sweeper;
 mod template;
 #[cfg(test)]
-mod test_ns;
+pub(crate) mod test_ns;
 #[cfg(test)]
 mod tests;
 mod webhook_log;

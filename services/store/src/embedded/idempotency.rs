@@ -204,15 +204,13 @@ impl Idempotency for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    //! What only a SQLite file shows; the rest of the idempotency contract runs against both
+    //! backends in `idempotency_tests.rs`.
 
     use super::*;
 
     const LEASE: Duration = Duration::from_secs(60);
     const TTL: Duration = Duration::from_secs(24 * 3600);
-
-    use crate::embedded::temp_store as open;
-    use crate::idempotency::contract;
 
     fn token(begin: IdemBegin) -> String {
         match begin {
@@ -222,79 +220,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_finished_request_is_replayed_for_the_same_body_and_refused_for_another() {
-        let (_dir, store) = open();
-        let t = token(store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap());
-        assert_eq!(
-            store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(),
-            IdemBegin::InProgress
-        );
-        assert_eq!(
-            store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(),
-            IdemBegin::Mismatch
-        );
-        assert!(store
-            .idempotency_finish("key_a", "k1", &t, 202, "{\"id\":\"msg_1\"}".into())
-            .await
-            .unwrap());
-        assert_eq!(
-            store.idempotency_begin("key_a", "k1", [1; 32], LEASE, TTL).await.unwrap(),
-            IdemBegin::Replay { status: 202, body: "{\"id\":\"msg_1\"}".into() }
-        );
-        assert_eq!(
-            store.idempotency_begin("key_a", "k1", [2; 32], LEASE, TTL).await.unwrap(),
-            IdemBegin::Mismatch
-        );
-    }
-
-    #[tokio::test]
-    async fn keys_are_scoped_per_api_key() {
-        let (_dir, store) = open();
-        token(store.idempotency_begin("key_a", "same", [1; 32], LEASE, TTL).await.unwrap());
-        token(store.idempotency_begin("key_b", "same", [1; 32], LEASE, TTL).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn an_abandoned_request_frees_the_key_and_a_stale_owner_cannot_finish() {
-        let (_dir, store) = open();
-        let first =
-            token(store.idempotency_begin("key_a", "k", [1; 32], LEASE, TTL).await.unwrap());
-        store.idempotency_abandon("key_a", "k", &first).await.unwrap();
-        let second =
-            token(store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap());
-        assert!(!store
-            .idempotency_finish("key_a", "k", &first, 202, "stale".into())
-            .await
-            .unwrap());
-        store.idempotency_abandon("key_a", "k", &first).await.unwrap();
-        assert_eq!(
-            store.idempotency_begin("key_a", "k", [2; 32], LEASE, TTL).await.unwrap(),
-            IdemBegin::InProgress
-        );
-        assert!(store.idempotency_finish("key_a", "k", &second, 200, "ok".into()).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_lapsed_lease_or_an_expired_record_lets_the_key_run_again() {
-        let (_dir, store) = open();
-        token(
-            store.idempotency_begin("key_a", "lease", [1; 32], Duration::ZERO, TTL).await.unwrap(),
-        );
-        token(store.idempotency_begin("key_a", "lease", [1; 32], LEASE, TTL).await.unwrap());
-        let t = token(
-            store
-                .idempotency_begin("key_a", "ttl", [1; 32], LEASE, Duration::from_millis(1))
-                .await
-                .unwrap(),
-        );
-        assert!(store.idempotency_finish("key_a", "ttl", &t, 202, "old".into()).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        token(store.idempotency_begin("key_a", "ttl", [9; 32], LEASE, TTL).await.unwrap());
-    }
-
-    #[tokio::test]
     async fn a_record_left_in_progress_by_an_earlier_process_is_dead_at_once() {
-        let (dir, store) = open();
+        let (dir, store) = crate::embedded::temp_store();
         token(store.idempotency_begin("key_a", "crash", [1; 32], LEASE, TTL).await.unwrap());
         store.close();
         // The same file opened again, as a restarted process does: the 60 s lease is no matter.
@@ -304,52 +231,5 @@ mod tests {
             reopened.idempotency_begin("key_a", "crash", [1; 32], LEASE, TTL).await.unwrap(),
             IdemBegin::InProgress
         );
-    }
-
-    #[tokio::test]
-    async fn an_answer_stored_with_the_accept_is_replayed_without_finish() {
-        let (_dir, store) = open();
-        contract::an_answer_stored_with_the_accept_is_replayed_without_finish(&store).await;
-    }
-
-    #[tokio::test]
-    async fn an_accept_under_a_lost_claim_stores_nothing() {
-        let (_dir, store) = open();
-        contract::an_accept_under_a_lost_claim_stores_nothing(&store).await;
-    }
-
-    #[tokio::test]
-    async fn a_renewed_short_lease_holds_the_key_and_a_lapsed_one_frees_it() {
-        let (_dir, store) = open();
-        contract::a_renewed_short_lease_holds_the_key_and_a_lapsed_one_frees_it(&store).await;
-    }
-
-    #[tokio::test]
-    async fn accepting_a_stored_id_again_changes_nothing() {
-        let (_dir, store) = open();
-        contract::accepting_a_stored_id_again_changes_nothing(&store).await;
-    }
-
-    #[tokio::test]
-    async fn of_concurrent_begins_with_one_key_exactly_one_starts() {
-        let (_dir, store) = open();
-        let store = Arc::new(store);
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store.idempotency_begin("key_a", "race", [7; 32], LEASE, TTL).await.unwrap()
-                })
-            })
-            .collect();
-        let mut started = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                IdemBegin::Started { .. } => started += 1,
-                IdemBegin::InProgress => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(started, 1);
     }
 }

@@ -8,7 +8,7 @@
 //! `unsubscribe_url` adds `List-Unsubscribe: <url>` (RFC 2369) and, for an `https:` URL,
 //! `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058 one-click); custom
 //! `List-Unsubscribe*` headers are then dropped. The DKIM signer covers both (see
-//! [`crate::dkim::SIGNED_HEADERS`]).
+//! `postwire_domain_auth::dkim::SIGNED_HEADERS`).
 //!
 //! When opens or clicks are tracked, the HTML differs per recipient (signed per-recipient links),
 //! so the message is rendered once per recipient; otherwise once for the whole job. A link names

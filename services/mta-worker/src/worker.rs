@@ -36,12 +36,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::delivery::{settle_all, Deliverer, Outgoing, RecipientVerdict, Verdict};
 use crate::disposition::{Action, Failure};
-use crate::dkim::DkimSigners;
 use crate::pool::{PoolLimits, SmtpPool};
 use crate::render::{parse_mailbox, Renderer};
 use crate::resolve::MxResolver;
 use crate::session::SmtpOptions;
 use crate::WorkerError;
+use postwire_domain_auth::dkim::DkimSigners;
 
 /// How long an idle worker waits for new work before polling the queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);

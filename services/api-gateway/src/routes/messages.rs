@@ -152,7 +152,7 @@ impl From<Refused> for ApiError {
     }
 }
 
-/// Records whether `message` will be DKIM-signed (see `postwire_mta_worker::dkim_status`) and,
+/// Records whether `message` will be DKIM-signed (see `postwire_domain_auth::dkim_status`) and,
 /// with `signing.require_dkim`, refuses it when it would not be: the last check of every send,
 /// over HTTP or SMTP.
 pub(crate) async fn decide_dkim(gw: &Gateway, message: &mut NewMessage) -> Result<(), Refused> {

@@ -10,6 +10,8 @@
 //! - [`engagement`]: opens and clicks folded per recipient and link.
 //! - [`event`]: event types and the webhook payload.
 //! - [`keys`]: API keys managed over `/v1/keys`.
+//! - [`message`]: rules of the rendered message (reserved headers, `List-Unsubscribe`,
+//!   attachment content) that the gateway checks and the worker applies.
 //! - [`schema`]: OpenAPI schemas for list items and map entries, and the limits they state.
 //! - [`search`]: `GET /v1/messages` (message search) bodies.
 //! - [`status`]: recipient delivery states.
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod engagement;
 pub mod event;
 pub mod keys;
+pub mod message;
 pub mod schema;
 pub mod search;
 pub mod status;

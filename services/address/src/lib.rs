@@ -13,9 +13,14 @@
 //! An address whose envelope form is still not ASCII has a UTF-8 local part: it can only be sent
 //! to a server that offers `SMTPUTF8` ([`needs_smtputf8`]).
 //!
-//! Modules: this file only. Types: [`EmailAddress`], [`DomainName`].
+//! Modules: this file, and [`mailbox`] ([`Mailbox`]: a display name and an address, as the
+//! gateway validates it and the worker renders it). Types: [`EmailAddress`], [`DomainName`],
+//! [`Mailbox`].
 
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+
+pub mod mailbox;
+pub use mailbox::Mailbox;
 
 /// Longest local part, in octets (RFC 5321 §4.5.3.1.1).
 pub const MAX_LOCAL_PART: usize = 64;

@@ -78,11 +78,11 @@ pub struct Gateway {
     /// Messages deleted from the sandbox POP3 mailbox.
     pub pop_marks: Arc<dyn postwire_store::PopMarks>,
     /// Which key signs each From domain, recorded with every accepted message.
-    pub signing_keys: postwire_mta_worker::dkim_status::SigningKeys,
+    pub signing_keys: postwire_domain_auth::dkim_status::SigningKeys,
     /// Refuse messages no key would sign (`signing.require_dkim`).
     pub require_dkim: bool,
     /// Live DNS checks of a sending domain's records.
-    pub domain_checker: postwire_mta_worker::domain_check::DomainChecker,
+    pub domain_checker: postwire_domain_auth::domain_check::DomainChecker,
     pub metrics: Metrics,
     pub tracking: TrackingKeys,
     pub limits: Limits,

@@ -9,30 +9,13 @@
 
 use std::collections::HashSet;
 
-use base64::Engine;
 use chrono::Utc;
-pub use postwire_address::{DomainName, EmailAddress};
+use postwire_address::mailbox::{has_forbidden_chars, FORBIDDEN_CHARS};
+pub use postwire_address::{DomainName, EmailAddress, Mailbox};
 use postwire_config::Limits;
+use postwire_proto::message::{attachment_bytes, is_reserved_header, set_by_unsubscribe_url};
 use postwire_proto::{FieldError, SendRequest};
 use postwire_store::{ids, NewMessage, NewRecipient};
-
-/// Header names the API sets itself; callers use the dedicated fields instead.
-const RESERVED_HEADERS: [&str; 14] = [
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "subject",
-    "date",
-    "message-id",
-    "reply-to",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "dkim-signature",
-    "return-path",
-    "received",
-];
 
 /// Trace and authentication headers only relays and receiving servers add (RFC 5321 §4.4,
 /// RFC 8601, RFC 8617, RFC 7208): a sender setting them could forge a verdict downstream.
@@ -48,13 +31,9 @@ pub use postwire_proto::schema::{
     MAX_CUSTOM_HEADERS, MAX_HEADER_LINE, MAX_TAGS, MAX_TAG_CHARS, MAX_UNSUBSCRIBE_URL,
 };
 
-/// What [`has_forbidden_chars`] refuses, as said in a field error.
-const FORBIDDEN_CHARS: &str =
-    "control characters (CR, LF, NUL, VT, FF, ESC, DEL, U+0080 to U+009F; tab is allowed), U+2028 or U+2029";
-
 /// Why a custom header name (lower-cased) is refused, if it is.
 fn reserved_header(lower: &str) -> Option<&'static str> {
-    if RESERVED_HEADERS.contains(&lower) {
+    if is_reserved_header(lower) {
         Some("is set by Postwire; use the request's own field")
     } else if TRACE_HEADERS.contains(&lower)
         || lower.starts_with("arc-")
@@ -70,48 +49,6 @@ fn reserved_header(lower: &str) -> Option<&'static str> {
     }
 }
 
-/// A parsed mailbox: optional display name and an address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mailbox {
-    pub name: Option<String>,
-    pub address: EmailAddress,
-}
-
-impl Mailbox {
-    /// Parses `addr`, `Name <addr>` or `"Name" <addr>`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        if has_forbidden_chars(raw) {
-            return Err(format!("must not contain {FORBIDDEN_CHARS}"));
-        }
-        let raw = raw.trim();
-        match (raw.rfind('<'), raw.ends_with('>')) {
-            (Some(open), true) => {
-                let name = raw[..open].trim().trim_matches('"').trim();
-                let address = EmailAddress::parse(&raw[open + 1..raw.len() - 1])?;
-                if name.contains(['<', '>']) {
-                    return Err("display name must not contain `<` or `>`".into());
-                }
-                Ok(Self { name: (!name.is_empty()).then(|| name.to_string()), address })
-            }
-            (None, false) => Ok(Self { name: None, address: EmailAddress::parse(raw)? }),
-            _ => Err("expected `address` or `Name <address>`".into()),
-        }
-    }
-
-    /// Canonical form stored with the message.
-    pub fn canonical(&self) -> String {
-        match &self.name {
-            Some(n) => format!("{n} <{}>", self.address.as_str()),
-            None => self.address.as_str().to_string(),
-        }
-    }
-}
-
-/// Any control character but HTAB (C0, DEL and C1), or a Unicode line or paragraph separator.
-fn has_forbidden_chars(s: &str) -> bool {
-    s.chars().any(|c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}')
-}
-
 /// The MIME type of a file named `filename`, from its extension; `application/octet-stream`
 /// (RFC 2046 §4.5.1: arbitrary data) when the extension is missing or unknown.
 fn guess_content_type(filename: &str) -> String {
@@ -119,12 +56,12 @@ fn guess_content_type(filename: &str) -> String {
 }
 
 /// Validates a send request. On success returns the message to queue, with its request
-/// rewritten into canonical form; on failure every bad field is listed.
+/// rewritten into canonical form, and its parsed From; on failure every bad field is listed.
 pub fn validate_send(
     mut req: SendRequest,
     limits: &Limits,
     key_id: &str,
-) -> Result<NewMessage, Vec<FieldError>> {
+) -> Result<(NewMessage, Mailbox), Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut err = |field: String, message: String| errors.push(FieldError { field, message });
 
@@ -179,9 +116,7 @@ pub fn validate_send(
                      (RFC 5322 §2.1.1; got {line} octets); longer values are refused, not folded"
                 ),
             );
-        } else if req.unsubscribe_url.is_some()
-            && name.to_ascii_lowercase().starts_with("list-unsubscribe")
-        {
+        } else if req.unsubscribe_url.is_some() && set_by_unsubscribe_url(name) {
             err(field, format!("`{name}` is set from `unsubscribe_url`; send one or the other"));
         }
     }
@@ -230,7 +165,7 @@ pub fn validate_send(
                 "must be a MIME type like `application/pdf`".into(),
             );
         }
-        match base64::engine::general_purpose::STANDARD.decode(a.content.as_bytes()) {
+        match attachment_bytes(&a.content) {
             Ok(bytes) => size += base64_wrapped_len(bytes.len() as u64),
             Err(_) => err(format!("attachments[{i}].content"), "must be standard base64".into()),
         }
@@ -259,7 +194,7 @@ pub fn validate_send(
     let id = ids::new_id("msg");
     let message_id_header = message_id_for(&id, &from);
     // `sandbox` is the caller's to set from the key (see `routes::messages`).
-    Ok(NewMessage {
+    let message = NewMessage {
         id,
         created_at: Utc::now(),
         request: req,
@@ -270,7 +205,8 @@ pub fn validate_send(
         raw: None,
         idempotency: None,
         dkim: postwire_proto::DkimStatus::default(),
-    })
+    };
+    Ok((message, from))
 }
 
 /// The `Message-ID` (without angle brackets) Postwire gives message `id` sent from `from`.

@@ -1,33 +1,8 @@
 //! Parsing and validation of send requests and submitted messages, field by field.
 
-use super::*;
+use base64::Engine;
 
-#[test]
-fn mailbox_forms_parse_to_canonical() {
-    assert_eq!(Mailbox::parse("a@Example.COM").unwrap().canonical(), "a@example.com");
-    assert_eq!(
-        Mailbox::parse("Ann Lee <ann@example.com>").unwrap().canonical(),
-        "Ann Lee <ann@example.com>"
-    );
-    assert_eq!(
-        Mailbox::parse("\"Lee, Ann\" <ann@example.com>").unwrap().canonical(),
-        "Lee, Ann <ann@example.com>"
-    );
-    for bad in [
-        "",
-        "ann",
-        "ann@",
-        "@example.com",
-        "a b@example.com",
-        "a..b@example.com",
-        "a@localhost",
-        "x <a@b.com",
-        "a@-b.com",
-    ] {
-        assert!(Mailbox::parse(bad).is_err(), "{bad} should be refused");
-    }
-    assert!(Mailbox::parse("Evil\r\nBcc: x@y.com <a@b.com>").is_err());
-}
+use super::*;
 
 fn req() -> SendRequest {
     SendRequest {
@@ -57,7 +32,7 @@ fn duplicate_recipients_are_delivered_once() {
     let mut r = req();
     r.to = vec!["u@example.org".into(), "U@EXAMPLE.org".into()];
     r.bcc = vec!["v@example.net".into()];
-    let m = validate_send(r, &Limits::default(), "k").unwrap();
+    let (m, _) = validate_send(r, &Limits::default(), "k").unwrap();
     assert_eq!(m.recipients.len(), 2);
     assert_eq!(m.recipients[1].domain, "example.net");
 }
@@ -69,7 +44,7 @@ fn idn_and_utf8_addresses_are_kept_as_written_and_queued_under_the_a_label_once(
     r.to = vec!["ann@bücher.test".into(), "ann@xn--bcher-kva.test".into()];
     r.cc = vec!["jürgen@example.de".into()];
     r.reply_to = Some("hilfe@BÜCHER.test".into());
-    let m = validate_send(r, &Limits::default(), "k").unwrap();
+    let (m, _) = validate_send(r, &Limits::default(), "k").unwrap();
     let got: Vec<_> = m.recipients.iter().map(|r| (r.email.as_str(), r.domain.as_str())).collect();
     assert_eq!(
         got,

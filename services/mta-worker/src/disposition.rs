@@ -16,10 +16,10 @@
 //! When every host was tried and none took the message, the recipients are retried with the last
 //! error as their response (see [`crate::delivery`]).
 
-use crate::dkim::DkimError;
 use crate::render::RenderError;
 use crate::resolve::ResolveError;
 use crate::session::{Reply, SessionError};
+use postwire_domain_auth::dkim::DkimError;
 
 /// What to do with the recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,14 +8,11 @@
 //! deferred to the next slot of the retry schedule (bounced as `expired` once `retry.max_age` has
 //! passed).
 //!
+//! DKIM keys and signing live in `postwire_domain_auth`, which the gateway uses too.
+//!
 //! Modules:
 //! - [`resolve`]: MX lookup with hickory (null MX, implicit MX, TTL cache).
 //! - [`render`]: MIME building with mail-builder, tracking, CRLF normalisation.
-//! - [`dkim`]: DKIM signers built once from the configured keys.
-//! - [`dkim_status`]: which key will sign a From domain, by name (what the gateway records).
-//! - `domain_keys`: the signers of keys made through `/v1/domains`, cached per store generation.
-//! - [`keygen`]: DKIM key generation and import, and the TXT record to publish.
-//! - [`domain_check`]: live DNS checks of a sending domain's DKIM, SPF and DMARC records.
 //! - [`pool`]: SMTP connections reused per MX host, with a cap per host.
 //! - [`session`]: one SMTP session to one MX address (STARTTLS, per-RCPT replies, DATA).
 //! - [`delivery`]: walks the MX hosts for one job and collects each recipient's verdict.
@@ -24,11 +21,6 @@
 
 pub mod delivery;
 pub mod disposition;
-pub mod dkim;
-pub mod dkim_status;
-pub mod domain_check;
-mod domain_keys;
-pub mod keygen;
 pub mod pool;
 pub mod raw_html;
 pub mod render;
@@ -52,7 +44,7 @@ pub enum WorkerError {
     Resolver(#[source] resolve::ResolveError),
     /// A configured DKIM key could not be loaded.
     #[error(transparent)]
-    DkimKey(#[from] dkim::DkimError),
+    DkimKey(#[from] postwire_domain_auth::dkim::DkimError),
     /// `smtp.helo_name` is not usable in EHLO.
     #[error("smtp.helo_name {0:?} is not a valid EHLO name")]
     HeloName(String),

@@ -8,7 +8,7 @@
 //! `unsubscribe_url` adds `List-Unsubscribe: <url>` (RFC 2369) and, for an `https:` URL,
 //! `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058 one-click); custom
 //! `List-Unsubscribe*` headers are then dropped. The DKIM signer covers both (see
-//! [`crate::dkim::SIGNED_HEADERS`]).
+//! `postwire_domain_auth::dkim::SIGNED_HEADERS`).
 //!
 //! When opens or clicks are tracked, the HTML differs per recipient (signed per-recipient links),
 //! so the message is rendered once per recipient; otherwise once for the whole job. A link names
@@ -22,13 +22,16 @@
 
 use std::borrow::Cow;
 
-use base64::Engine;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::text::Text;
 use mail_builder::MessageBuilder;
+use postwire_address::Mailbox;
+use postwire_proto::message::{
+    attachment_bytes, is_one_click, is_reserved_header, set_by_unsubscribe_url,
+};
 use postwire_store::ClaimedJob;
 use postwire_tracking::{MailCopy, TrackingKeys};
 
@@ -53,49 +56,12 @@ pub enum RenderError {
     Build(#[from] std::io::Error),
 }
 
-/// A parsed `Name <addr>` or bare `addr`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mailbox {
-    pub name: Option<String>,
-    pub email: String,
-}
-
-impl Mailbox {
-    /// The part after the last `@` as its lower-cased A-label (the DKIM `d=` to sign with).
-    pub fn domain(&self) -> String {
-        self.email
-            .rsplit_once('@')
-            .map(|(_, d)| postwire_address::ascii_domain(d))
-            .unwrap_or_default()
-    }
-}
-
-/// Parses `"Name" <addr>`, `Name <addr>` or `addr`.
-pub fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, RenderError> {
-    let bad = || RenderError::Address { field, value: value.to_owned() };
+/// The stored `field` (written by the gateway in [`Mailbox::canonical`] form) parsed again.
+fn mailbox(field: &'static str, value: &str) -> Result<Mailbox, RenderError> {
     if has_line_break(value) {
         return Err(RenderError::HeaderInjection { name: field.to_owned() });
     }
-    let value = value.trim();
-    let (name, email) = match (value.rfind('<'), value.ends_with('>')) {
-        (Some(open), true) => {
-            let name = value[..open].trim().trim_matches('"').trim();
-            let name = (!name.is_empty()).then(|| name.to_owned());
-            (name, value[open + 1..value.len() - 1].trim())
-        }
-        (None, false) => (None, value),
-        _ => return Err(bad()),
-    };
-    match email.rsplit_once('@') {
-        Some((local, domain))
-            if !local.is_empty()
-                && !domain.is_empty()
-                && !email.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') =>
-        {
-            Ok(Mailbox { name, email: email.to_owned() })
-        }
-        _ => Err(bad()),
-    }
+    Mailbox::parse(value).map_err(|_| RenderError::Address { field, value: value.to_owned() })
 }
 
 /// One message to send in one SMTP transaction, and who it is for.
@@ -106,24 +72,6 @@ pub struct RenderedMessage {
     /// CRLF-only message bytes (headers and body), not yet DKIM-signed.
     pub bytes: Vec<u8>,
 }
-
-/// Headers built from structured fields; custom headers with these names are dropped so they
-/// can neither duplicate nor override them.
-const RESERVED_HEADERS: [&str; 13] = [
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "reply-to",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "dkim-signature",
-    "return-path",
-];
 
 /// Renders jobs; holds what tracking needs.
 #[derive(Clone)]
@@ -147,9 +95,11 @@ impl Renderer {
         }
     }
 
-    /// The copies to send for `job`: one per recipient when tracking applies, else one.
-    pub fn render(&self, job: &ClaimedJob) -> Result<Vec<RenderedMessage>, RenderError> {
+    /// The job's From (what signs and what the envelope says) and the copies to send: one per
+    /// recipient when tracking applies, else one.
+    pub fn render(&self, job: &ClaimedJob) -> Result<(Mailbox, Vec<RenderedMessage>), RenderError> {
         let req = &job.request;
+        let from = mailbox("from", &req.from)?;
         let everyone = || job.recipients.iter().map(|r| r.email.clone()).collect();
         let tracking = req.track_opens || req.track_clicks;
         if let Some(raw) = &job.raw {
@@ -169,23 +119,25 @@ impl Renderer {
                     })
                     .collect();
                 if let Some(copies) = copies {
-                    return Ok(copies);
+                    return Ok((from, copies));
                 }
             }
-            return Ok(vec![RenderedMessage { recipients: everyone(), bytes: raw }]);
+            return Ok((from, vec![RenderedMessage { recipients: everyone(), bytes: raw }]));
         }
         let Some(html) = req.html.as_deref().filter(|_| tracking) else {
-            let bytes = render_one(job, req.html.as_deref().map(Cow::Borrowed))?;
-            return Ok(vec![RenderedMessage { recipients: everyone(), bytes }]);
+            let bytes = render_one(job, &from, req.html.as_deref().map(Cow::Borrowed))?;
+            return Ok((from, vec![RenderedMessage { recipients: everyone(), bytes }]));
         };
-        job.recipients
+        let copies = job
+            .recipients
             .iter()
             .map(|rcpt| {
                 let instrumented = self.instrument(job, rcpt.position, html);
-                let bytes = render_one(job, Some(Cow::Owned(instrumented)))?;
+                let bytes = render_one(job, &from, Some(Cow::Owned(instrumented)))?;
                 Ok(RenderedMessage { recipients: vec![rcpt.email.clone()], bytes })
             })
-            .collect()
+            .collect::<Result<_, RenderError>>()?;
+        Ok((from, copies))
     }
 
     /// `html` with the open pixel and click links of the copy for recipient `position`.
@@ -204,9 +156,12 @@ impl Renderer {
     }
 }
 
-fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, RenderError> {
+fn render_one(
+    job: &ClaimedJob,
+    from: &Mailbox,
+    html: Option<Cow<'_, str>>,
+) -> Result<Vec<u8>, RenderError> {
     let req = &job.request;
-    let from = parse_mailbox("from", &req.from)?;
     let mut builder = MessageBuilder::new()
         .from(address(from))
         .message_id(MessageId::new(job.message_id_header.as_str()))
@@ -224,15 +179,13 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
         builder = builder.cc(address_list("cc", &req.cc)?);
     }
     if let Some(reply_to) = &req.reply_to {
-        builder = builder.reply_to(address(parse_mailbox("reply-to", reply_to)?));
+        builder = builder.reply_to(address(&mailbox("reply-to", reply_to)?));
     }
     for (name, value) in &req.headers {
         check_value(name, name)?;
         check_value(name, value)?;
-        let lower = name.to_ascii_lowercase();
-        let generated_unsubscribe =
-            req.unsubscribe_url.is_some() && lower.starts_with("list-unsubscribe");
-        if RESERVED_HEADERS.contains(&lower.as_str()) || generated_unsubscribe {
+        let generated_unsubscribe = req.unsubscribe_url.is_some() && set_by_unsubscribe_url(name);
+        if is_reserved_header(name) || generated_unsubscribe {
             tracing::warn!(message_id = %job.message_id, header = %name, "custom header would override a generated one; dropped");
             continue;
         }
@@ -245,7 +198,7 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
     if let Some(url) = &req.unsubscribe_url {
         check_value("unsubscribe_url", url)?;
         builder = builder.header("List-Unsubscribe", Raw::new(list_unsubscribe(url)));
-        if url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("https:")) {
+        if is_one_click(url) {
             builder =
                 builder.header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"));
         }
@@ -259,8 +212,9 @@ fn render_one(job: &ClaimedJob, html: Option<Cow<'_, str>>) -> Result<Vec<u8>, R
     for a in &req.attachments {
         check_value("attachment filename", &a.filename)?;
         check_value("attachment content_type", &a.content_type)?;
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(a.content.trim())
+        // The stored job carries the request's base64 (its JSON is the durable queue's format),
+        // so the worker decodes what the gateway checked.
+        let content = attachment_bytes(a.content.trim())
             .map_err(|source| RenderError::Attachment { filename: a.filename.clone(), source })?;
         builder = builder.attachment(a.content_type.as_str(), a.filename.as_str(), content);
     }
@@ -288,19 +242,15 @@ fn list_unsubscribe(url: &str) -> String {
 /// have ASCII local parts stays ASCII and needs no SMTPUTF8; one with a UTF-8 local part is
 /// written as is (RFC 6532 §3.2), and only an SMTPUTF8 server is given it (see
 /// [`crate::session`]).
-fn address(m: Mailbox) -> Address<'static> {
-    let email = if postwire_address::needs_smtputf8(&m.email) {
-        m.email
-    } else {
-        postwire_address::envelope(&m.email)
-    };
-    Address::new_address(m.name, email)
+fn address(m: &Mailbox) -> Address<'static> {
+    let email = if m.address.needs_smtputf8() { m.address.as_str() } else { m.address.envelope() };
+    Address::new_address(m.name.clone(), email.to_owned())
 }
 
 fn address_list(field: &'static str, values: &[String]) -> Result<Address<'static>, RenderError> {
     let list = values
         .iter()
-        .map(|v| parse_mailbox(field, v).map(address))
+        .map(|v| mailbox(field, v).map(|m| address(&m)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Address::new_list(list))
 }
@@ -387,14 +337,16 @@ mod tests {
 
     #[test]
     fn mailboxes_parse_with_and_without_display_names() {
-        let m = parse_mailbox("from", "\"Ann Smith\" <ann@Example.TEST>").unwrap();
-        assert_eq!(m, Mailbox { name: Some("Ann Smith".into()), email: "ann@Example.TEST".into() });
-        assert_eq!(m.domain(), "example.test");
-        assert_eq!(parse_mailbox("to", "bob@x.test").unwrap().name, None);
-        assert!(parse_mailbox("to", "no-at-sign").is_err());
-        assert!(parse_mailbox("to", "Bob <bob@x.test").is_err());
+        let m = mailbox("from", "\"Ann Smith\" <ann@Example.TEST>").unwrap();
+        // The shared `Mailbox` writes the domain lower-cased (the gateway stores it so).
+        assert_eq!(m.name.as_deref(), Some("Ann Smith"));
+        assert_eq!(m.address.as_str(), "ann@example.test");
+        assert_eq!(m.address.ascii_domain(), "example.test");
+        assert_eq!(mailbox("to", "bob@x.test").unwrap().name, None);
+        assert!(mailbox("to", "no-at-sign").is_err());
+        assert!(mailbox("to", "Bob <bob@x.test").is_err());
         assert!(matches!(
-            parse_mailbox("to", "a@x.test\r\nBcc: z@y.test"),
+            mailbox("to", "a@x.test\r\nBcc: z@y.test"),
             Err(RenderError::HeaderInjection { .. })
         ));
     }
@@ -410,7 +362,7 @@ mod tests {
             html: Some("<p>a</p>\n.\n<p>b</p>".into()),
             ..Default::default()
         };
-        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap().1;
         assert_eq!(out.len(), 1);
         let bytes = &out[0].bytes;
         assert!(crlf_only(bytes), "{}", String::from_utf8_lossy(bytes));
@@ -449,7 +401,8 @@ mod tests {
         };
         let out = renderer()
             .render(&job(req, &["to@rcpt.test", "cc@rcpt.test", "hidden@rcpt.test"]))
-            .unwrap();
+            .unwrap()
+            .1;
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].recipients.len(), 3);
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
@@ -491,7 +444,7 @@ mod tests {
             track_clicks: true,
             ..Default::default()
         };
-        let out = renderer().render(&job(req, &["a@rcpt.test", "b@rcpt.test"])).unwrap();
+        let out = renderer().render(&job(req, &["a@rcpt.test", "b@rcpt.test"])).unwrap().1;
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].recipients, vec!["a@rcpt.test".to_string()]);
         assert_eq!(out[1].recipients, vec!["b@rcpt.test".to_string()]);
@@ -512,7 +465,7 @@ mod tests {
             ..Default::default()
         };
         let job = job(req, &["first@rcpt.test", "second@rcpt.test"]);
-        let out = renderer().render(&job).unwrap();
+        let out = renderer().render(&job).unwrap().1;
         let text = String::from_utf8(out[1].bytes.clone()).unwrap().replace("=\r\n", "");
         let token_after = |marker: &str| -> String {
             let at =
@@ -541,7 +494,9 @@ mod tests {
                 keys.verify(&token, accepted + LINK_LIFETIME).unwrap(),
                 Verified::Stale(link)
             );
-            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
+            let decoded =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &token)
+                    .unwrap();
             assert!(!String::from_utf8_lossy(&decoded).contains("second"), "{token}");
         }
         assert_eq!(
@@ -561,7 +516,7 @@ mod tests {
             unsubscribe_url: Some("https://app.test/unsub?u=42".into()),
             ..Default::default()
         };
-        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap().1;
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
         assert!(s.contains("\r\nList-Unsubscribe: <https://app.test/unsub?u=42>\r\n"), "{s}");
         assert!(s.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{s}");
@@ -577,12 +532,12 @@ mod tests {
             unsubscribe_url: Some("mailto:unsub@sender.test?subject=stop".into()),
             ..Default::default()
         };
-        let out = renderer().render(&job(req.clone(), &["r@rcpt.test"])).unwrap();
+        let out = renderer().render(&job(req.clone(), &["r@rcpt.test"])).unwrap().1;
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
         assert!(s.contains("List-Unsubscribe: <mailto:unsub@sender.test?subject=stop>\r\n"), "{s}");
         assert!(!s.contains("List-Unsubscribe-Post"), "{s}");
         req.unsubscribe_url = Some(format!("https://app.test/{}", "a".repeat(2000)));
-        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap().1;
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
         assert!(
             s.split("\r\n").all(|line| line.len() <= 998),
@@ -602,7 +557,7 @@ mod tests {
             text: Some("x".into()),
             ..Default::default()
         };
-        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap();
+        let out = renderer().render(&job(req, &["r@rcpt.test"])).unwrap().1;
         let s = String::from_utf8(out[0].bytes.clone()).unwrap();
         assert!(!s.contains("evil@x"));
     }
@@ -619,7 +574,7 @@ mod tests {
             ..SendRequest::default()
         };
         let render = |req: SendRequest| {
-            let out = renderer().render(&job(req, &["b@rcpt.test"])).unwrap();
+            let out = renderer().render(&job(req, &["b@rcpt.test"])).unwrap().1;
             String::from_utf8(out[0].bytes.clone()).unwrap()
         };
         let scheduled = render(req.clone());

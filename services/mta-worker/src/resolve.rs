@@ -13,14 +13,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-    ResolverOpts,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::ResolverOpts;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::{ResolverBuilder, TokioResolver};
+use hickory_resolver::TokioResolver;
 use postwire_config::Dns;
 use rand::seq::SliceRandom;
 
@@ -76,7 +72,8 @@ impl MxResolver {
     /// Builds a resolver from `dns.*`: the listed nameservers (UDP and TCP on the given port), or
     /// the system configuration when the list is empty.
     pub fn from_settings(dns: &Dns) -> Result<Self, ResolveError> {
-        let mut builder = resolver_builder(dns)?;
+        let mut builder =
+            postwire_domain_auth::dns::resolver_builder(dns).map_err(ResolveError::Config)?;
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.negative_max_ttl = Some(NEGATIVE_TTL_CAP);
         let resolver = builder.build().map_err(ResolveError::Config)?;
@@ -174,42 +171,6 @@ fn fqdn(domain: &str) -> Result<Name, ResolveError> {
 
 fn trim_dot(name: &Name) -> String {
     name.to_ascii().trim_end_matches('.').to_owned()
-}
-
-/// A resolver builder for `dns.*`: the listed nameservers (UDP and TCP on the given port; they are
-/// authoritative for the zones they serve, so /etc/hosts must not shadow them), or the system
-/// configuration when the list is empty; `dns.timeout` per query; A and AAAA both looked up.
-pub(crate) fn resolver_builder(
-    dns: &Dns,
-) -> Result<ResolverBuilder<TokioRuntimeProvider>, ResolveError> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if dns.nameservers.is_empty() {
-        TokioResolver::builder(provider).map_err(ResolveError::Config)?
-    } else {
-        let servers = dns
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let mut builder = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            provider,
-        );
-        builder.options_mut().use_hosts_file = ResolveHosts::Never;
-        builder
-    };
-    let opts = builder.options_mut();
-    if let Some(timeout) = dns.timeout {
-        opts.timeout = timeout.std();
-    }
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    Ok(builder)
 }
 
 #[cfg(test)]

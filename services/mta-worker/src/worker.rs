@@ -36,12 +36,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::delivery::{settle_all, Deliverer, Outgoing, RecipientVerdict, Verdict};
 use crate::disposition::{Action, Failure};
-use crate::dkim::DkimSigners;
 use crate::pool::{PoolLimits, SmtpPool};
-use crate::render::{parse_mailbox, Renderer};
+use crate::render::Renderer;
 use crate::resolve::MxResolver;
 use crate::session::SmtpOptions;
 use crate::WorkerError;
+use postwire_domain_auth::dkim::DkimSigners;
 
 /// How long an idle worker waits for new work before polling the queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -299,14 +299,13 @@ impl MtaWorker {
     async fn render_and_sign(
         &self,
         job: &ClaimedJob,
-    ) -> Result<(crate::render::Mailbox, Vec<SentCopy>), Failure> {
-        let from = parse_mailbox("from", &job.request.from)?;
-        let rendered = self.renderer.render(job)?;
+    ) -> Result<(postwire_address::Mailbox, Vec<SentCopy>), Failure> {
+        let (from, rendered) = self.renderer.render(job)?;
         let (recipients, bodies): (Vec<_>, Vec<_>) =
             rendered.into_iter().map(|m| (m.recipients, m.bytes)).unzip();
         let signed = {
             let _cpu = self.signing.acquire().await.expect("the semaphore is never closed");
-            self.signers.sign(&from.domain(), bodies).await?
+            self.signers.sign(from.address.ascii_domain(), bodies).await?
         };
         let copies = recipients
             .into_iter()
@@ -347,14 +346,14 @@ impl MtaWorker {
                 .into_iter()
                 .zip(signed)
                 .map(|(recipients, bytes)| Outgoing {
-                    sender: from.email.clone(),
+                    sender: from.address.as_str().to_owned(),
                     recipients,
                     bytes,
                 })
                 .collect(),
             // One transaction per recipient: each copy has its own envelope sender.
             Some(paths) => {
-                let plain = from.email.as_str();
+                let plain = from.address.as_str();
                 recipients
                     .into_iter()
                     .zip(signed)

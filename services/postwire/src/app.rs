@@ -7,7 +7,7 @@ use postwire_api_gateway::capacity::Capacity;
 use postwire_api_gateway::renderer::Renderer;
 use postwire_api_gateway::{smtp_in, Gateway};
 use postwire_config::{Backend, Settings};
-use postwire_mta_worker::domain_check::DomainChecker;
+use postwire_domain_auth::domain_check::DomainChecker;
 use postwire_mta_worker::MtaWorker;
 use postwire_store::embedded::SqliteStore;
 use postwire_store::sealing::{SealedDomains, Sealer};
@@ -204,8 +204,12 @@ impl App {
         );
         let dispatcher =
             Arc::new(Dispatcher::new(&settings, stores.state.clone(), metrics.clone()));
-        let domain_checker = DomainChecker::from_settings(&settings.dns, &settings.smtp)
-            .map_err(|e| AppError::Worker(postwire_mta_worker::WorkerError::Resolver(e)))?;
+        let domain_checker =
+            DomainChecker::from_settings(&settings.dns, &settings.smtp).map_err(|e| {
+                AppError::Worker(postwire_mta_worker::WorkerError::Resolver(
+                    postwire_mta_worker::resolve::ResolveError::Config(e),
+                ))
+            })?;
         let capacity = Capacity::from_limits(&settings.limits);
         Ok(Self {
             settings,
@@ -265,7 +269,7 @@ impl App {
             domains: self.stores.domains.clone(),
             copies: self.stores.copies.clone(),
             pop_marks: self.stores.pop_marks.clone(),
-            signing_keys: postwire_mta_worker::dkim_status::SigningKeys::new(
+            signing_keys: postwire_domain_auth::dkim_status::SigningKeys::new(
                 &self.settings.dkim,
                 self.stores.domains.clone(),
             ),

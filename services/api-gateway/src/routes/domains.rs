@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use postwire_mta_worker::keygen::{self, config_algorithm, KeyError};
+use postwire_domain_auth::keygen::{self, config_algorithm, KeyError};
 use postwire_proto::{
     CreateDomain, DomainList, DomainSummary, DomainView, FieldError, SigningAlgorithm,
     DEFAULT_SELECTOR,

@@ -152,12 +152,14 @@ impl From<Refused> for ApiError {
     }
 }
 
-/// Records whether `message` will be DKIM-signed (see `postwire_mta_worker::dkim_status`) and,
+/// Records whether `message` will be DKIM-signed (see `postwire_domain_auth::dkim_status`) and,
 /// with `signing.require_dkim`, refuses it when it would not be: the last check of every send,
 /// over HTTP or SMTP.
-pub(crate) async fn decide_dkim(gw: &Gateway, message: &mut NewMessage) -> Result<(), Refused> {
-    let from = Mailbox::parse(&message.request.from)
-        .map_err(|e| Refused::Invalid(vec![FieldError { field: "from".into(), message: e }]))?;
+pub(crate) async fn decide_dkim(
+    gw: &Gateway,
+    message: &mut NewMessage,
+    from: &Mailbox,
+) -> Result<(), Refused> {
     let status =
         gw.signing_keys.status(from.address.ascii_domain()).await.map_err(Refused::Store)?;
     if gw.require_dkim && !status.signed {
@@ -185,9 +187,10 @@ pub(crate) async fn prepare_send(
     let request = render_send(gw.templates.as_ref(), &gw.renderer, templates, request, max_size)
         .await
         .map_err(Refused::Render)?;
-    let mut message = validate_send(request, &gw.limits, &key.id).map_err(Refused::Invalid)?;
+    let (mut message, from) =
+        validate_send(request, &gw.limits, &key.id).map_err(Refused::Invalid)?;
     message.sandbox = key.sandbox;
-    decide_dkim(gw, &mut message).await?;
+    decide_dkim(gw, &mut message, &from).await?;
     let response = accepted_response(&message);
     Ok((message, response))
 }

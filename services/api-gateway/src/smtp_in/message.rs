@@ -190,7 +190,7 @@ async fn accept(
         validate_submission(parsed.request, &gw.limits, &key.id).map_err(ApiError::Invalid)?;
     message.id = ids::new_id("msg");
     message.sandbox = key.sandbox;
-    crate::routes::messages::decide_dkim(&gw, &mut message).await?;
+    crate::routes::messages::decide_dkim(&gw, &mut message, &from).await?;
     let mut text = Vec::with_capacity(parsed.kept_head.len() + parsed.body.len() + 160);
     match parsed.message_id {
         Some(id) => message.message_id_header = id,

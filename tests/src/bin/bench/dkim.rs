@@ -15,8 +15,8 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
 };
 use postwire_config::{DkimAlgorithm, DkimKey};
+use postwire_domain_auth::dkim::DkimSigners;
 use postwire_e2e::dns::DnsServer;
-use postwire_mta_worker::dkim::DkimSigners;
 
 /// Generates a key like `postwire dkim generate`, writes its PEM and publishes its TXT record;
 /// returns the key and the record's value.

@@ -26,8 +26,6 @@ use mail_auth::{MessageAuthenticator, SpfResult};
 use postwire_config::{Dns, Smtp};
 use postwire_proto::{DnsRecord, RecordPurpose, RecordStatus};
 
-use crate::resolve::ResolveError;
-
 /// Longest one record's check may take, SPF `include:` chains and retries included.
 pub const CHECK_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -68,14 +66,14 @@ fn missing(reason: impl Into<String>) -> Verdict {
 impl DomainChecker {
     /// A checker asking the servers of `dns.*` (the system resolver when the list is empty), for
     /// a sending host that says `smtp.helo_name` in EHLO.
-    pub fn from_settings(dns: &Dns, smtp: &Smtp) -> Result<Self, ResolveError> {
-        let mut builder = crate::resolve::resolver_builder(dns)?;
+    pub fn from_settings(dns: &Dns, smtp: &Smtp) -> Result<Self, NetError> {
+        let mut builder = crate::dns::resolver_builder(dns)?;
         let opts = builder.options_mut();
         // Nothing cached: a check right after publishing must see the new record.
         opts.cache_size = 0;
         opts.positive_max_ttl = Some(Duration::ZERO);
         opts.negative_max_ttl = Some(Duration::ZERO);
-        let resolver = builder.build().map_err(ResolveError::Config)?;
+        let resolver = builder.build()?;
         Ok(Self {
             auth: Arc::new(MessageAuthenticator(resolver)),
             helo_name: smtp.helo_name.trim_end_matches('.').to_ascii_lowercase(),

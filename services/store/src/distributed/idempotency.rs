@@ -292,8 +292,6 @@ impl Idempotency for DistributedStore {
 mod tests {
     use std::time::Duration;
 
-    use lapin::options::QueuePurgeOptions;
-
     use super::super::test_ns::TestNs;
     use crate::{IdemBegin, IdemClaim, Idempotency, Queue};
 
@@ -343,12 +341,7 @@ mod tests {
         let msg = accept_under(&ns, "idem-killed", "b@killed.test").await;
         // What a gateway killed between the Redis MULTI and the broker's confirm leaves: the
         // message and its answer, still marked, and no copy of the job on the broker.
-        let broker = ns.store.broker().await.unwrap();
-        broker
-            .publisher
-            .queue_purge(&ns.store.inner.keys.deliveries_queue(), QueuePurgeOptions::default())
-            .await
-            .unwrap();
+        ns.lose_every_copy().await;
         let mut con = ns.store.redis().await.unwrap();
         redis::cmd("HSET")
             .arg(ns.store.idempotency_key("k1", "idem-killed"))

@@ -136,20 +136,8 @@ impl DistributedStore {
 mod tests {
     use std::time::Duration;
 
-    use lapin::options::QueuePurgeOptions;
-
     use super::super::test_ns::TestNs;
     use crate::Queue;
-
-    /// Drops every copy of every job from the deliveries queue, as a broker crash can.
-    async fn lose_every_copy(ns: &TestNs) {
-        let broker = ns.store.broker().await.unwrap();
-        broker
-            .publisher
-            .queue_purge(&ns.store.inner.keys.deliveries_queue(), QueuePurgeOptions::default())
-            .await
-            .unwrap();
-    }
 
     #[tokio::test]
     async fn a_job_whose_copies_were_lost_is_requeued_once_and_then_claimed() {
@@ -157,7 +145,7 @@ mod tests {
         let store = &ns.store;
         let msg = crate::suppression::contract::message(&["lost@sweep.test"]);
         store.accept(msg.clone()).await.unwrap();
-        lose_every_copy(&ns).await;
+        ns.lose_every_copy().await;
         assert!(store.claim("w", Duration::from_secs(5)).await.unwrap().is_none());
         assert_eq!(store.depth().await.unwrap(), 1, "Redis still owes the job");
 
@@ -171,7 +159,7 @@ mod tests {
         assert_eq!(job.message_id, msg.id);
 
         // Held by a worker now: not lost, whatever its age.
-        lose_every_copy(&ns).await;
+        ns.lose_every_copy().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(store.recover_lost_jobs(Duration::from_millis(10)).await.unwrap(), 0);
     }
@@ -186,10 +174,10 @@ mod tests {
         // Its copy is ready in the queue: a backlog, not a loss.
         assert_eq!(store.recover_lost_jobs(overdue).await.unwrap(), 0);
 
-        lose_every_copy(&ns).await;
+        ns.lose_every_copy().await;
         assert_eq!(store.recover_lost_jobs(overdue).await.unwrap(), 1);
         // Lost again at once: the marker holds it back for `overdue`...
-        lose_every_copy(&ns).await;
+        ns.lose_every_copy().await;
         assert_eq!(store.recover_lost_jobs(overdue).await.unwrap(), 0);
         // ...and then it is re-queued again.
         tokio::time::sleep(overdue + Duration::from_millis(50)).await;

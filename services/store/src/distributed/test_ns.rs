@@ -12,6 +12,14 @@ pub(crate) struct TestNs {
 }
 
 impl TestNs {
+    /// Drops every copy of every job from the deliveries queue, as a broker crash can.
+    pub async fn lose_every_copy(&self) {
+        let broker = self.store.broker().await.unwrap();
+        let queue = self.store.inner.keys.deliveries_queue();
+        let purge = lapin::options::QueuePurgeOptions::default();
+        broker.publisher.queue_purge(&queue, purge).await.unwrap();
+    }
+
     pub async fn new() -> Self {
         Self::with_retention(Options::new("", "", "").retention).await
     }
